@@ -1,0 +1,47 @@
+"""The ``xmask`` command line: one entry point, one small module per sub-command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from xmask import __version__
+from xmask.errors import XmaskError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_SKIPPED = 3
+"""Exit code of a batch command that finished but skipped at least one bad item."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, one sub-parser per sub-command."""
+    from xmask.cli import data
+
+    parser = argparse.ArgumentParser(
+        prog="xmask",
+        description="Crowd counts, head points and one mask per person from head-point labels.",
+    )
+    parser.add_argument("--version", action="version", version=f"xmask {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    data.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.run(args))
+    except XmaskError as err:
+        logging.getLogger("xmask").error("%s", err)
+        return EXIT_ERROR

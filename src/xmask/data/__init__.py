@@ -1,0 +1,1 @@
+"""Datasets: image loading and validation, readers, splits, joint augmentation, synthetic crowds."""

@@ -1,0 +1,161 @@
+"""Image files in, RGB ``uint8`` arrays out, with clear errors for bad files.
+
+Every image reaches xmask as an ``H×W×3 uint8`` RGB array, whatever its file held:
+greyscale and 1-bit images are replicated to three channels, 16-bit and 32-bit integer images
+are mapped to 8 bits (``round(v / 257)``), alpha channels are dropped, palette and CMYK/YCbCr/LAB
+images are converted. Corrupt, truncated, empty and floating-point images raise
+:class:`~xmask.errors.DataError` naming the file.
+
+EXIF orientation: ``apply_exif=True`` returns the image as a viewer shows it (rotated by its EXIF
+tag). The benchmark datasets were annotated on the raw pixel array, so their readers pass False;
+the plain folder format passes True (annotation tools display the rotated image).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from xmask.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+_GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N"}
+_EXIF_ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image file decoded to RGB.
+
+    Attributes:
+        array: ``H×W×3 uint8`` RGB.
+        mode: the file's PIL mode before conversion (e.g. ``"L"``, ``"I;16"``, ``"RGBA"``).
+        greyscale: the image carries no colour (single-channel file, or three equal channels).
+        exif_rotated: the EXIF orientation tag was applied.
+    """
+
+    array: np.ndarray
+    mode: str
+    greyscale: bool
+    exif_rotated: bool
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(H, W)``."""
+        return int(self.array.shape[0]), int(self.array.shape[1])
+
+
+def _decode(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise DataError(path, "image file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            image.load()
+    except UnidentifiedImageError as err:
+        raise DataError(path, "not a readable image (unknown format or corrupt header)") from err
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise DataError(path, f"image too large to decode safely ({err})") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(path, f"corrupt or truncated image ({err})") from err
+    if image.width == 0 or image.height == 0:
+        raise DataError(path, "image has zero width or height")
+    return image
+
+
+def _to_rgb_array(image: Image.Image, path: Path) -> np.ndarray:
+    mode = image.mode
+    if mode == "F":
+        raise DataError(path, "floating-point images are not supported; save it as 8 or 16 bit")
+    if mode == "I" or mode.startswith("I;16"):
+        wide = np.asarray(image, dtype=np.float64)
+        grey = np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode != "RGB":
+        image = image.convert("RGBA" if mode == "P" else mode).convert("RGB")
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
+
+
+def _is_grey(array: np.ndarray) -> bool:
+    return bool(
+        np.array_equal(array[:, :, 0], array[:, :, 1])
+        and np.array_equal(array[:, :, 1], array[:, :, 2])
+    )
+
+
+def load_image(path: str | Path, *, apply_exif: bool = False) -> LoadedImage:
+    """Decode an image file to RGB ``uint8``.
+
+    Args:
+        path: the image file.
+        apply_exif: rotate/flip by the EXIF orientation tag (see module docstring).
+
+    Raises:
+        DataError: missing, corrupt, truncated, empty or floating-point image.
+    """
+    path = Path(path)
+    image = _decode(path)
+    mode = image.mode
+    rotated = False
+    if apply_exif and image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+        rotated = True
+    array = _to_rgb_array(image, path)
+    grey = mode in _GREY_MODES or _is_grey(array)
+    return LoadedImage(array=array, mode=mode, greyscale=grey, exif_rotated=rotated)
+
+
+def load_label_map(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Read an instance label map (8- or 16-bit single-channel PNG) as ``H×W int32``.
+
+    Raises:
+        DataError: missing or unreadable file, colour image, or a size other than ``size``.
+    """
+    path = Path(path)
+    image = _decode(path)
+    if image.mode not in {"L", "I", "I;16", "I;16L", "I;16B", "I;16N"}:
+        raise DataError(path, f"label map must be a single-channel image, got mode {image.mode}")
+    labels = np.asarray(image).astype(np.int32)
+    if size is not None and labels.shape != tuple(size):
+        raise DataError(path, f"label map is {labels.shape}, image is {tuple(size)}")
+    return labels
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_label_map(path: str | Path, labels: np.ndarray) -> None:
+    """Write an ``H×W`` label map as a 16-bit PNG, atomically.
+
+    Raises:
+        ValueError: labels outside ``[0, 65535]``.
+    """
+    import io
+
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.uint16).max):
+        raise ValueError(f"{path}: labels must lie in [0, 65535] to fit a 16-bit PNG")
+    buffer = io.BytesIO()
+    Image.fromarray(labels.astype(np.uint16)).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())

@@ -1,0 +1,166 @@
+"""Point files in and out: MATLAB ``.mat``, plain text, JSON and CSV; validation of points.
+
+Every reader returns the raw ``N×2 float64`` ``(x, y)`` array the file holds (NaN included);
+:func:`clean_points` then drops NaN/infinite and out-of-image points with a warning naming the
+file, so a sample's points are always finite and inside its image.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from xmask.data.image_io import atomic_write_bytes
+from xmask.errors import DataError
+from xmask.geometry import inside_image
+
+log = logging.getLogger(__name__)
+
+
+def _as_points(values: object, path: Path) -> np.ndarray:
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise DataError(path, f"points are not numeric ({err})") from err
+    if array.size == 0:
+        return np.zeros((0, 2), dtype=np.float64)
+    if array.ndim != 2 or array.shape[1] < 2:
+        raise DataError(path, f"expected N×2 (x, y) points, got an array of shape {array.shape}")
+    return array[:, :2].copy()
+
+
+def _require(path: Path) -> None:
+    if not path.is_file():
+        raise DataError(path, "ground-truth file not found")
+
+
+def read_mat_points(path: str | Path, key: str) -> np.ndarray:
+    """Points from a MATLAB file.
+
+    Args:
+        key: ``"image_info"`` (ShanghaiTech, nested struct ``[0,0][0,0][0]``) or any key that
+            holds an ``N×2`` array directly (``"annPoints"`` for UCF-QNRF).
+    """
+    from scipy.io import loadmat
+
+    path = Path(path)
+    _require(path)
+    try:
+        content = loadmat(path)
+    except (ValueError, TypeError, OSError, NotImplementedError) as err:
+        raise DataError(path, f"unreadable MATLAB file ({err})") from err
+    if key not in content:
+        found = sorted(k for k in content if not k.startswith("__"))
+        raise DataError(path, f"no '{key}' entry (found: {', '.join(found) or 'none'})")
+    value = content[key]
+    if key == "image_info":
+        try:
+            value = value[0, 0][0, 0][0]
+        except (IndexError, TypeError, ValueError) as err:
+            raise DataError(path, f"'image_info' is not the ShanghaiTech struct ({err})") from err
+    return _as_points(value, path)
+
+
+def read_txt_points(path: str | Path) -> np.ndarray:
+    """Points from a text file: one point per line, ``x y`` first (space or comma separated).
+
+    Extra columns (JHU-Crowd++'s ``w h o b``) are ignored; blank lines and ``#`` comments are
+    skipped; an empty file means an image with no heads.
+    """
+    path = Path(path)
+    _require(path)
+    rows: list[list[float]] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        text = line.split("#", 1)[0].replace(",", " ").split()
+        if not text:
+            continue
+        try:
+            rows.append([float(text[0]), float(text[1])])
+        except (ValueError, IndexError) as err:
+            raise DataError(path, f"line {number}: expected 'x y', got {line.strip()!r}") from err
+    return _as_points(rows, path)
+
+
+def read_json_points(path: str | Path) -> np.ndarray:
+    """Points from JSON: ``[[x, y], ...]``, ``[{"x": .., "y": ..}, ...]`` or ``{"points": ...}``."""
+    path = Path(path)
+    _require(path)
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(path, f"invalid JSON ({err})") from err
+    if isinstance(content, dict):
+        if "points" not in content:
+            raise DataError(path, "JSON object has no 'points' key")
+        content = content["points"]
+    if not isinstance(content, list):
+        raise DataError(path, "JSON points must be a list")
+    if content and isinstance(content[0], dict):
+        try:
+            content = [[item["x"], item["y"]] for item in content]
+        except (KeyError, TypeError) as err:
+            raise DataError(path, f"every point object needs 'x' and 'y' ({err})") from err
+    return _as_points(content, path)
+
+
+def read_csv_points(path: str | Path) -> dict[str, np.ndarray]:
+    """Points of many images from one CSV with a header naming columns ``image``, ``x``, ``y``.
+
+    Returns:
+        image file name → ``N×2`` points. Images absent from the file are not in the dict.
+    """
+    path = Path(path)
+    _require(path)
+    points: dict[str, list[list[float]]] = defaultdict(list)
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"image", "x", "y"} - set(reader.fieldnames or [])
+        if missing:
+            raise DataError(path, f"CSV header lacks column(s) {', '.join(sorted(missing))}")
+        for row in reader:
+            try:
+                points[row["image"]].append([float(row["x"]), float(row["y"])])
+            except (TypeError, ValueError) as err:
+                raise DataError(path, f"line {reader.line_num}: bad x/y ({err})") from err
+    return {name: _as_points(rows, path) for name, rows in points.items()}
+
+
+def write_points_txt(path: str | Path, points: np.ndarray) -> None:
+    """Write ``N×2`` ``(x, y)`` points as ``x y`` lines with two decimals, atomically."""
+    lines = "".join(f"{x:.2f} {y:.2f}\n" for x, y in np.asarray(points, dtype=np.float64))
+    atomic_write_bytes(path, lines.encode("utf-8"))
+
+
+def clean_points(
+    points: np.ndarray, size: tuple[int, int], source: str | Path
+) -> tuple[np.ndarray, int]:
+    """Drop NaN/infinite and out-of-image points, warning with the file name.
+
+    Args:
+        points: raw ``N×2`` ``(x, y)``.
+        size: ``(H, W)`` of the image the points belong to.
+        source: the point file, for the warning.
+
+    Returns:
+        ``(M×2 float32 points, number dropped)``.
+    """
+    finite = np.isfinite(points).all(axis=1)
+    inside = finite & inside_image(points, size)
+    dropped = int(len(points) - inside.sum())
+    if dropped:
+        log.warning(
+            "%s: dropped %d of %d points (%d not finite, %d outside the %d×%d image)",
+            source,
+            dropped,
+            len(points),
+            int((~finite).sum()),
+            int((finite & ~inside).sum()),
+            size[1],
+            size[0],
+        )
+    return points[inside].astype(np.float32), dropped

@@ -1,0 +1,23 @@
+"""Exceptions raised by xmask; every message names the file and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class XmaskError(Exception):
+    """Base class of the errors xmask raises on purpose."""
+
+
+class DataError(XmaskError):
+    """A data file (image, point file, label map, split list) is missing or unusable.
+
+    Attributes:
+        path: the offending file.
+        problem: what is wrong with it, in words.
+    """
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
