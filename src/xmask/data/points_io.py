@@ -47,12 +47,13 @@ def read_mat_points(path: str | Path, key: str) -> np.ndarray:
             holds an ``N×2`` array directly (``"annPoints"`` for UCF-QNRF).
     """
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
     path = Path(path)
     _require(path)
     try:
         content = loadmat(path)
-    except (ValueError, TypeError, OSError, NotImplementedError) as err:
+    except (MatReadError, ValueError, TypeError, OSError, NotImplementedError) as err:
         raise DataError(path, f"unreadable MATLAB file ({err})") from err
     if key not in content:
         found = sorted(k for k in content if not k.startswith("__"))

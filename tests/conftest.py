@@ -1,0 +1,24 @@
+"""Shared fixtures: where the real data lie (skip cleanly where absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    """``$XMASK_DATA`` or ``../shared/data`` beside the repository."""
+    return Path(os.environ.get("XMASK_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shanghaitech() -> Path:
+    """The ShanghaiTech folder (holding ``part_A`` and ``part_B``), or skip."""
+    root = data_root() / "shanghaitech"
+    if not (root / "part_A").is_dir() or not (root / "part_B").is_dir():
+        pytest.skip(f"ShanghaiTech data not found under {root} (set XMASK_DATA)")
+    return root
