@@ -67,7 +67,8 @@ def inside_image(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def pixel_of(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The pixel each point lies in, as ``N×2 int64`` ``(column, row)``, clipped into the image."""
+    """The pixel each finite point lies in, as ``N×2 int64`` ``(column, row)``, clipped into the
+    image (so points on the right or bottom border map to the last column or row)."""
     h, w = size
     idx = np.floor(np.asarray(points, dtype=np.float64)).astype(np.int64)
     idx[:, 0] = np.clip(idx[:, 0], 0, w - 1)
@@ -184,7 +185,8 @@ class CirclePixels:
         point: ``P int64``, index of the point each pixel belongs to.
         x: ``P int64``, pixel column.
         y: ``P int64``, pixel row.
-        dist: ``P float32``, distance from the pixel centre to its point.
+        dist2: ``P float32``, squared distance from the pixel centre to its point (exact float32
+            arithmetic, so identical on every device; Eq. 11 uses it directly).
         offsets: ``N+1 int64``.
         size: ``(H, W)`` of the image.
     """
@@ -192,7 +194,7 @@ class CirclePixels:
     point: torch.Tensor
     x: torch.Tensor
     y: torch.Tensor
-    dist: torch.Tensor
+    dist2: torch.Tensor
     offsets: torch.Tensor
     size: tuple[int, int]
 
@@ -253,7 +255,7 @@ def circle_pixels(
     owner, xs, ys, d2 = owner[keep], xs[keep], ys[keep], d2[keep]
     offsets = torch.zeros(n + 1, dtype=torch.long, device=device)
     offsets[1:] = torch.cumsum(torch.bincount(owner, minlength=n), 0)
-    return CirclePixels(owner, xs, ys, torch.sqrt(d2), offsets, (h, w))
+    return CirclePixels(owner, xs, ys, d2, offsets, (h, w))
 
 
 def label_map(
@@ -264,20 +266,21 @@ def label_map(
     """Instance label map from circle pixels: every pixel goes to exactly one point.
 
     Overlap rule: a pixel claimed by several circles goes to the point of lowest ``cost``
-    (ties to the lowest point index). The default cost is the distance from the pixel centre
-    to each point, so the nearest head wins (a Voronoi split of the overlap).
+    (ties to the lowest point index). The default cost is the squared distance from the pixel
+    centre to each point, so the nearest head wins (a Voronoi split of the overlap).
 
     Args:
         pixels: from :func:`circle_pixels`.
-        cost: ``P`` float, lower wins; defaults to ``pixels.dist``.
-        keep: ``P`` bool, pixels that may be labelled at all (e.g. inside a SAM mask).
+        cost: ``P`` float, lower wins, never NaN; defaults to ``pixels.dist2``.
+        keep: ``P`` bool, pixels that may be labelled at all (e.g. inside a SAM mask); the only
+            way to leave a circle pixel unlabelled (an infinite cost still labels it).
 
     Returns:
         ``H×W int32`` map, 0 = background, ``i + 1`` = point ``i``.
     """
     h, w = pixels.size
     device = pixels.point.device
-    cost = pixels.dist if cost is None else cost
+    cost = pixels.dist2 if cost is None else cost
     flat, owner = pixels.flat, pixels.point
     if keep is not None:
         flat, owner, cost = flat[keep], owner[keep], cost[keep]
