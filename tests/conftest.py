@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,3 +24,12 @@ def shanghaitech() -> Path:
     if not (root / "part_A").is_dir() or not (root / "part_B").is_dir():
         pytest.skip(f"ShanghaiTech data not found under {root} (set XMASK_DATA)")
     return root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread() -> Iterator[None]:
+    """Tests use small tensors: intra-op threads only add overhead on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -78,3 +78,22 @@ def test_human_readable_output(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_missing_root_is_a_clear_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     code = main(["data", "stats", "--dataset", "sha", "--root", str(tmp_path / "none")])
     assert code == 1 and "dataset root folder not found" in caplog.text
+
+
+def test_synth_then_stats_and_read_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from xmask.data.readers import open_dataset
+
+    out = tmp_path / "syn"
+    assert main(["data", "synth", "--out", str(out), "--images", "3", "--heads", "20-40"]) == 0
+    capsys.readouterr()
+    code, stats = _stats(capsys, "--dataset", "folder", "--root", str(out))
+    assert code == 0 and stats["images"] == 3 and 60 <= stats["points"] <= 120
+    for sample in open_dataset("folder", out):
+        assert sample.labels is not None
+        cols, rows = np.floor(sample.points).astype(int).T
+        np.testing.assert_array_equal(sample.labels[rows, cols], np.arange(1, sample.count + 1))
+
+
+def test_synth_rejects_bad_size() -> None:
+    with pytest.raises(SystemExit):
+        main(["data", "synth", "--out", "x", "--size", "big"])

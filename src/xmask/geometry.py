@@ -50,15 +50,16 @@ def _copy(points: Points) -> Points:
     return out if np.issubdtype(out.dtype, np.floating) else out.astype(np.float64)
 
 
-def inside_image(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def inside_image(points: Points, size: tuple[int, int]) -> Points:
     """Which points lie in the image.
 
     Args:
-        points: ``N×2``, ``(x, y)`` pixels.
+        points: ``N×2``, ``(x, y)`` pixels (array or tensor, any device).
         size: ``(H, W)``.
 
     Returns:
-        ``N`` bool; False for NaN coordinates and for points outside ``[0, W] × [0, H]``.
+        ``N`` bool of the input's kind; False for NaN coordinates and for points outside
+        ``[0, W] × [0, H]``.
     """
     h, w = size
     x, y = points[:, 0], points[:, 1]
