@@ -39,6 +39,16 @@ def test_real_counts(
         assert stats["greyscale_images"] > 0
 
 
+def test_labeled_and_unlabeled_subsets(
+    shanghaitech: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = ("--dataset", "sha", "--root", str(shanghaitech), "--split", "train")
+    _, labeled = _stats(capsys, *common, "--labeled", "sha-40")
+    _, unlabeled = _stats(capsys, *common, "--unlabeled", "sha-40")
+    assert (labeled["images"], unlabeled["images"]) == (120, 180)
+    assert labeled["points"] + unlabeled["points"] == 162_413
+
+
 def _folder(root: Path) -> None:
     rng = np.random.default_rng(0)
     for name, points in (("a", "1 1\n2 2\n2 2\n"), ("b", "3 3\n50 1\n"), ("c", "")):

@@ -53,3 +53,5 @@ def test_standard_splits_on_real_data(shanghaitech: Path, dataset: str) -> None:
         assert len(split.labeled) == size
         assert len(split.unlabeled) == len(names) - size
         assert not set(split.labeled) & set(split.unlabeled)
+        labeled = open_dataset(dataset, shanghaitech, "train").subset(split.labeled)
+        assert labeled.names == read_labeled_list(f"{dataset}-{percent}")

@@ -38,6 +38,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         f"skipped (exit code {EXIT_SKIPPED}).",
     )
     add_dataset_arguments(stats)
+    subset = stats.add_mutually_exclusive_group()
+    subset.add_argument(
+        "--labeled",
+        metavar="SPLIT",
+        help="only the labeled images of a standard split (sha-40, shb-5, ...) or a list file",
+    )
+    subset.add_argument(
+        "--unlabeled", metavar="SPLIT", help="only the unlabeled pool of that split"
+    )
     stats.add_argument("--json", action="store_true", help="print JSON on stdout")
     stats.set_defaults(run=run_stats)
 
@@ -64,9 +73,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_stats(args: argparse.Namespace) -> int:
     """``xmask data stats``."""
     from xmask.data.readers import open_dataset
+    from xmask.data.splits import semi_split
     from xmask.data.stats import format_stats, split_stats
 
     dataset = open_dataset(args.dataset, args.root, args.split)
+    spec = args.labeled or args.unlabeled
+    if spec:
+        split = semi_split(dataset.names, spec)
+        dataset = dataset.subset(split.labeled if args.labeled else split.unlabeled)
     stats = split_stats(dataset, progress=not args.json)
     print(json.dumps(stats.to_dict(), indent=2) if args.json else format_stats(stats))
     return EXIT_SKIPPED if stats.skipped else EXIT_OK

@@ -20,6 +20,7 @@ Layouts (``root`` is the dataset folder):
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from abc import ABC, abstractmethod
@@ -137,6 +138,13 @@ class CrowdDataset(ABC):
     @abstractmethod
     def read_points(self, item: Item) -> np.ndarray:
         """The raw ``N×2 float64`` ``(x, y)`` points of one item."""
+
+    def subset(self, indices: Sequence[int]) -> CrowdDataset:
+        """The same split restricted to ``indices`` (e.g. a :class:`~xmask.data.splits.SemiSplit`
+        part), in that order."""
+        part = copy.copy(self)
+        part.items = [self.items[i] for i in indices]
+        return part
 
     @property
     def names(self) -> list[str]:
