@@ -328,9 +328,9 @@ def make_crowd(
     visible = np.flatnonzero(depth)
     front = depth[visible] - 1
 
-    image = _background(size, background, rng).reshape(-1, 3)
-    image[visible] = _head_colours(heads, front, visible, width, rng)
-    image = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8).reshape(height, width, 3)
+    colour = _background(size, background, rng).reshape(-1, 3)
+    colour[visible] = _head_colours(heads, front, visible, width, rng)
+    image = np.clip(np.round(colour * 255.0), 0, 255).astype(np.uint8).reshape(height, width, 3)
 
     ids = np.zeros(n_heads + 1, dtype=np.int32)
     ids[1:] = rng.permutation(n_heads) + 1  # label of each head in drawing order
