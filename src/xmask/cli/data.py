@@ -9,7 +9,7 @@ from xmask.cli import EXIT_OK, EXIT_SKIPPED
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, split_default: str = "train") -> None:
-    """``--dataset``, ``--root``, ``--split`` and ``--max-short-side``, shared by sub-commands."""
+    """``--dataset``, ``--root`` and ``--split``, shared by sub-commands."""
     parser.add_argument(
         "--dataset",
         required=True,
@@ -17,13 +17,6 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, split_default: str = 
     )
     parser.add_argument("--root", required=True, help="dataset folder")
     parser.add_argument("--split", default=split_default, help="train, test (jhu: also val)")
-    parser.add_argument(
-        "--max-short-side",
-        type=int,
-        default=None,
-        metavar="S",
-        help="shrink images whose shorter side exceeds S px (paper: ucf 1536, jhu 2048)",
-    )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
