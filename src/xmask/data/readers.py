@@ -195,7 +195,9 @@ def resize_short_side(sample: Sample, max_short_side: int | None) -> Sample:
         return sample
     factor = max_short_side / min(h, w)
     new_h, new_w = max(1, round(h * factor)), max(1, round(w * factor))
-    image = np.asarray(Image.fromarray(sample.image).resize((new_w, new_h), Image.Resampling.BILINEAR))
+    image = np.asarray(
+        Image.fromarray(sample.image).resize((new_w, new_h), Image.Resampling.BILINEAR)
+    )
     labels = None
     if sample.labels is not None:
         small = Image.fromarray(sample.labels).resize((new_w, new_h), Image.Resampling.NEAREST)
