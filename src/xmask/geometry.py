@@ -112,6 +112,45 @@ def normalized_coords(points: torch.Tensor, size: tuple[int, int]) -> torch.Tens
     return points * scale - 1.0
 
 
+def cell_centres(
+    grid: tuple[int, int], stride: int, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Centres of the cells of a stride-``stride`` grid of ``grid = (h, w)`` cells.
+
+    Returns:
+        ``(h·w)×2 float32`` ``(x, y)`` pixels in row-major cell order: cell ``(i, j)`` is row
+        ``i·w + j`` with centre ``(stride·j + stride/2, stride·i + stride/2)``.
+    """
+    h, w = grid
+    half = stride / 2.0
+    xs = torch.arange(w, dtype=torch.float32, device=device) * stride + half
+    ys = torch.arange(h, dtype=torch.float32, device=device) * stride + half
+    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)
+
+
+def nearest_point(
+    queries: np.ndarray, points: np.ndarray, max_distance: float = np.inf
+) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest of ``points`` to each query, with a k-d tree (no Q×N matrix).
+
+    Args:
+        queries: ``Q×2`` ``(x, y)``.
+        points: ``N×2`` ``(x, y)``.
+        max_distance: queries with no point strictly closer than this get index ``-1``.
+
+    Returns:
+        ``(Q int64 index or -1, Q float64 distance or inf)``; among equidistant points any one.
+    """
+    q = np.asarray(queries, dtype=np.float64).reshape(-1, 2)
+    if len(points) == 0:
+        return np.full(len(q), -1, dtype=np.int64), np.full(len(q), np.inf)
+    tree = cKDTree(np.asarray(points, dtype=np.float64).reshape(-1, 2))
+    dist, index = tree.query(q, k=1, distance_upper_bound=max_distance)
+    missing = ~np.isfinite(dist)
+    index = np.where(missing, -1, index).astype(np.int64)
+    return index, dist
+
+
 def duplicate_mask(points: np.ndarray, include_first: bool = False) -> np.ndarray:
     """``N`` bool: points whose exact coordinates another point of the set repeats.
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 
 @dataclass
@@ -62,3 +63,18 @@ class Sample:
     def count(self) -> int:
         """Number of head points."""
         return int(self.points.shape[0])
+
+
+@dataclass
+class ModelOutput:
+    """What the network returns for a batch of images.
+
+    Attributes:
+        logits: ``B×1×h×w`` head logits on the stride-4 grid (``h = ceil(H/4)``,
+            ``w = ceil(W/4)``); cell ``(i, j)`` is the candidate head point at its centre
+            (:func:`xmask.geometry.cell_centres`). A cell with logit > 0 counts one head.
+        embedding: ``B×D×h'×w'`` L2-normalised mask embedding, or None without a mask head.
+    """
+
+    logits: torch.Tensor
+    embedding: torch.Tensor | None = None

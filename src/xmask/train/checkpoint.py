@@ -1,0 +1,155 @@
+"""Checkpoints: safetensors weights plus a small JSON of step and optimizer state, atomic.
+
+A run folder ``RUN/`` holds ``config.yaml`` (the resolved config), ``train.log``,
+``metrics.jsonl`` and ``checkpoints/``:
+
+- ``step-NNNNNNNN.safetensors``: tensors under the prefixes ``student.``, ``teacher.`` and
+  ``optim.`` (Adam moments, one entry per parameter index and state key);
+- ``step-NNNNNNNN.json``: epoch, step, optimizer hyper-parameters, the run's own counters;
+- ``latest.json``: ``{"step": N}``, replaced last, so a kill at any moment leaves the previous
+  complete pair as the one to resume from. Older pairs beyond ``keep`` are deleted afterwards.
+
+Loading never unpickles anything: tensors come from safetensors, state from JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from xmask.data.image_io import atomic_write_bytes
+from xmask.errors import XmaskError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "xmask-checkpoint-1"
+
+
+class CheckpointError(XmaskError):
+    """A run folder or checkpoint file is missing, incomplete, corrupt or not xmask's."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = Path(path)
+        super().__init__(f"{path}: {problem}")
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint holds.
+
+    Attributes:
+        tensors: every tensor, keys prefixed ``student.``, ``teacher.``, ``optim.``.
+        state: the JSON part (``step``, ``epoch``, ``optimizer`` hyper-parameters, ...).
+    """
+
+    tensors: dict[str, torch.Tensor]
+    state: dict[str, Any]
+
+    def part(self, prefix: str) -> dict[str, torch.Tensor]:
+        """Tensors under ``prefix.``, with the prefix removed."""
+        start = len(prefix) + 1
+        return {k[start:]: v for k, v in self.tensors.items() if k.startswith(prefix + ".")}
+
+
+def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        save_file(contiguous, tmp, metadata={"format": FORMAT})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, content: dict[str, Any]) -> None:
+    """Atomically write ``content`` as indented JSON."""
+    atomic_write_bytes(path, (json.dumps(content, indent=2) + "\n").encode("utf-8"))
+
+
+def save_checkpoint(folder: str | Path, ckpt: Checkpoint, keep: int = 2) -> Path:
+    """Write ``step-N.safetensors`` and ``step-N.json``, then point ``latest.json`` at them.
+
+    Returns:
+        The safetensors path.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    step = int(ckpt.state["step"])
+    stem = f"step-{step:08d}"
+    _atomic_save_tensors(folder / f"{stem}.safetensors", ckpt.tensors)
+    write_json(folder / f"{stem}.json", {"format": FORMAT, **ckpt.state})
+    write_json(folder / "latest.json", {"format": FORMAT, "step": step})
+    for old in sorted(folder.glob("step-*.safetensors"))[:-keep]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".json").unlink(missing_ok=True)
+    return folder / f"{stem}.safetensors"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(path, "file not found")
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(path, f"corrupt JSON ({err})") from err
+    if not isinstance(content, dict) or content.get("format") != FORMAT:
+        raise CheckpointError(path, f"not an xmask checkpoint (expected format {FORMAT})")
+    return content
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file; anything else (a pickle, a truncated file) is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "file not found")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(
+            path, f"not a readable safetensors file ({err}); pickled checkpoints are refused"
+        ) from err
+
+
+def load_checkpoint(folder: str | Path) -> Checkpoint:
+    """The checkpoint ``latest.json`` of ``folder`` points at."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(folder, "checkpoint folder not found")
+    step = int(_read_json(folder / "latest.json")["step"])
+    stem = f"step-{step:08d}"
+    state = _read_json(folder / f"{stem}.json")
+    return Checkpoint(tensors=load_tensors(folder / f"{stem}.safetensors"), state=state)
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Adam-style per-parameter state as ``optim.{index}.{key}`` tensors."""
+    out: dict[str, torch.Tensor] = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+            out[f"optim.{index}.{key}"] = tensor
+    return out
+
+
+def optimizer_from_tensors(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
+) -> None:
+    """Restore per-parameter state written by :func:`optimizer_tensors` (groups unchanged)."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    current = optimizer.state_dict()
+    current["state"] = state
+    optimizer.load_state_dict(current)

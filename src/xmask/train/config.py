@@ -1,0 +1,225 @@
+"""Training configuration: dataclasses, YAML recipes (OmegaConf) and dotted overrides.
+
+A recipe is a YAML file whose keys mirror :class:`TrainConfig`; ``base: other.yaml`` (a path
+relative to the file, or a shipped recipe name) is merged first, so recipes state only what
+differs. Shipped recipes live in ``xmask/configs/`` and are addressed by name
+(``xmask train --config shb-40-cpu``). Overrides are ``dotted.key=value`` strings
+(``schedule.epochs=10``). Every constant of the method is a field here, never a literal in code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from xmask.data.augment import AugmentConfig
+from xmask.errors import XmaskError
+from xmask.losses.p2r import P2RConfig
+from xmask.models.model import ModelConfig
+
+
+class ConfigError(XmaskError):
+    """A recipe file or override is missing or invalid."""
+
+
+@dataclass
+class DataConfig:
+    """Which images train the model.
+
+    Attributes:
+        dataset: reader key (``sha``, ``shb``, ``ucf``, ``jhu``, ``folder``).
+        root: dataset folder.
+        labeled: labeled list: standard split name (``shb-40``) or list file.
+        unlabeled_pool: ``"all"`` (the authors: every training image is also drawn as
+            unlabeled), ``"rest"`` (only the images not in the labeled list) or ``"none"``
+            (supervised only).
+        validation: optional list file of training images held out from training and used
+            for model selection; None selects the final EMA teacher. Never the test set.
+        max_short_side: resize rule of the readers (paper: UCF 1536, JHU 2048).
+        cache: keep decoded images in memory (per process).
+        workers: DataLoader worker processes (0: load in the training process).
+    """
+
+    dataset: str = "sha"
+    root: str = "../shared/data/shanghaitech"
+    labeled: str = "sha-40"
+    unlabeled_pool: str = "all"
+    validation: str | None = None
+    max_short_side: int | None = None
+    cache: bool = True
+    workers: int = 0
+
+
+@dataclass
+class OptimConfig:
+    """Adam with a lower backbone learning rate, and gradient clipping.
+
+    Attributes:
+        lr: learning rate of the neck and heads.
+        backbone_lr: learning rate of the backbone.
+        weight_decay: Adam's L2 weight decay.
+        grad_clip: clip the global gradient norm to this (0: no clipping).
+    """
+
+    lr: float = 5e-5
+    backbone_lr: float = 1e-5
+    weight_decay: float = 1e-4
+    grad_clip: float = 5.0
+
+
+@dataclass
+class TeacherConfig:
+    """Mean Teacher: EMA teacher, pseudo points and the unlabeled-loss weight ramp.
+
+    The unlabeled weight is ``w = min((epoch − warmup_epochs)·ramp, max_weight)`` from epoch
+    ``warmup_epochs`` on (before it: labeled images only), and the step loss is
+    ``(L_sup + w·L_semi) / (1 + w)``.
+
+    Attributes:
+        momentum: EMA momentum of the teacher's parameters, updated every step.
+        buffers: ``"copy"`` (teacher BatchNorm statistics copied from the student each step)
+            or ``"ema"`` (averaged with the same momentum).
+        pseudo_logit: teacher cells with logit >= this become pseudo points.
+        min_confidence: pseudo points with sigmoid(logit) <= this get loss weight 0 (P2R:
+            0.7; the XMask authors: off, 0).
+        warmup_epochs: labeled-only epochs before the unlabeled branch opens.
+        ramp: growth of the unlabeled weight per epoch.
+        max_weight: cap of the unlabeled weight.
+    """
+
+    momentum: float = 0.998
+    buffers: str = "copy"
+    pseudo_logit: float = 0.0
+    min_confidence: float = 0.0
+    warmup_epochs: int = 50
+    ramp: float = 0.01
+    max_weight: float = 2.0
+
+
+@dataclass
+class ScheduleConfig:
+    """How long training runs and how often it evaluates and checkpoints.
+
+    Attributes:
+        epochs: number of epochs.
+        steps_per_epoch: optimiser steps per epoch; None: one pass over the unlabeled pool
+            (the authors' epoch: ``ceil(pool / batch_unlabeled)``).
+        batch_labeled: labeled crops per step (drawn with replacement).
+        batch_unlabeled: unlabeled crops per step.
+        eval_every: evaluate on the validation list every this many epochs (0: at the end).
+        checkpoint_minutes: checkpoint at least this often (and at every epoch end).
+    """
+
+    epochs: int = 1500
+    steps_per_epoch: int | None = None
+    batch_labeled: int = 16
+    batch_unlabeled: int = 16
+    eval_every: int = 10
+    checkpoint_minutes: float = 10.0
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; the resolved copy is saved as ``RUN/config.yaml``.
+
+    Attributes:
+        name: run name; the run folder is ``out/name``.
+        out: parent folder of run folders.
+        seed: base seed of every random draw (data plans, augmentation, initialisation).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        threads: torch intra-op threads on the CPU (None: torch's default).
+    """
+
+    name: str = "run"
+    out: str = "runs"
+    seed: int = 2024
+    device: str = "auto"
+    threads: int | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    p2r: P2RConfig = field(default_factory=P2RConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        """``out/name``."""
+        return Path(self.out) / self.name
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the recipes in ``xmask/configs/`` (without ``.yaml``)."""
+    folder = resources.files("xmask") / "configs"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _recipe_path(spec: str | Path, relative_to: Path | None = None) -> Path:
+    path = Path(spec).expanduser()
+    if relative_to is not None and not path.is_absolute():
+        candidate = relative_to / path
+        if candidate.is_file():
+            return candidate
+    if path.is_file():
+        return path
+    name = str(spec).removesuffix(".yaml")
+    if name in shipped_recipes():
+        return Path(str(resources.files("xmask") / "configs" / f"{name}.yaml"))
+    raise ConfigError(
+        f"{spec}: no such recipe file or shipped recipe ({', '.join(shipped_recipes())})"
+    )
+
+
+def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to this file")
+    try:
+        node = OmegaConf.load(path)
+    except (OSError, OmegaConfBaseException, ValueError) as err:
+        raise ConfigError(f"{path}: unreadable YAML ({err})") from err
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: a recipe must be a mapping of keys")
+    base = node.pop("base", None)
+    if base is None:
+        return node
+    parent = _load_yaml(_recipe_path(str(base), path.parent), (*seen, path.resolve()))
+    return OmegaConf.merge(parent, node)  # type: ignore[return-value]
+
+
+def load_config(spec: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults ← recipe (with its ``base`` chain) ← ``dotted.key=value`` overrides.
+
+    Raises:
+        ConfigError: missing recipe, unknown key, or a value of the wrong type.
+    """
+    schema = OmegaConf.structured(TrainConfig)
+    layers: list[Any] = [schema]
+    if spec is not None:
+        layers.append(_load_yaml(_recipe_path(spec)))
+    try:
+        if overrides:
+            layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(*layers)
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except (OmegaConfBaseException, ValueError, TypeError) as err:
+        raise ConfigError(f"{spec or 'defaults'}: invalid configuration ({err})") from err
+
+
+def config_from_yaml_text(text: str, source: str | Path) -> TrainConfig:
+    """A config saved as YAML (``RUN/config.yaml``), checked against the schema."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(text))
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except (OmegaConfBaseException, ValueError, TypeError) as err:
+        raise ConfigError(f"{source}: invalid configuration ({err})") from err
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    """The resolved config as YAML text."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,366 @@
+"""Stage 1: the P2R counter trained with Mean Teacher (REFERENCE.md, "Mean Teacher").
+
+Each step: a batch of labeled crops (geometry-only augmentation) goes to the student under the
+P2R loss; once the unlabeled branch is open, the teacher sees the weak view of unlabeled crops,
+its cells with logit >= ``teacher.pseudo_logit`` become pseudo points, and the student sees the
+strong view of the same crops under the P2R loss against them (cutout and padding excluded).
+The step loss is ``(L_sup + w·L_semi) / (1 + w)``; Adam, gradient clipping, then one EMA step.
+
+The run folder (``RUN = out/name``) gets the resolved config, a log, ``metrics.jsonl`` and
+checkpoints (:mod:`xmask.train.checkpoint`); ``resume=True`` continues from the latest one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from xmask.data.augment import Augmenter, ViewBatch
+from xmask.data.image_io import atomic_write_bytes
+from xmask.data.readers import open_dataset
+from xmask.data.splits import read_labeled_list, semi_split
+from xmask.errors import XmaskError
+from xmask.losses.p2r import p2r_loss
+from xmask.models.count_head import decode_points
+from xmask.models.model import build_model
+from xmask.train.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    optimizer_from_tensors,
+    optimizer_tensors,
+    save_checkpoint,
+)
+from xmask.train.config import TrainConfig, to_yaml
+from xmask.train.data import AugmentedDraws, CachedSamples, epoch_plan, step_loader
+from xmask.train.distributed import DistInfo, broadcast_flag
+from xmask.train.ema import EMATeacher
+from xmask.train.run_folder import RunFolder
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``"auto"`` → this rank's CUDA device when available, else the CPU."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def unlabeled_weight(epoch: int, cfg: TrainConfig) -> float:
+    """``w = min((epoch − warmup)·ramp, max_weight)`` from ``warmup`` on, 0 before."""
+    t = cfg.teacher
+    if epoch < t.warmup_epochs:
+        return 0.0
+    return min((epoch - t.warmup_epochs) * t.ramp, t.max_weight)
+
+
+@dataclass
+class TrainState:
+    """Counters saved with every checkpoint.
+
+    Attributes:
+        epoch: current epoch (0-based).
+        step_in_epoch: steps already done in it.
+        step: optimiser steps done in the whole run.
+        best: best validation MAE so far (None without validation).
+        unmatched_points: points that owned no cell, summed over the run (P2R).
+    """
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    step: int = 0
+    best: float | None = None
+    unmatched_points: int = 0
+
+
+@dataclass
+class StepStats:
+    """What one step measured (for the progress bar and metrics)."""
+
+    loss: float
+    sup: float
+    semi: float | None
+    pseudo_points: int
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Backbone parameters at ``optim.backbone_lr``, the rest at ``optim.lr``."""
+    backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+    return [
+        {"params": rest, "lr": cfg.optim.lr},
+        {"params": backbone, "lr": cfg.optim.backbone_lr},
+    ]
+
+
+class Trainer:
+    """One Stage-1 training run.
+
+    Args:
+        cfg: the resolved configuration.
+        resume: continue from the run folder's latest checkpoint (it must exist).
+        dist_info: this process's rank (``torchrun``) or the single-process default.
+    """
+
+    def __init__(
+        self, cfg: TrainConfig, resume: bool = False, dist_info: DistInfo | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.dist = dist_info or DistInfo()
+        self.run = RunFolder(cfg.run_dir)
+        self.device = resolve_device(cfg.device, self.dist.local_rank)
+        torch.manual_seed(cfg.seed)
+        self.student = build_model(cfg.model).to(self.device)
+        self.teacher = EMATeacher(self.student, cfg.teacher.momentum, cfg.teacher.buffers)
+        self.optimizer = torch.optim.Adam(
+            param_groups(self.student, cfg), weight_decay=cfg.optim.weight_decay
+        )
+        self.network: nn.Module = self.student
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.network = DistributedDataParallel(self.student, device_ids=ids)
+        self.state = TrainState()
+        self._build_data()
+        if resume:
+            self._restore()
+
+    def _build_data(self) -> None:
+        cfg = self.cfg.data
+        train = open_dataset(cfg.dataset, cfg.root, "train", max_short_side=cfg.max_short_side)
+        names = train.names
+        held_out = set(read_labeled_list(cfg.validation)) if cfg.validation else set()
+        split = semi_split(names, cfg.labeled)
+        if held_out & {names[i] for i in split.labeled}:
+            raise XmaskError(f"{cfg.validation}: validation images are also labeled images")
+        labeled = split.labeled
+        pool = {"all": range(len(names)), "rest": split.unlabeled, "none": []}
+        if cfg.unlabeled_pool not in pool:
+            raise XmaskError(f"data.unlabeled_pool must be all, rest or none: {cfg.unlabeled_pool}")
+        unlabeled = [i for i in pool[cfg.unlabeled_pool] if names[i] not in held_out]
+        self.labeled, self.unlabeled = labeled, unlabeled
+        self.validation = train.subset([i for i, n in enumerate(names) if n in held_out])
+        samples = CachedSamples(train, cfg.cache)
+        augmenter = Augmenter(self.cfg.augment)
+        self.labeled_set = AugmentedDraws(samples, augmenter, pairs=False)
+        self.unlabeled_set = AugmentedDraws(samples, augmenter, pairs=True)
+        sched = self.cfg.schedule
+        self.steps_per_epoch = sched.steps_per_epoch or max(
+            1, math.ceil(len(unlabeled or labeled) / (sched.batch_unlabeled * self.dist.world_size))
+        )
+        log.info(
+            "%d labeled, %d unlabeled, %d held-out images; %d steps per epoch",
+            len(labeled),
+            len(unlabeled),
+            len(held_out),
+            self.steps_per_epoch,
+        )
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def _checkpoint(self) -> None:
+        if not self.dist.is_main:
+            return
+        tensors = {f"student.{k}": v for k, v in self.student.state_dict().items()}
+        tensors |= {f"teacher.{k}": v for k, v in self.teacher.model.state_dict().items()}
+        tensors |= optimizer_tensors(self.optimizer)
+        groups = [
+            {k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups
+        ]
+        state = {**asdict(self.state), "optimizer": groups}
+        save_checkpoint(self.run.checkpoints, Checkpoint(tensors=tensors, state=state))
+
+    def _restore(self) -> None:
+        ckpt = load_checkpoint(self.run.checkpoints)
+        self.student.load_state_dict(ckpt.part("student"))
+        self.teacher.model.load_state_dict(ckpt.part("teacher"))
+        optimizer_from_tensors(self.optimizer, ckpt.part("optim"))
+        fields = TrainState.__dataclass_fields__
+        self.state = TrainState(**{k: v for k, v in ckpt.state.items() if k in fields})
+        self._drop_metrics_after(self.state.step)
+        log.info(
+            "resumed %s at epoch %d, step %d", self.run.root, self.state.epoch, self.state.step
+        )
+
+    def _drop_metrics_after(self, step: int) -> None:
+        """Forget metric records written after the checkpoint we resume from (they will be
+        written again), so ``metrics.jsonl`` never holds an epoch twice."""
+        path = self.run.metrics_path
+        if not self.dist.is_main or not path.is_file():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode("utf-8"))
+
+    def _append_metrics(self, record: dict) -> None:
+        if not self.dist.is_main:
+            return
+        with self.run.metrics_path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def _pseudo_points(self, weak: ViewBatch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Teacher points on the weak view (outside padding) and their loss weights."""
+        with torch.no_grad():
+            logits = self.teacher.model(weak.images).logits
+        decoded = decode_points(logits, threshold=self.cfg.teacher.pseudo_logit, inclusive=True)
+        points, weights = [], []
+        h, w = weak.valid.shape[-2:]
+        for b, found in enumerate(decoded):
+            cols = found.points[:, 0].long().clamp(max=w - 1)
+            rows = found.points[:, 1].long().clamp(max=h - 1)
+            keep = weak.valid[b, rows, cols]
+            points.append(found.points[keep])
+            confident = found.scores[keep] > self.cfg.teacher.min_confidence
+            weights.append(confident.float())
+        return points, weights
+
+    def _step(self, labeled: ViewBatch, unlabeled: tuple[ViewBatch, ViewBatch] | None) -> StepStats:
+        cfg = self.cfg
+        weight = unlabeled_weight(self.state.epoch, cfg) if unlabeled is not None else 0.0
+        labeled = labeled.to(self.device)
+        sup = p2r_loss(
+            self.network(labeled.images).logits, labeled.points, labeled.valid, cfg=cfg.p2r
+        )
+        loss, semi_value, pseudo = sup.loss, None, 0
+        self.state.unmatched_points += sup.unmatched_points
+        if unlabeled is not None and weight > 0:
+            weak, strong = (part.to(self.device) for part in unlabeled)
+            points, weights = self._pseudo_points(weak)
+            semi = p2r_loss(
+                self.network(strong.images).logits,
+                points,
+                strong.valid,
+                point_weights=weights if cfg.teacher.min_confidence > 0 else None,
+                cfg=cfg.p2r,
+            )
+            loss = (loss + weight * semi.loss) / (1.0 + weight)
+            semi_value, pseudo = float(semi.loss.detach()), sum(len(p) for p in points)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.student.parameters(), cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.teacher.update(self.student)
+        return StepStats(float(loss.detach()), float(sup.loss.detach()), semi_value, pseudo)
+
+    # -- epochs ------------------------------------------------------------------------------
+
+    def _batches(self) -> tuple[list, list | None]:
+        sched = self.cfg.schedule
+        plans = epoch_plan(
+            self.cfg.seed,
+            self.state.epoch,
+            self.labeled,
+            self.unlabeled,
+            self.steps_per_epoch,
+            sched.batch_labeled,
+            sched.batch_unlabeled,
+            self.dist.rank,
+            self.dist.world_size,
+        )[self.state.step_in_epoch :]
+        labeled = [p.labeled for p in plans]
+        semi = unlabeled_weight(self.state.epoch, self.cfg) > 0 and self.unlabeled
+        return labeled, [p.unlabeled for p in plans] if semi else None
+
+    def _epoch(self, last_save: float) -> float:
+        labeled, unlabeled = self._batches()
+        workers = self.cfg.data.workers
+        lab_iter = iter(step_loader(self.labeled_set, labeled, workers))
+        unl_iter = iter(step_loader(self.unlabeled_set, unlabeled, workers)) if unlabeled else None
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=self.state.step_in_epoch,
+            desc=f"epoch {self.state.epoch + 1}/{self.cfg.schedule.epochs}",
+            disable=not self.dist.is_main,
+            leave=False,
+        )
+        totals = {"loss": 0.0, "sup": 0.0, "semi": 0.0, "pseudo_points": 0.0, "steps": 0}
+        started = time.monotonic()
+        for batch in lab_iter:
+            torch.manual_seed(self.cfg.seed + self.state.step)
+            stats = self._step(batch, next(unl_iter) if unl_iter is not None else None)
+            self.state.step += 1
+            self.state.step_in_epoch += 1
+            totals["loss"] += stats.loss
+            totals["sup"] += stats.sup
+            totals["semi"] += stats.semi or 0.0
+            totals["pseudo_points"] += stats.pseudo_points
+            totals["steps"] += 1
+            images = totals["steps"] * self.cfg.schedule.batch_labeled
+            bar.set_postfix(
+                loss=f"{stats.loss:.4f}", img_s=f"{images / (time.monotonic() - started):.1f}"
+            )
+            bar.update()
+            due = time.monotonic() - last_save > 60 * self.cfg.schedule.checkpoint_minutes
+            if broadcast_flag(due, self.dist, self.device):
+                self._checkpoint()
+                last_save = time.monotonic()
+        bar.close()
+        self._end_epoch(totals, time.monotonic() - started)
+        return time.monotonic()
+
+    def _end_epoch(self, totals: dict, seconds: float) -> None:
+        steps = max(int(totals["steps"]), 1)
+        record = {
+            "epoch": self.state.epoch + 1,
+            "step": self.state.step,
+            "loss": totals["loss"] / steps,
+            "sup": totals["sup"] / steps,
+            "semi": totals["semi"] / steps,
+            "pseudo_points_per_step": totals["pseudo_points"] / steps,
+            "unlabeled_weight": unlabeled_weight(self.state.epoch, self.cfg),
+            "unmatched_points": self.state.unmatched_points,
+            "seconds": seconds,
+        }
+        log.info("epoch %d: %s", self.state.epoch + 1, json.dumps(record))
+        self.state.epoch += 1
+        self.state.step_in_epoch = 0
+        if self._validation_due():
+            record |= self._validate()
+        self._append_metrics(record)
+        self._checkpoint()
+
+    def _validation_due(self) -> bool:
+        every = self.cfg.schedule.eval_every
+        last = self.state.epoch == self.cfg.schedule.epochs
+        return len(self.validation) > 0 and (last or (every > 0 and self.state.epoch % every == 0))
+
+    def _validate(self) -> dict:
+        from xmask.evaluation import evaluate_model
+
+        if not self.dist.is_main:
+            return {}
+        result = evaluate_model(self.teacher.model, self.validation, self.device, progress=False)
+        mae = float(result.mae)
+        log.info(
+            "validation after epoch %d: MAE %.2f RMSE %.2f", self.state.epoch, mae, result.rmse
+        )
+        if self.state.best is None or mae < self.state.best:
+            self.state.best = mae
+            tensors = {f"teacher.{k}": v for k, v in self.teacher.model.state_dict().items()}
+            save_checkpoint(self.run.best, Checkpoint(tensors, asdict(self.state)), keep=1)
+        return {"val_mae": mae, "val_rmse": float(result.rmse)}
+
+    def fit(self) -> TrainState:
+        """Train until ``schedule.epochs``; returns the final counters."""
+        if self.dist.is_main:
+            atomic_write_bytes(self.run.config_path, to_yaml(self.cfg).encode("utf-8"))
+        last_save = time.monotonic()
+        while self.state.epoch < self.cfg.schedule.epochs:
+            last_save = self._epoch(last_save)
+        log.info(
+            "finished %d epochs (%d steps); %d points owned no cell over the run",
+            self.state.epoch,
+            self.state.step,
+            self.state.unmatched_points,
+        )
+        return self.state
