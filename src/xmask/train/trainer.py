@@ -30,7 +30,7 @@ from xmask.data.splits import read_labeled_list, semi_split
 from xmask.errors import XmaskError
 from xmask.losses.p2r import p2r_loss
 from xmask.models.count_head import decode_points
-from xmask.models.model import build_model
+from xmask.models.model import build_model, param_groups
 from xmask.train.checkpoint import (
     Checkpoint,
     load_checkpoint,
@@ -91,16 +91,6 @@ class StepStats:
     pseudo_points: int
 
 
-def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """Backbone parameters at ``optim.backbone_lr``, the rest at ``optim.lr``."""
-    backbone = [p for n, p in model.named_parameters() if n.startswith("backbone.")]
-    rest = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
-    return [
-        {"params": rest, "lr": cfg.optim.lr},
-        {"params": backbone, "lr": cfg.optim.backbone_lr},
-    ]
-
-
 class Trainer:
     """One Stage-1 training run.
 
@@ -121,7 +111,8 @@ class Trainer:
         self.student = build_model(cfg.model).to(self.device)
         self.teacher = EMATeacher(self.student, cfg.teacher.momentum, cfg.teacher.buffers)
         self.optimizer = torch.optim.Adam(
-            param_groups(self.student, cfg), weight_decay=cfg.optim.weight_decay
+            param_groups(self.student, cfg.optim.lr, cfg.optim.backbone_lr),
+            weight_decay=cfg.optim.weight_decay,
         )
         self.network: nn.Module = self.student
         if self.dist.enabled:
