@@ -21,3 +21,7 @@ class DataError(XmaskError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{path}: {problem}")
+
+
+class UsageError(XmaskError, ValueError):
+    """An argument names something that does not exist (a dataset, a split, a backbone)."""

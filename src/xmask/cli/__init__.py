@@ -18,7 +18,7 @@ EXIT_SKIPPED = 3
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, one sub-parser per sub-command."""
-    from xmask.cli import data, train
+    from xmask.cli import data, evaluate, train
 
     parser = argparse.ArgumentParser(
         prog="xmask",
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data.add_parser(sub)
+    evaluate.add_parser(sub)
     train.add_parser(sub)
     return parser
 

@@ -43,11 +43,12 @@ def run_train(args: argparse.Namespace) -> int:
     """``xmask train``."""
     import torch
 
+    from xmask.device import resolve_device
     from xmask.errors import XmaskError
     from xmask.train.config import load_config
     from xmask.train.distributed import init_distributed, shutdown
     from xmask.train.run_folder import RunFolder
-    from xmask.train.trainer import Trainer, resolve_device
+    from xmask.train.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides)
     run = RunFolder(cfg.run_dir)

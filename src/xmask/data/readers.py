@@ -40,7 +40,7 @@ from xmask.data.points_io import (
     read_mat_points,
     read_txt_points,
 )
-from xmask.errors import DataError
+from xmask.errors import DataError, UsageError
 from xmask.geometry import scale_points
 from xmask.types import Sample
 
@@ -111,7 +111,7 @@ class CrowdDataset(ABC):
         max_short_side: int | None = None,
     ) -> None:
         if self.split_names is not None and split not in self.split_names:
-            raise ValueError(f"{self.key}: split must be one of {self.split_names}, got {split!r}")
+            raise UsageError(f"{self.key}: split must be one of {self.split_names}, got {split!r}")
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise DataError(self.root, "dataset root folder not found")
@@ -366,5 +366,5 @@ def open_dataset(
     """Open a dataset split by key (``sha``, ``shb``, ``ucf``, ``jhu``, ``folder``) or alias."""
     key = ALIASES.get(name.lower(), name.lower())
     if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+        raise UsageError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     return DATASETS[key](root, split, **kwargs)  # type: ignore[arg-type]

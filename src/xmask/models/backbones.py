@@ -16,7 +16,7 @@ Weights (the ``weights`` argument of :func:`build_backbone`):
   original network's (torchvision's ``vgg16_bn`` state dict, the EfficientNet-Lite state dict);
   the parts a backbone does not build (classifier, stride-32 stages) are ignored, everything
   else must match exactly.
-- ``None``: random initialisation (logged as a warning), e.g. before loading a checkpoint.
+- ``None``: random initialisation, e.g. before loading a checkpoint.
 
 Nothing is ever downloaded. Add a backbone with :func:`register_backbone`; the contract test in
 ``tests/test_models.py`` covers every registered name.
@@ -202,11 +202,7 @@ def build_backbone(name: str, weights: Weights = "imagenet") -> Backbone:
     if name not in _REGISTRY:
         raise ValueError(f"unknown backbone {name!r}; registered: {', '.join(list_backbones())}")
     if weights is None:
-        log.warning(
-            "%s: random initialisation (weights=None); load a checkpoint, or pass "
-            "weights='imagenet' or a state-dict file for pretrained features",
-            name,
-        )
+        log.debug("%s: random initialisation (weights=None)", name)
     return _REGISTRY[name](weights)
 
 

@@ -57,6 +57,25 @@ def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(tensor.item())
 
 
+def fingerprint(module: torch.nn.Module) -> torch.Tensor:
+    """Three float64 checksums of every parameter and buffer (sum, sum of squares, and a sum
+    weighted by position), equal on two replicas exactly when their weights agree."""
+    values = [t.detach().double().flatten() for t in module.state_dict().values()]
+    flat = torch.cat(values) if values else torch.zeros(1, dtype=torch.float64)
+    ramp = torch.linspace(0.5, 1.5, flat.numel(), dtype=torch.float64, device=flat.device)
+    return torch.stack([flat.sum(), (flat * flat).sum(), (flat * ramp).sum()])
+
+
+def replicas_agree(module: torch.nn.Module, info: DistInfo, device: torch.device) -> bool:
+    """Whether every rank holds the same weights in ``module`` (True on a single process)."""
+    if not info.enabled:
+        return True
+    mine = fingerprint(module).to(device)
+    gathered = [torch.empty_like(mine) for _ in range(info.world_size)]
+    dist.all_gather(gathered, mine)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
 def shutdown() -> None:
     """Leave the process group, if one was joined."""
     if dist.is_initialized():

@@ -53,18 +53,18 @@ class RunFolder:
         return config_from_yaml_text(self.config_path.read_text(encoding="utf-8"), self.config_path)
 
 
-def _locate(path: Path) -> tuple[RunFolder, Path | None]:
-    """(run folder, explicit weights file or None for the latest checkpoint)."""
-    if path.is_dir():
-        if (path / "latest.json").is_file():
-            return RunFolder(path.parent), None
-        return RunFolder(path), None
-    if path.suffix == ".safetensors":
-        for parent in path.parents:
-            if (parent / "config.yaml").is_file():
-                return RunFolder(parent), path
-        raise CheckpointError(path, "no config.yaml in any folder above this weights file")
-    raise CheckpointError(path, "expected a run folder or a .safetensors checkpoint")
+def find_run_folder(path: str | Path) -> RunFolder:
+    """The run a path belongs to: the nearest of ``path`` and its parents holding
+    ``config.yaml`` (a run folder, its ``checkpoints/`` or ``best/``, or a weights file).
+
+    Raises:
+        CheckpointError: no such folder.
+    """
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if (folder / "config.yaml").is_file():
+            return RunFolder(folder)
+    raise CheckpointError(path, "not inside an xmask run folder (no config.yaml found)")
 
 
 def load_trained_model(
@@ -84,10 +84,12 @@ def load_trained_model(
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(path, "not found")
-    run, weights_file = _locate(path)
+    if path.is_file() and path.suffix != ".safetensors":
+        raise CheckpointError(path, "expected a run folder or a .safetensors checkpoint")
+    run = find_run_folder(path)
     cfg = run.load_config()
-    if weights_file is not None:
-        tensors = load_tensors(weights_file)
+    if path.is_file():
+        tensors = load_tensors(path)
     else:
         folder = path if (path / "latest.json").is_file() else run.checkpoints
         tensors = load_checkpoint(folder).tensors

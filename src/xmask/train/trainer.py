@@ -27,6 +27,7 @@ from xmask.data.augment import Augmenter, ViewBatch
 from xmask.data.image_io import atomic_write_bytes
 from xmask.data.readers import open_dataset
 from xmask.data.splits import read_labeled_list, semi_split
+from xmask.device import resolve_device
 from xmask.errors import XmaskError
 from xmask.losses.p2r import p2r_loss
 from xmask.models.count_head import decode_points
@@ -40,18 +41,11 @@ from xmask.train.checkpoint import (
 )
 from xmask.train.config import TrainConfig, to_yaml
 from xmask.train.data import AugmentedDraws, CachedSamples, epoch_plan, step_loader
-from xmask.train.distributed import DistInfo, broadcast_flag
+from xmask.train.distributed import DistInfo, broadcast_flag, replicas_agree
 from xmask.train.ema import EMATeacher
 from xmask.train.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``"auto"`` → this rank's CUDA device when available, else the CPU."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def unlabeled_weight(epoch: int, cfg: TrainConfig) -> float:
@@ -108,6 +102,8 @@ class Trainer:
         self.run = RunFolder(cfg.run_dir)
         self.device = resolve_device(cfg.device, self.dist.local_rank)
         torch.manual_seed(cfg.seed)
+        if cfg.model.weights is None:
+            log.warning("model.weights is null: the backbone starts from random weights")
         self.student = build_model(cfg.model).to(self.device)
         self.teacher = EMATeacher(self.student, cfg.teacher.momentum, cfg.teacher.buffers)
         self.optimizer = torch.optim.Adam(
@@ -354,4 +350,14 @@ class Trainer:
             self.state.step,
             self.state.unmatched_points,
         )
+        self._check_replicas()
         return self.state
+
+    def _check_replicas(self) -> None:
+        """In a distributed run, fail loudly if the ranks' student or teacher weights differ."""
+        if not self.dist.enabled:
+            return
+        for name, module in (("student", self.student), ("teacher", self.teacher.model)):
+            if not replicas_agree(module, self.dist, self.device):
+                raise XmaskError(f"{name} weights differ between ranks after training")
+        log.info("student and teacher weights identical on all %d ranks", self.dist.world_size)

@@ -1,0 +1,446 @@
+"""Evaluate a counting model on a dataset split: counts, MAE/RMSE and point localisation.
+
+Protocol (REFERENCE.md, Metrics): full test images, batch 1, the model in eval mode under
+``torch.inference_mode``. An image becomes a ``1×3×H×W`` float tensor in ``[0, 1]``; the count
+is the number of stride-4 cells with logit > 0 and the predicted points are those cells'
+centres (:func:`xmask.models.count_head.decode_points`). Images are evaluated at the size the
+dataset gives them (its ``max_short_side`` resize rule, if any); localisation distances are
+converted back to the original image's pixels (divided by :attr:`xmask.types.Sample.scale`),
+so the thresholds ``σ`` are in original pixels.
+
+Tiling rule (large images)
+    An image with more than ``max_pixels`` pixels runs in overlapping tiles, so memory is
+    bounded by the tile size. Along each axis longer than ``tile``, tiles start at
+    ``0, tile − overlap, 2·(tile − overlap), …`` while they end before the image does, and
+    at the largest multiple of 16 not above ``length − tile`` (unless that is already a
+    start); every tile is ``tile`` pixels long except the last, which runs to the image's end
+    (at most ``tile + 15`` pixels). An axis no longer than ``tile`` is one span. Neighbouring
+    tiles overlap by at least ``overlap`` pixels and split the overlap at its middle (a
+    multiple of 4, since all offsets are multiples of 16); each tile keeps only the stride-4
+    cells between its two split lines. So every cell of the image is decided by exactly one
+    tile, and every kept cell has at least ``overlap / 2`` pixels of real image context
+    towards each neighbouring tile. Tile offsets are multiples of 16 (the model's padding
+    multiple and coarsest stride, :data:`xmask.models.model.PAD_MULTIPLE`), so each tile's
+    cell and feature grids coincide with the full image's. A network whose output at a cell
+    depends only on pixels within ``overlap / 2`` of that cell gives exactly the untiled
+    logits; a deep network's receptive field is wider, so tiles change its logits slightly,
+    mostly near the split lines.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from xmask.data.image_io import atomic_write_bytes
+from xmask.data.readers import CrowdDataset
+from xmask.errors import DataError
+from xmask.metrics.counting import mae, rmse
+from xmask.metrics.localisation import (
+    DEFAULT_THRESHOLDS,
+    MatchCounts,
+    localisation_counts,
+    threshold_key,
+)
+from xmask.models.count_head import COUNT_STRIDE, decode_points
+from xmask.models.model import PAD_MULTIPLE
+from xmask.types import Sample
+
+log = logging.getLogger(__name__)
+
+MAX_PIXELS = 2048 * 2048
+"""Images with more pixels than this (about 4.2 MP) are evaluated in tiles."""
+TILE = 1024
+"""Default tile side in pixels."""
+OVERLAP = 128
+"""Default overlap of neighbouring tiles in pixels (64 px of context kept on each side)."""
+
+
+@dataclass(frozen=True)
+class Span:
+    """One tile along one axis, in pixels of the full image.
+
+    Attributes:
+        start: first pixel of the tile (a multiple of 16).
+        end: one past its last pixel.
+        keep_start: first pixel whose cells this tile decides (a multiple of 4).
+        keep_end: one past the last such pixel (a multiple of 4, or the image's end).
+    """
+
+    start: int
+    end: int
+    keep_start: int
+    keep_end: int
+
+
+def check_tiling(tile: int, overlap: int, align: int = PAD_MULTIPLE) -> None:
+    """Raise ValueError unless ``tile`` and ``overlap`` are multiples of ``align`` (itself a
+    multiple of the stride 4) with ``0 <= overlap < tile``."""
+    if align % COUNT_STRIDE or tile % align or overlap % align or not 0 <= overlap < tile:
+        raise ValueError(
+            f"tile ({tile}) and overlap ({overlap}) must be multiples of {align}, "
+            f"with 0 <= overlap < tile"
+        )
+
+
+def tile_spans(
+    length: int, tile: int = TILE, overlap: int = OVERLAP, align: int = PAD_MULTIPLE
+) -> list[Span]:
+    """The tiles along one axis of ``length`` pixels (module docstring, tiling rule).
+
+    Args:
+        length: image rows or columns.
+        tile: tile side; a multiple of ``align``.
+        overlap: least overlap of neighbouring tiles; a multiple of ``align``, ``< tile``.
+        align: tile offsets are multiples of this (a multiple of the stride 4).
+
+    Returns:
+        Spans in order; their ``[keep_start, keep_end)`` ranges partition ``[0, length)``.
+    """
+    check_tiling(tile, overlap, align)
+    if length <= tile:
+        return [Span(0, length, 0, length)]
+    starts = list(range(0, length - tile, tile - overlap))
+    last = (length - tile) // align * align
+    if last > starts[-1]:
+        starts.append(last)
+    ends = [s + tile for s in starts[:-1]] + [length]
+    cuts = [
+        (nxt + end) // (2 * COUNT_STRIDE) * COUNT_STRIDE
+        for nxt, end in zip(starts[1:], ends[:-1], strict=True)
+    ]
+    bounds = [0, *cuts, length]
+    return [
+        Span(s, e, k0, k1)
+        for s, e, k0, k1 in zip(starts, ends, bounds[:-1], bounds[1:], strict=True)
+    ]
+
+
+def image_tensor(image: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """``H×W×3 uint8`` RGB → ``1×3×H×W float32`` in ``[0, 1]`` on ``device``."""
+    tensor = torch.from_numpy(np.require(image, requirements=["C", "W"])).to(device)
+    return tensor.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+
+
+def _logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    logits = model(images).logits
+    h, w = (math.ceil(s / COUNT_STRIDE) for s in images.shape[-2:])
+    if logits.shape[-2:] != (h, w):
+        raise ValueError(
+            f"model returned a {tuple(logits.shape[-2:])} logit grid for a "
+            f"{tuple(images.shape[-2:])} input, expected {(h, w)}"
+        )
+    return logits
+
+
+def tiled_logits(
+    model: nn.Module, image: torch.Tensor, tile: int = TILE, overlap: int = OVERLAP
+) -> tuple[torch.Tensor, int]:
+    """Logits of a large image assembled from overlapping tiles (module docstring).
+
+    Args:
+        model: maps ``1×3×h×w`` to :class:`~xmask.types.ModelOutput` (``1×1×ceil(h/4)×ceil(w/4)``
+            logits).
+        image: ``1×3×H×W`` float in ``[0, 1]``.
+        tile: tile side in pixels.
+        overlap: least overlap of neighbouring tiles in pixels.
+
+    Returns:
+        ``(1×1×ceil(H/4)×ceil(W/4)`` logits, number of tiles run``)``.
+    """
+    height, width = image.shape[-2:]
+    rows, cols = tile_spans(height, tile, overlap), tile_spans(width, tile, overlap)
+    grid = (math.ceil(height / COUNT_STRIDE), math.ceil(width / COUNT_STRIDE))
+    out: torch.Tensor | None = None
+    for r in rows:
+        image_rows, tile_rows = _cell_slices(r)
+        for c in cols:
+            image_cols, tile_cols = _cell_slices(c)
+            part = _logits(model, image[..., r.start : r.end, c.start : c.end])
+            if out is None:
+                out = part.new_empty((1, 1, *grid))
+            out[..., image_rows, image_cols] = part[..., tile_rows, tile_cols]
+    assert out is not None
+    return out, len(rows) * len(cols)
+
+
+def _cell_slices(span: Span) -> tuple[slice, slice]:
+    """The stride-4 cells a span keeps: (in the image's grid, in the tile's grid)."""
+    first = span.keep_start // COUNT_STRIDE
+    stop = -(-span.keep_end // COUNT_STRIDE)
+    offset = span.start // COUNT_STRIDE
+    return slice(first, stop), slice(first - offset, stop - offset)
+
+
+def predict_logits(
+    model: nn.Module,
+    image: torch.Tensor,
+    *,
+    max_pixels: int | None = MAX_PIXELS,
+    tile: int = TILE,
+    overlap: int = OVERLAP,
+) -> tuple[torch.Tensor, int]:
+    """Logits of one image, whole or in tiles.
+
+    Call under ``torch.inference_mode()`` with the model in eval mode.
+
+    Args:
+        model: maps ``1×3×H×W`` to :class:`~xmask.types.ModelOutput`.
+        image: ``1×3×H×W`` float in ``[0, 1]``, on the model's device.
+        max_pixels: images with more pixels run in tiles (None: never). A whole image that
+            runs out of GPU memory is retried in tiles.
+        tile: tile side in pixels.
+        overlap: least overlap of neighbouring tiles in pixels.
+
+    Returns:
+        ``(1×1×ceil(H/4)×ceil(W/4)`` logits, number of tiles run (1: whole image)``)``.
+    """
+    height, width = image.shape[-2:]
+    if max_pixels is None or height * width <= max_pixels:
+        try:
+            return _logits(model, image), 1
+        except torch.cuda.OutOfMemoryError:
+            log.warning("%d×%d image: out of GPU memory, retrying in tiles", width, height)
+        torch.cuda.empty_cache()
+    return tiled_logits(model, image, tile, overlap)
+
+
+@dataclass
+class ImageResult:
+    """One evaluated image (a row of the per-image CSV).
+
+    Attributes:
+        name: image name.
+        height: rows of the evaluated image (after the dataset's resize rule).
+        width: columns of the evaluated image.
+        tiles: tiles it ran in (1: whole).
+        gt_count: ground-truth head points.
+        pred_count: cells with logit > 0.
+        matches: ``{σ: MatchCounts}`` localisation counts per threshold.
+    """
+
+    name: str
+    height: int
+    width: int
+    tiles: int
+    gt_count: int
+    pred_count: int
+    matches: dict[float, MatchCounts]
+
+    @property
+    def abs_error(self) -> int:
+        """``|pred_count − gt_count|``."""
+        return abs(self.pred_count - self.gt_count)
+
+
+@dataclass
+class EvaluationResult:
+    """Per-image rows and dataset totals of one evaluation.
+
+    Attributes:
+        rows: one :class:`ImageResult` per image evaluated, in dataset order.
+        thresholds: localisation thresholds ``σ`` in pixels.
+        skipped: ``{"name", "problem"}`` of every item that could not be read.
+        seconds: wall time of the whole evaluation.
+    """
+
+    rows: list[ImageResult]
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images(self) -> int:
+        """Images evaluated."""
+        return len(self.rows)
+
+    @property
+    def mae(self) -> float:
+        """Mean absolute count error (NaN without images)."""
+        return mae([r.pred_count for r in self.rows], [r.gt_count for r in self.rows])
+
+    @property
+    def rmse(self) -> float:
+        """Root mean squared count error, the field's "MSE" (NaN without images)."""
+        return rmse([r.pred_count for r in self.rows], [r.gt_count for r in self.rows])
+
+    @property
+    def localisation(self) -> dict[float, MatchCounts]:
+        """``{σ: MatchCounts}`` summed over images (micro totals)."""
+        totals = {t: MatchCounts() for t in self.thresholds}
+        for row in self.rows:
+            for t in self.thresholds:
+                totals[t] = totals[t] + row.matches[t]
+        return totals
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready summary: ``images``, ``mae``, ``rmse`` (None without images),
+        ``gt_total``, ``pred_total``, ``localisation`` (``{"4": {precision, recall, f1, tp,
+        fp, fn}, ...}``), ``skipped`` and ``seconds``."""
+        empty = not self.rows
+        return {
+            "images": self.images,
+            "mae": None if empty else self.mae,
+            "rmse": None if empty else self.rmse,
+            "gt_total": sum(r.gt_count for r in self.rows),
+            "pred_total": sum(r.pred_count for r in self.rows),
+            "localisation": {threshold_key(t): c.to_dict() for t, c in self.localisation.items()},
+            "skipped": list(self.skipped),
+            "seconds": self.seconds,
+        }
+
+    def csv_text(self) -> str:
+        """Per-image rows as CSV: ``name, height, width, tiles, gt_count, pred_count,
+        abs_error`` and ``tp_σ, fp_σ, fn_σ`` per threshold."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        keys = [threshold_key(t) for t in self.thresholds]
+        header = ["name", "height", "width", "tiles", "gt_count", "pred_count", "abs_error"]
+        writer.writerow(header + [f"{k}_{key}" for key in keys for k in ("tp", "fp", "fn")])
+        for r in self.rows:
+            counts = [getattr(r.matches[t], k) for t in self.thresholds for k in ("tp", "fp", "fn")]
+            base = [r.name, r.height, r.width, r.tiles, r.gt_count, r.pred_count, r.abs_error]
+            writer.writerow(base + counts)
+        return buffer.getvalue()
+
+    def write_csv(self, path: str | Path) -> None:
+        """Write :meth:`csv_text` to ``path`` atomically (UTF-8)."""
+        atomic_write_bytes(path, self.csv_text().encode("utf-8"))
+
+
+def format_result(result: EvaluationResult) -> str:
+    """Human-readable summary of an evaluation."""
+    lines = [
+        f"images      {result.images:,}",
+        f"MAE         {result.mae:.2f}",
+        f"RMSE (MSE)  {result.rmse:.2f}",
+        f"heads       {sum(r.gt_count for r in result.rows):,} true / "
+        f"{sum(r.pred_count for r in result.rows):,} predicted",
+    ]
+    for t, c in result.localisation.items():
+        lines.append(
+            f"σ = {threshold_key(t)} px    P {c.precision:.3f}  R {c.recall:.3f}  F1 {c.f1:.3f}"
+            f"  (TP {c.tp:,}, FP {c.fp:,}, FN {c.fn:,})"
+        )
+    lines.append(f"skipped     {len(result.skipped)}")
+    lines += [f"  {s['name']}: {s['problem']}" for s in result.skipped]
+    return "\n".join(lines)
+
+
+def evaluate_sample(
+    model: nn.Module,
+    sample: Sample,
+    device: torch.device | str,
+    *,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    max_pixels: int | None = MAX_PIXELS,
+    tile: int = TILE,
+    overlap: int = OVERLAP,
+) -> ImageResult:
+    """Count and localise the heads of one sample (call under ``torch.inference_mode()``
+    with the model in eval mode on ``device``); see :func:`evaluate_model`."""
+    logits, tiles = predict_logits(
+        model,
+        image_tensor(sample.image, device),
+        max_pixels=max_pixels,
+        tile=tile,
+        overlap=overlap,
+    )
+    pred = decode_points(logits)[0].points.cpu().numpy()
+    # Distances in the original image's pixels: both point sets shrank by sample.scale.
+    matches = localisation_counts(pred / sample.scale, sample.points / sample.scale, thresholds)
+    height, width = sample.size
+    return ImageResult(sample.name, height, width, tiles, sample.count, len(pred), matches)
+
+
+def evaluate_model(
+    model: nn.Module,
+    dataset: CrowdDataset | Sequence[Sample],
+    device: torch.device | str,
+    *,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    max_pixels: int | None = MAX_PIXELS,
+    tile: int = TILE,
+    overlap: int = OVERLAP,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Evaluate ``model`` on every image of ``dataset``, one full image at a time.
+
+    The model runs in eval mode under ``torch.inference_mode`` (its train/eval mode is restored
+    afterwards); it must already be on ``device``. Items the dataset cannot read
+    (:class:`~xmask.errors.DataError`) are logged, listed in ``skipped`` and left out.
+
+    Args:
+        model: maps ``1×3×H×W`` float RGB in ``[0, 1]`` to :class:`~xmask.types.ModelOutput`
+            with ``1×1×ceil(H/4)×ceil(W/4)`` logits.
+        dataset: a :class:`~xmask.data.readers.CrowdDataset` (or any sequence of samples),
+            already carrying its resize rule (``max_short_side``).
+        device: where the images go.
+        thresholds: localisation thresholds ``σ`` in original-image pixels.
+        max_pixels: images with more pixels run in tiles (module docstring; None: never).
+        tile: tile side in pixels (a multiple of 16).
+        overlap: least overlap of neighbouring tiles (a multiple of 16).
+        progress: show a tqdm bar on stderr.
+
+    Returns:
+        :class:`EvaluationResult`.
+
+    Raises:
+        ValueError: bad tiling arguments (checked before the first image).
+    """
+    thresholds = tuple(float(t) for t in thresholds)
+    check_tiling(tile, overlap)
+    if max_pixels is not None and max_pixels < 1:
+        raise ValueError(f"max_pixels must be positive or None, got {max_pixels}")
+    names = getattr(dataset, "names", None)
+    result = EvaluationResult(rows=[], thresholds=thresholds)
+    start = time.perf_counter()
+    abs_sum = 0
+    was_training = model.training
+    model.eval()
+    bar = tqdm(range(len(dataset)), desc="evaluate", unit="img", disable=not progress)
+    try:
+        with torch.inference_mode():
+            for index in bar:
+                try:
+                    sample = dataset[index]
+                except DataError as err:
+                    name = names[index] if names is not None else str(index)
+                    log.warning("skipped %s: %s", name, err)
+                    result.skipped.append({"name": name, "problem": str(err)})
+                    continue
+                row = evaluate_sample(
+                    model,
+                    sample,
+                    device,
+                    thresholds=thresholds,
+                    max_pixels=max_pixels,
+                    tile=tile,
+                    overlap=overlap,
+                )
+                result.rows.append(row)
+                abs_sum += row.abs_error
+                bar.set_postfix(mae=f"{abs_sum / result.images:.2f}", refresh=False)
+    finally:
+        bar.close()
+        model.train(was_training)
+    result.seconds = time.perf_counter() - start
+    log.info(
+        "evaluated %d images (%d skipped): MAE %.2f, RMSE %.2f",
+        result.images,
+        len(result.skipped),
+        result.mae,
+        result.rmse,
+    )
+    return result
