@@ -57,6 +57,19 @@ def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(tensor.item())
 
 
+def sync_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's buffers (BatchNorm statistics) to every rank.
+
+    DDP broadcasts them at the start of each forward, but the forward then updates each
+    rank's copy with its own batch; syncing after the step keeps the student (and the teacher,
+    which copies or averages them) identical on all ranks.
+    """
+    if not info.enabled:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def fingerprint(module: torch.nn.Module) -> torch.Tensor:
     """Three float64 checksums of every parameter and buffer (sum, sum of squares, and a sum
     weighted by position), equal on two replicas exactly when their weights agree."""

@@ -41,7 +41,7 @@ from xmask.train.checkpoint import (
 )
 from xmask.train.config import TrainConfig, to_yaml
 from xmask.train.data import AugmentedDraws, CachedSamples, epoch_plan, step_loader
-from xmask.train.distributed import DistInfo, broadcast_flag, replicas_agree
+from xmask.train.distributed import DistInfo, broadcast_flag, replicas_agree, sync_buffers
 from xmask.train.ema import EMATeacher
 from xmask.train.run_folder import RunFolder
 
@@ -211,19 +211,28 @@ class Trainer:
         return points, weights
 
     def _step(self, labeled: ViewBatch, unlabeled: tuple[ViewBatch, ViewBatch] | None) -> StepStats:
+        """One optimiser step. Labeled crops and the strong unlabeled crops go through the
+        student in one forward pass (one batch for BatchNorm, one DDP forward per step)."""
         cfg = self.cfg
         weight = unlabeled_weight(self.state.epoch, cfg) if unlabeled is not None else 0.0
         labeled = labeled.to(self.device)
-        sup = p2r_loss(
-            self.network(labeled.images).logits, labeled.points, labeled.valid, cfg=cfg.p2r
-        )
-        loss, semi_value, pseudo = sup.loss, None, 0
-        self.state.unmatched_points += sup.unmatched_points
+        semi_batch = None
         if unlabeled is not None and weight > 0:
             weak, strong = (part.to(self.device) for part in unlabeled)
             points, weights = self._pseudo_points(weak)
+            semi_batch = (strong, points, weights)
+        images = labeled.images
+        if semi_batch is not None:
+            images = torch.cat([images, semi_batch[0].images])
+        logits = self.network(images).logits
+        n_lab = labeled.images.shape[0]
+        sup = p2r_loss(logits[:n_lab], labeled.points, labeled.valid, cfg=cfg.p2r)
+        loss, semi_value, pseudo = sup.loss, None, 0
+        self.state.unmatched_points += sup.unmatched_points
+        if semi_batch is not None:
+            strong, points, weights = semi_batch
             semi = p2r_loss(
-                self.network(strong.images).logits,
+                logits[n_lab:],
                 points,
                 strong.valid,
                 point_weights=weights if cfg.teacher.min_confidence > 0 else None,
@@ -236,6 +245,7 @@ class Trainer:
         if cfg.optim.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.student.parameters(), cfg.optim.grad_clip)
         self.optimizer.step()
+        sync_buffers(self.student, self.dist)
         self.teacher.update(self.student)
         return StepStats(float(loss.detach()), float(sup.loss.detach()), semi_value, pseudo)
 
