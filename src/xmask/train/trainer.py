@@ -1,10 +1,8 @@
 """Stage 1: the P2R counter trained with Mean Teacher (REFERENCE.md, "Mean Teacher").
 
-Each step: a batch of labeled crops (geometry-only augmentation) goes to the student under the
-P2R loss; once the unlabeled branch is open, the teacher sees the weak view of unlabeled crops,
-its cells with logit >= ``teacher.pseudo_logit`` become pseudo points, and the student sees the
-strong view of the same crops under the P2R loss against them (cutout and padding excluded).
-The step loss is ``(L_sup + w·L_semi) / (1 + w)``; Adam, gradient clipping, then one EMA step.
+The trainer owns the data (labeled list, unlabeled pool, held-out validation list), the epochs
+and the unlabeled-weight ramp, checkpoints and metrics; each step is
+:class:`xmask.train.step.MeanTeacherStep`.
 
 The run folder (``RUN = out/name``) gets the resolved config, a log, ``metrics.jsonl`` and
 checkpoints (:mod:`xmask.train.checkpoint`); ``resume=True`` continues from the latest one.
@@ -19,19 +17,14 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from xmask.data.augment import Augmenter, ViewBatch
+from xmask.data.augment import Augmenter
 from xmask.data.image_io import atomic_write_bytes
 from xmask.data.readers import open_dataset
 from xmask.data.splits import read_labeled_list, semi_split
 from xmask.device import resolve_device
 from xmask.errors import XmaskError
-from xmask.losses.p2r import p2r_loss
-from xmask.models.count_head import decode_points
-from xmask.models.model import build_model, param_groups
 from xmask.train.checkpoint import (
     Checkpoint,
     load_checkpoint,
@@ -41,9 +34,9 @@ from xmask.train.checkpoint import (
 )
 from xmask.train.config import TrainConfig, to_yaml
 from xmask.train.data import AugmentedDraws, CachedSamples, epoch_plan, step_loader
-from xmask.train.distributed import DistInfo, broadcast_flag, replicas_agree, sync_buffers
-from xmask.train.ema import EMATeacher
+from xmask.train.distributed import DistInfo, broadcast_flag, replicas_agree
 from xmask.train.run_folder import RunFolder
+from xmask.train.step import MeanTeacherStep
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +68,6 @@ class TrainState:
     unmatched_points: int = 0
 
 
-@dataclass
-class StepStats:
-    """What one step measured (for the progress bar and metrics)."""
-
-    loss: float
-    sup: float
-    semi: float | None
-    pseudo_points: int
-
-
 class Trainer:
     """One Stage-1 training run.
 
@@ -101,19 +84,8 @@ class Trainer:
         self.dist = dist_info or DistInfo()
         self.run = RunFolder(cfg.run_dir)
         self.device = resolve_device(cfg.device, self.dist.local_rank)
-        torch.manual_seed(cfg.seed)
-        if cfg.model.weights is None:
-            log.warning("model.weights is null: the backbone starts from random weights")
-        self.student = build_model(cfg.model).to(self.device)
-        self.teacher = EMATeacher(self.student, cfg.teacher.momentum, cfg.teacher.buffers)
-        self.optimizer = torch.optim.Adam(
-            param_groups(self.student, cfg.optim.lr, cfg.optim.backbone_lr),
-            weight_decay=cfg.optim.weight_decay,
-        )
-        self.network: nn.Module = self.student
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.network = DistributedDataParallel(self.student, device_ids=ids)
+        self.step = MeanTeacherStep(cfg, self.device, self.dist)
+        self.student, self.teacher = self.step.student, self.step.teacher
         self.state = TrainState()
         self._build_data()
         if resume:
@@ -157,9 +129,9 @@ class Trainer:
             return
         tensors = {f"student.{k}": v for k, v in self.student.state_dict().items()}
         tensors |= {f"teacher.{k}": v for k, v in self.teacher.model.state_dict().items()}
-        tensors |= optimizer_tensors(self.optimizer)
+        tensors |= optimizer_tensors(self.step.optimizer)
         groups = [
-            {k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups
+            {k: v for k, v in g.items() if k != "params"} for g in self.step.optimizer.param_groups
         ]
         state = {**asdict(self.state), "optimizer": groups}
         save_checkpoint(self.run.checkpoints, Checkpoint(tensors=tensors, state=state))
@@ -168,7 +140,7 @@ class Trainer:
         ckpt = load_checkpoint(self.run.checkpoints)
         self.student.load_state_dict(ckpt.part("student"))
         self.teacher.model.load_state_dict(ckpt.part("teacher"))
-        optimizer_from_tensors(self.optimizer, ckpt.part("optim"))
+        optimizer_from_tensors(self.step.optimizer, ckpt.part("optim"))
         fields = TrainState.__dataclass_fields__
         self.state = TrainState(**{k: v for k, v in ckpt.state.items() if k in fields})
         self._drop_metrics_after(self.state.step)
@@ -191,63 +163,6 @@ class Trainer:
             return
         with self.run.metrics_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
-
-    # -- one step ----------------------------------------------------------------------------
-
-    def _pseudo_points(self, weak: ViewBatch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Teacher points on the weak view (outside padding) and their loss weights."""
-        with torch.no_grad():
-            logits = self.teacher.model(weak.images).logits
-        decoded = decode_points(logits, threshold=self.cfg.teacher.pseudo_logit, inclusive=True)
-        points, weights = [], []
-        h, w = weak.valid.shape[-2:]
-        for b, found in enumerate(decoded):
-            cols = found.points[:, 0].long().clamp(max=w - 1)
-            rows = found.points[:, 1].long().clamp(max=h - 1)
-            keep = weak.valid[b, rows, cols]
-            points.append(found.points[keep])
-            confident = found.scores[keep] > self.cfg.teacher.min_confidence
-            weights.append(confident.float())
-        return points, weights
-
-    def _step(self, labeled: ViewBatch, unlabeled: tuple[ViewBatch, ViewBatch] | None) -> StepStats:
-        """One optimiser step. Labeled crops and the strong unlabeled crops go through the
-        student in one forward pass (one batch for BatchNorm, one DDP forward per step)."""
-        cfg = self.cfg
-        weight = unlabeled_weight(self.state.epoch, cfg) if unlabeled is not None else 0.0
-        labeled = labeled.to(self.device)
-        semi_batch = None
-        if unlabeled is not None and weight > 0:
-            weak, strong = (part.to(self.device) for part in unlabeled)
-            points, weights = self._pseudo_points(weak)
-            semi_batch = (strong, points, weights)
-        images = labeled.images
-        if semi_batch is not None:
-            images = torch.cat([images, semi_batch[0].images])
-        logits = self.network(images).logits
-        n_lab = labeled.images.shape[0]
-        sup = p2r_loss(logits[:n_lab], labeled.points, labeled.valid, cfg=cfg.p2r)
-        loss, semi_value, pseudo = sup.loss, None, 0
-        self.state.unmatched_points += sup.unmatched_points
-        if semi_batch is not None:
-            strong, points, weights = semi_batch
-            semi = p2r_loss(
-                logits[n_lab:],
-                points,
-                strong.valid,
-                point_weights=weights if cfg.teacher.min_confidence > 0 else None,
-                cfg=cfg.p2r,
-            )
-            loss = (loss + weight * semi.loss) / (1.0 + weight)
-            semi_value, pseudo = float(semi.loss.detach()), sum(len(p) for p in points)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.student.parameters(), cfg.optim.grad_clip)
-        self.optimizer.step()
-        sync_buffers(self.student, self.dist)
-        self.teacher.update(self.student)
-        return StepStats(float(loss.detach()), float(sup.loss.detach()), semi_value, pseudo)
 
     # -- epochs ------------------------------------------------------------------------------
 
@@ -284,7 +199,9 @@ class Trainer:
         started = time.monotonic()
         for batch in lab_iter:
             torch.manual_seed(self.cfg.seed + self.state.step)
-            stats = self._step(batch, next(unl_iter) if unl_iter is not None else None)
+            weight = unlabeled_weight(self.state.epoch, self.cfg)
+            stats = self.step(batch, next(unl_iter) if unl_iter is not None else None, weight)
+            self.state.unmatched_points += stats.unmatched_points
             self.state.step += 1
             self.state.step_in_epoch += 1
             totals["loss"] += stats.loss

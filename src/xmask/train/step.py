@@ -1,0 +1,128 @@
+"""One Mean Teacher optimiser step of Stage 1: the student, its EMA teacher and the optimizer.
+
+Labeled crops (geometry-only augmentation) are supervised by their points under the P2R loss.
+When the unlabeled weight ``w`` is positive, the teacher sees the weak view of the unlabeled
+crops; its cells with logit >= ``teacher.pseudo_logit`` outside padding become pseudo points;
+the strong view goes through the student together with the labeled crops (one forward pass:
+one BatchNorm batch, one DDP forward) and is supervised by the pseudo points under the P2R loss
+with cutout and padding cells excluded. The loss is ``(L_sup + w·L_semi) / (1 + w)``; then
+Adam with gradient clipping, rank-0 buffer sync (DDP) and one EMA update of the teacher.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from xmask.data.augment import ViewBatch
+from xmask.losses.p2r import p2r_loss
+from xmask.models.count_head import decode_points
+from xmask.models.model import build_model, param_groups
+from xmask.train.config import TrainConfig
+from xmask.train.distributed import DistInfo, sync_buffers
+from xmask.train.ema import EMATeacher
+
+
+@dataclass
+class StepStats:
+    """What one step measured.
+
+    Attributes:
+        loss: the combined loss.
+        sup: the labeled P2R loss.
+        semi: the unlabeled P2R loss (None when the branch did not run).
+        pseudo_points: teacher points used this step.
+        unmatched_points: labeled points that owned no cell (P2R drops them).
+    """
+
+    loss: float
+    sup: float
+    semi: float | None
+    pseudo_points: int
+    unmatched_points: int
+
+
+class MeanTeacherStep:
+    """Student, teacher and optimizer, and the step that updates them.
+
+    Args:
+        cfg: the run's configuration (model, optim, teacher, p2r).
+        device: where the networks live.
+        dist_info: this process's rank; with several ranks the student is wrapped in DDP.
+    """
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, dist_info: DistInfo) -> None:
+        self.cfg = cfg
+        self.dist = dist_info
+        torch.manual_seed(cfg.seed)
+        self.student = build_model(cfg.model).to(device)
+        self.teacher = EMATeacher(self.student, cfg.teacher.momentum, cfg.teacher.buffers)
+        self.optimizer = torch.optim.Adam(
+            param_groups(self.student, cfg.optim.lr, cfg.optim.backbone_lr),
+            weight_decay=cfg.optim.weight_decay,
+        )
+        self.device = device
+        self.network: nn.Module = self.student
+        if dist_info.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            self.network = DistributedDataParallel(self.student, device_ids=ids)
+
+    def pseudo_points(self, weak: ViewBatch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Teacher points on the weak view (outside padding) and their loss weights
+        (1, or 0 where the teacher's probability is at most ``teacher.min_confidence``)."""
+        with torch.no_grad():
+            logits = self.teacher.model(weak.images).logits
+        decoded = decode_points(logits, threshold=self.cfg.teacher.pseudo_logit, inclusive=True)
+        points, weights = [], []
+        h, w = weak.valid.shape[-2:]
+        for b, found in enumerate(decoded):
+            cols = found.points[:, 0].long().clamp(max=w - 1)
+            rows = found.points[:, 1].long().clamp(max=h - 1)
+            keep = weak.valid[b, rows, cols]
+            points.append(found.points[keep])
+            weights.append((found.scores[keep] > self.cfg.teacher.min_confidence).float())
+        return points, weights
+
+    def __call__(
+        self,
+        labeled: ViewBatch,
+        unlabeled: tuple[ViewBatch, ViewBatch] | None,
+        weight: float,
+    ) -> StepStats:
+        """One optimiser step; ``unlabeled`` is used only when ``weight > 0``."""
+        cfg = self.cfg
+        labeled = labeled.to(self.device)
+        images = labeled.images
+        semi_batch = None
+        if unlabeled is not None and weight > 0:
+            weak, strong = (part.to(self.device) for part in unlabeled)
+            semi_batch = (strong, *self.pseudo_points(weak))
+            images = torch.cat([images, strong.images])
+        logits = self.network(images).logits
+        n_lab = labeled.images.shape[0]
+        sup = p2r_loss(logits[:n_lab], labeled.points, labeled.valid, cfg=cfg.p2r)
+        loss, semi_value, pseudo = sup.loss, None, 0
+        if semi_batch is not None:
+            strong, points, weights = semi_batch
+            semi = p2r_loss(
+                logits[n_lab:],
+                points,
+                strong.valid,
+                point_weights=weights if cfg.teacher.min_confidence > 0 else None,
+                cfg=cfg.p2r,
+            )
+            loss = (loss + weight * semi.loss) / (1.0 + weight)
+            semi_value, pseudo = float(semi.loss.detach()), sum(len(p) for p in points)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.student.parameters(), cfg.optim.grad_clip)
+        self.optimizer.step()
+        sync_buffers(self.student, self.dist)
+        self.teacher.update(self.student)
+        return StepStats(
+            float(loss.detach()), float(sup.loss.detach()), semi_value, pseudo, sup.unmatched_points
+        )
