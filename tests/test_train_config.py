@@ -1,0 +1,69 @@
+"""Training configs: every shipped recipe loads, inheritance, overrides, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from xmask.train.config import ConfigError, TrainConfig, load_config, shipped_recipes, to_yaml
+
+
+def test_every_shipped_recipe_loads() -> None:
+    names = shipped_recipes()
+    for dataset in ("sha", "ucf", "jhu"):
+        for percent in (5, 10, 40):
+            assert f"{dataset}-{percent}-gpu" in names
+    for dataset in ("sha", "shb"):
+        for percent in (5, 10, 40):
+            assert f"{dataset}-{percent}-cpu" in names
+    for name in names:
+        cfg = load_config(name)
+        assert isinstance(cfg, TrainConfig)
+        if name.endswith("-gpu") and name != "paper-gpu":
+            assert cfg.model.backbone == "vgg16_bn" and cfg.schedule.epochs == 1500
+            assert cfg.name == name and cfg.data.labeled == name.removesuffix("-gpu")
+        if name.endswith("-cpu"):
+            assert cfg.model.backbone == "efficientnet_lite0" and cfg.name == name
+
+
+def test_paper_constants_per_recipe() -> None:
+    assert load_config("ucf-10-gpu").optim.weight_decay == 5e-4
+    assert load_config("ucf-40-gpu").optim.weight_decay == 1e-5
+    assert load_config("jhu-5-gpu").optim.weight_decay == 1e-6
+    assert load_config("sha-5-gpu").optim.weight_decay == 1e-4
+    assert load_config("ucf-5-gpu").data.max_short_side == 1536
+    assert load_config("jhu-40-gpu").data.max_short_side == 2048
+    default = TrainConfig()
+    assert (default.teacher.momentum, default.teacher.warmup_epochs) == (0.998, 50)
+    assert (default.optim.lr, default.optim.backbone_lr, default.optim.grad_clip) == (5e-5, 1e-5, 5)
+    assert (default.p2r.min_radius, default.p2r.max_radius, default.p2r.cost_point) == (8, 96, 8)
+
+
+def test_user_recipe_inherits_and_overrides(tmp_path: Path) -> None:
+    (tmp_path / "mine.yaml").write_text("base: shb-40-cpu\nname: mine\nschedule:\n  epochs: 7\n")
+    cfg = load_config(tmp_path / "mine.yaml", ["optim.lr=0.001", "data.validation=val.txt"])
+    assert (cfg.name, cfg.schedule.epochs, cfg.optim.lr) == ("mine", 7, 0.001)
+    assert cfg.data.labeled == "shb-40" and cfg.data.validation == "val.txt"
+    (tmp_path / "saved.yaml").write_text(to_yaml(cfg))
+    assert load_config(tmp_path / "saved.yaml") == cfg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [(["schedule.epochz=3"], "invalid configuration"), (["schedule.epochs=many"], "invalid")],
+)
+def test_bad_overrides(overrides: list[str], problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        load_config("shb-40-cpu", overrides)
+
+
+def test_bad_recipe_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such recipe"):
+        load_config("nope-recipe")
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "list.yaml")
