@@ -11,36 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from xmask.data.synthetic import make_crowd_folder
+from conftest import tiny_crowd, tiny_train_overrides
 
 
 @pytest.fixture(scope="module")
 def crowd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("ddp")
-    make_crowd_folder(root, 6, height=80, width=96, n_heads=(5, 15), masks=False)
-    (root / "labeled.txt").write_text("syn_0000.png\nsyn_0001.png\nsyn_0002.png\n")
-    return root
+    return tiny_crowd(tmp_path_factory.mktemp("ddp"), images=6, labeled=3)
 
 
 def _torchrun(root: Path, epochs: int, resume: bool = False) -> subprocess.CompletedProcess:
-    overrides = [
-        "data.dataset=folder",
-        f"data.root={root}",
-        f"data.labeled={root / 'labeled.txt'}",
-        "device=cpu",
-        "model.weights=null",
-        "model.neck_channels=16",
-        "model.head_channels=16",
-        "augment.crop_size=64",
-        f"schedule.epochs={epochs}",
-        "schedule.batch_labeled=2",
-        "schedule.batch_unlabeled=2",
-        "teacher.warmup_epochs=1",
-        "teacher.ramp=0.5",
-        "threads=1",
-        f"out={root / 'runs'}",
-        "name=ddp",
-    ]
+    overrides = [*tiny_train_overrides(root, "ddp"), "device=cpu", f"schedule.epochs={epochs}"]
     cmd = [
         sys.executable,
         "-m",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from xmask.data.synthetic import make_crowd_folder
+from conftest import tiny_crowd, tiny_train_overrides
 from xmask.train.checkpoint import load_checkpoint
 
 STEPS = 9
@@ -22,24 +22,10 @@ STEPS = 9
 
 def _overrides(root: Path, name: str) -> list[str]:
     return [
-        "data.dataset=folder",
-        f"data.root={root}",
-        f"data.labeled={root / 'labeled.txt'}",
-        "data.workers=0",
-        "model.weights=null",
-        "model.neck_channels=16",
-        "model.head_channels=16",
-        "augment.crop_size=64",
+        *tiny_train_overrides(root, name),
         "schedule.epochs=3",
         "schedule.steps_per_epoch=3",
-        "schedule.batch_labeled=2",
-        "schedule.batch_unlabeled=2",
         "schedule.checkpoint_minutes=0",
-        "teacher.warmup_epochs=1",
-        "teacher.ramp=0.5",
-        "threads=1",
-        f"out={root / 'runs'}",
-        f"name={name}",
     ]
 
 
@@ -50,10 +36,7 @@ def _command(root: Path, name: str, resume: bool = False) -> list[str]:
 
 @pytest.fixture(scope="module")
 def crowd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("crowd")
-    make_crowd_folder(root, 5, height=80, width=96, n_heads=(5, 15), masks=False)
-    (root / "labeled.txt").write_text("syn_0000.png\nsyn_0001.png\n")
-    return root
+    return tiny_crowd(tmp_path_factory.mktemp("crowd"), images=5, labeled=2)
 
 
 def _env() -> dict[str, str]:

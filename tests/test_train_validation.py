@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from xmask.data.synthetic import make_crowd_folder
+from conftest import tiny_crowd, tiny_train_overrides
 from xmask.errors import XmaskError
 from xmask.train.config import load_config
 from xmask.train.run_folder import load_trained_model
@@ -17,29 +17,16 @@ from xmask.train.trainer import Trainer
 
 def _config(root: Path, validation: str) -> list[str]:
     return [
-        "data.dataset=folder",
-        f"data.root={root}",
-        f"data.labeled={root / 'labeled.txt'}",
+        *tiny_train_overrides(root, "val"),
         f"data.validation={root / validation}",
-        "model.weights=null",
-        "model.neck_channels=16",
-        "model.head_channels=16",
-        "augment.crop_size=64",
         "schedule.epochs=2",
         "schedule.eval_every=1",
-        "schedule.batch_labeled=2",
-        "schedule.batch_unlabeled=2",
-        "teacher.warmup_epochs=1",
-        f"out={root / 'runs'}",
-        "name=val",
     ]
 
 
 @pytest.fixture(scope="module")
 def crowd(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("val")
-    make_crowd_folder(root, 6, height=64, width=80, n_heads=(4, 10), masks=False)
-    (root / "labeled.txt").write_text("syn_0000.png\nsyn_0001.png\n")
+    root = tiny_crowd(tmp_path_factory.mktemp("val"), images=6, labeled=2)
     (root / "val.txt").write_text("syn_0004.png\nsyn_0005.png\n")
     (root / "bad-val.txt").write_text("syn_0001.png\n")
     return root
