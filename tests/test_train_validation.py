@@ -10,7 +10,7 @@ import pytest
 
 from conftest import tiny_crowd, tiny_train_overrides
 from xmask.errors import XmaskError
-from xmask.train.config import load_config
+from xmask.train.config import load_config, to_yaml
 from xmask.train.run_folder import load_trained_model
 from xmask.train.trainer import Trainer
 
@@ -49,3 +49,19 @@ def test_validation_selects_best_teacher(crowd: Path) -> None:
 def test_validation_images_must_not_be_labeled(crowd: Path) -> None:
     with pytest.raises(XmaskError, match="also labeled"):
         Trainer(load_config(None, _config(crowd, "bad-val.txt")))
+
+
+def test_resume_from_corrupt_run_folder_is_a_clear_error(
+    crowd: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from xmask.cli import main
+
+    checkpoints = crowd / "runs" / "broken" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "latest.json").write_text("{truncated")
+    overrides = [*_config(crowd, "val.txt"), "name=broken"]
+    assert main(["train", *overrides, "--resume"]) == 1
+    assert "config.yaml: not found: the run folder is incomplete" in caplog.text
+    (checkpoints.parent / "config.yaml").write_text(to_yaml(load_config(None, overrides)))
+    assert main(["train", *overrides, "--resume"]) == 1
+    assert "latest.json: corrupt JSON" in caplog.text

@@ -45,6 +45,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     from xmask.device import resolve_device
     from xmask.errors import XmaskError
+    from xmask.train.checkpoint import CheckpointError
     from xmask.train.config import load_config
     from xmask.train.distributed import init_distributed, shutdown
     from xmask.train.run_folder import RunFolder
@@ -56,6 +57,8 @@ def run_train(args: argparse.Namespace) -> int:
     if run.has_checkpoint() and not args.resume:
         raise XmaskError(f"{run.root}: holds a checkpoint; pass --resume or set name=...")
     if resume:
+        if not run.config_path.is_file():
+            raise CheckpointError(run.config_path, "not found: the run folder is incomplete")
         cfg = load_config(run.config_path, args.overrides)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
