@@ -1,0 +1,1 @@
+"""Mask annotation from head points: backends (superpixel, EDP-SAM, FastSAM baselines), COCO."""
