@@ -72,3 +72,14 @@ def test_bad_arguments() -> None:
         EMATeacher(_net(), momentum=1.5)
     with pytest.raises(ValueError, match="buffers"):
         EMATeacher(_net(), momentum=0.5, buffers="mean")
+
+
+def test_momentum_override_for_one_step() -> None:
+    student = _net()
+    ema = EMATeacher(student, momentum=0.998)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    ema.update(student, momentum=0.0)
+    for name, value in student.named_parameters():
+        torch.testing.assert_close(ema.model.state_dict()[name], value.detach())

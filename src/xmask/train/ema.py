@@ -35,9 +35,10 @@ class EMATeacher:
         self.buffers = buffers
 
     @torch.no_grad()
-    def update(self, student: nn.Module) -> None:
-        """One EMA step towards ``student`` (same architecture)."""
-        weight = 1.0 - self.momentum
+    def update(self, student: nn.Module, momentum: float | None = None) -> None:
+        """One EMA step towards ``student`` (same architecture); ``momentum`` overrides the
+        configured one for this step (0 copies the student)."""
+        weight = 1.0 - (self.momentum if momentum is None else momentum)
         teacher_params = list(self.model.parameters())
         student_params = [p.detach() for p in student.parameters()]
         torch._foreach_lerp_(teacher_params, student_params, weight)

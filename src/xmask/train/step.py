@@ -91,8 +91,10 @@ class MeanTeacherStep:
         labeled: ViewBatch,
         unlabeled: tuple[ViewBatch, ViewBatch] | None,
         weight: float,
+        teacher_momentum: float | None = None,
     ) -> StepStats:
-        """One optimiser step; ``unlabeled`` is used only when ``weight > 0``."""
+        """One optimiser step; ``unlabeled`` is used only when ``weight > 0``;
+        ``teacher_momentum`` overrides the EMA momentum of this step (0: copy the student)."""
         cfg = self.cfg
         labeled = labeled.to(self.device)
         images = labeled.images
@@ -122,7 +124,7 @@ class MeanTeacherStep:
             nn.utils.clip_grad_norm_(self.student.parameters(), cfg.optim.grad_clip)
         self.optimizer.step()
         sync_buffers(self.student, self.dist)
-        self.teacher.update(self.student)
+        self.teacher.update(self.student, teacher_momentum)
         return StepStats(
             float(loss.detach()), float(sup.loss.detach()), semi_value, pseudo, sup.unmatched_points
         )

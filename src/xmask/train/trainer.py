@@ -200,7 +200,12 @@ class Trainer:
         for batch in lab_iter:
             torch.manual_seed(self.cfg.seed + self.state.step)
             weight = unlabeled_weight(self.state.epoch, self.cfg)
-            stats = self.step(batch, next(unl_iter) if unl_iter is not None else None, weight)
+            stats = self.step(
+                batch,
+                next(unl_iter) if unl_iter is not None else None,
+                weight,
+                teacher_momentum=0.0 if self._teacher_follows() else None,
+            )
             self.state.unmatched_points += stats.unmatched_points
             self.state.step += 1
             self.state.step_in_epoch += 1
@@ -221,6 +226,11 @@ class Trainer:
         bar.close()
         self._end_epoch(totals, time.monotonic() - started)
         return time.monotonic()
+
+    def _teacher_follows(self) -> bool:
+        """During the labeled-only warm-up the teacher copies the student (config)."""
+        teacher = self.cfg.teacher
+        return teacher.follow_during_warmup and self.state.epoch < teacher.warmup_epochs
 
     def _end_epoch(self, totals: dict, seconds: float) -> None:
         steps = max(int(totals["steps"]), 1)
