@@ -1,4 +1,5 @@
-"""Evaluation metrics: counting errors (MAE, RMSE) and point localisation (P/R/F1)."""
+"""Evaluation metrics: counting errors (MAE, RMSE), point localisation (P/R/F1) and instance
+segmentation (mean IoU, P/R/F1 at IoU 0.5)."""
 
 from xmask.metrics.counting import mae, rmse
 from xmask.metrics.localisation import (
@@ -9,14 +10,30 @@ from xmask.metrics.localisation import (
     match_points,
     threshold_key,
 )
+from xmask.metrics.segmentation import (
+    IOU_THRESHOLD,
+    InstanceOverlaps,
+    Matching,
+    SegmentationCounts,
+    instance_ious,
+    match_instances,
+    segmentation_counts,
+)
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
+    "IOU_THRESHOLD",
+    "InstanceOverlaps",
     "MatchCounts",
+    "Matching",
+    "SegmentationCounts",
     "candidate_pairs",
+    "instance_ious",
     "localisation_counts",
     "mae",
+    "match_instances",
     "match_points",
     "rmse",
+    "segmentation_counts",
     "threshold_key",
 ]
