@@ -1,0 +1,198 @@
+"""Per-head candidate masks → one instance label map: what every annotation backend shares.
+
+A backend (superpixels, EDP-SAM, FastSAM baselines) only decides, for each pixel of each head's
+NNEC circle, whether that pixel belongs to the head's *candidate* mask. This module owns
+everything else, so every backend obeys the same rules:
+
+Circles (paper Eq. 1, 7)
+    ``r_i`` from :func:`xmask.geometry.nnec_radii` with ``r_min = 3`` px;
+    ``C_i`` = pixels whose centre lies within ``r_i`` of ``p_i``, as one flat ragged list
+    (:class:`xmask.geometry.CirclePixels`, memory ``∝ Σ r_i²``, never heads × H × W).
+
+Duplicates policy (default ``"distinct"``)
+    Exact duplicate points measure their radius to the nearest point at a *different*
+    position, so every copy gets the full circle of its head (``"floor"``, Eq. 1 as written,
+    would shrink them to ``r_min``). Copies share one point pixel; the pixel rule below gives
+    the whole mask to the copy of lowest index and the later copies end up empty (flag
+    ``shared``).
+
+Candidate masks
+    ``keep``: a ``P`` bool over the flat circle-pixel list (``P = Σ |C_i|``); entry ``j``
+    says whether pixel ``(pixels.y[j], pixels.x[j])`` is in the candidate mask of head
+    ``pixels.point[j]``. A backend whose masks live elsewhere (a SAM low-res mask per head, a
+    superpixel map) samples them at the circle pixels: each head's entries are the slice
+    ``offsets[i]:offsets[i+1]``, i.e. exactly its local window. Clipping to ``C_i`` is
+    therefore automatic: nothing outside a circle can ever be labelled.
+
+Point pixel (forced)
+    The pixel containing ``p_i`` (:func:`xmask.geometry.pixel_of`) is always in head ``i``'s
+    candidate, and it wins that pixel against every other head (cost −1). So every head whose
+    point pixel holds no other point gets a non-empty mask containing its own point pixel
+    (flag ``forced`` when the backend had left it out). Needs ``min(H, W) >= 2`` (so that
+    ``r_i >= 1`` puts the point pixel's centre inside ``C_i``).
+
+Overlap rule
+    A pixel kept by several heads goes to the one of lowest *normalised* distance
+    ``||pixel centre − p_i|| / r_i`` (ties to the lowest index, via
+    :func:`xmask.geometry.label_map`): a big head is not eaten by the circle of a small
+    neighbour. Point pixels are decided first as above; if two points share a pixel, the
+    lower index owns it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from xmask.geometry import (
+    CirclePixels,
+    DuplicatePolicy,
+    circle_pixels,
+    label_map,
+    nnec_radii,
+    pixel_of,
+)
+
+R_MIN = 3.0
+"""Smallest NNEC radius in pixels (the authors' code)."""
+
+
+@dataclass
+class HeadCircles:
+    """The NNEC circles of one image's heads.
+
+    Attributes:
+        points: ``N×2 float32``, ``(x, y)`` pixels.
+        radii: ``N float32`` NNEC radii ``r_i``.
+        pixels: circle pixels, flat CSR list of ``P`` entries (CPU tensors).
+        point_pixel: ``N int64`` row-major index ``y·W + x`` of the pixel holding each point.
+        own: ``P bool``, the entry of each head's own point pixel in ``pixels``.
+    """
+
+    points: np.ndarray
+    radii: np.ndarray
+    pixels: CirclePixels
+    point_pixel: np.ndarray
+    own: np.ndarray
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(H, W)`` of the image."""
+        return self.pixels.size
+
+    def __len__(self) -> int:
+        return int(self.points.shape[0])
+
+
+@dataclass
+class MaskResult:
+    """One image's annotation.
+
+    Attributes:
+        labels: ``H×W int32`` instance label map, 0 background, ``k`` = ``points[k − 1]``.
+        radii: ``N float32`` NNEC radii used to clip each mask.
+        area: ``N int64`` pixels of each final mask.
+        fallback: ``N bool``, the backend used its fallback mask (e.g. a disc) for the head.
+        forced: ``N bool``, the point pixel was missing from the candidate and was forced in.
+        shared: ``N bool``, another point lies in the same pixel (only the lowest index of
+            those points owns it; the others may end up empty).
+    """
+
+    labels: np.ndarray
+    radii: np.ndarray
+    area: np.ndarray
+    fallback: np.ndarray
+    forced: np.ndarray
+    shared: np.ndarray
+
+    @property
+    def empty(self) -> int:
+        """Number of heads with an empty mask."""
+        return int((self.area == 0).sum())
+
+
+def check_points(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``points`` as ``N×2 float32``, checked to be finite and inside ``[0, W] × [0, H]``.
+
+    Raises:
+        ValueError: wrong shape, NaN/inf, or a point outside the image (readers drop those).
+    """
+    pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+    h, w = size
+    bad = ~(np.isfinite(pts).all(axis=1) & (pts[:, 0] >= 0) & (pts[:, 0] <= w))
+    bad |= ~((pts[:, 1] >= 0) & (pts[:, 1] <= h))
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{int(bad.sum())} point(s) not finite or outside the {w}×{h} image, "
+            f"first: #{first} {pts[first].tolist()}"
+        )
+    return pts
+
+
+def head_circles(
+    points: np.ndarray,
+    size: tuple[int, int],
+    r_min: float = R_MIN,
+    duplicates: DuplicatePolicy = "distinct",
+) -> HeadCircles:
+    """NNEC radii and circle pixels of every head (see the module docstring for the policies).
+
+    Args:
+        points: ``N×2``, ``(x, y)`` pixels inside the image.
+        size: ``(H, W)``.
+        r_min: floor of the radius in pixels.
+        duplicates: policy for exact duplicate points (:func:`xmask.geometry.nnec_radii`).
+    """
+    pts = check_points(points, size)
+    radii = nnec_radii(pts, size, r_min=r_min, duplicates=duplicates)
+    pixels = circle_pixels(pts, radii, size)
+    cell = pixel_of(pts, size)
+    point_pixel = cell[:, 1] * size[1] + cell[:, 0]
+    own = (pixels.flat == torch.from_numpy(point_pixel)[pixels.point]).numpy()
+    return HeadCircles(pts, radii, pixels, point_pixel, own)
+
+
+def disc_keep(circles: HeadCircles, fraction: float) -> np.ndarray:
+    """``P bool``: circle pixels within ``fraction·r_i`` of their head (a disc fallback)."""
+    pixels = circles.pixels
+    limit = (fraction * torch.from_numpy(circles.radii))[pixels.point]
+    return (pixels.dist2 <= limit * limit).numpy()
+
+
+def resolve_labels(
+    circles: HeadCircles, keep: np.ndarray, fallback: np.ndarray | None = None
+) -> MaskResult:
+    """Final label map from per-head candidate masks (rules in the module docstring).
+
+    Args:
+        circles: from :func:`head_circles`.
+        keep: ``P bool`` over ``circles.pixels``: the candidate mask of each head.
+        fallback: ``N bool``, which heads the backend filled with its fallback (reported only).
+
+    Returns:
+        :class:`MaskResult`; memory ``O(H·W + P)``.
+    """
+    n = len(circles)
+    pixels = circles.pixels
+    keep = np.asarray(keep, dtype=bool)
+    if keep.shape != (len(pixels),):
+        raise ValueError(f"keep must be a bool vector of {len(pixels)} circle pixels")
+    radius = torch.from_numpy(circles.radii)[pixels.point]
+    cost = pixels.dist2 / (radius * radius)
+    own = torch.from_numpy(circles.own)
+    cost = torch.where(own, torch.full_like(cost, -1.0), cost)
+    labels = label_map(pixels, cost, torch.from_numpy(keep) | own).numpy()
+    forced = np.zeros(n, dtype=bool)
+    forced[pixels.point.numpy()[circles.own & ~keep]] = True
+    _, inverse, counts = np.unique(circles.point_pixel, return_inverse=True, return_counts=True)
+    return MaskResult(
+        labels=labels,
+        radii=circles.radii,
+        area=np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64),
+        fallback=np.zeros(n, dtype=bool) if fallback is None else np.asarray(fallback, bool),
+        forced=forced,
+        shared=counts[inverse.ravel()] > 1,
+    )

@@ -1,0 +1,96 @@
+"""``xmask annotate``: instance masks from head points; export / import for manual correction."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from xmask.cli import EXIT_OK, EXIT_SKIPPED
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``xmask annotate`` and its ``export`` / ``import`` sub-commands."""
+    parser = sub.add_parser(
+        "annotate",
+        help="instance masks from head points (superpixel backend), COCO export / import",
+        description="Write one instance mask per head point: DIR/masks/NAME.png (16-bit label "
+        "map, k = k-th point), DIR/points/NAME.txt, DIR/annotations.json (COCO, RLE) and "
+        "DIR/summary.json. A re-run skips finished images. `xmask annotate export` and "
+        "`xmask annotate import` carry the masks to and from CVAT for manual correction.",
+    )
+    parser.add_argument("--dataset", help="sha, shb, ucf, jhu or folder")
+    parser.add_argument("--root", help="dataset folder")
+    parser.add_argument("--split", default="train", help="train, test (jhu: also val)")
+    parser.add_argument("--backend", default="superpixel", help="annotation backend")
+    parser.add_argument("--out", help="output folder DIR")
+    parser.set_defaults(run=run_annotate)
+    tools = parser.add_subparsers(dest="annotate_command", metavar="{export,import}")
+    export = tools.add_parser(
+        "export", help="COCO file (RLE masks, head keypoints) of DIR for CVAT"
+    )
+    export.add_argument("--dataset", required=True, help="dataset the masks were made for")
+    export.add_argument("--root", required=True, help="dataset folder")
+    export.add_argument("--split", default="train")
+    export.add_argument("--dir", required=True, help="annotation folder DIR")
+    export.add_argument("--out", required=True, help="COCO JSON file to write")
+    export.set_defaults(run=run_export)
+    importer = tools.add_parser("import", help="corrected COCO file → DIR/masks, DIR/points")
+    importer.add_argument("--coco", required=True, help="corrected COCO JSON file")
+    importer.add_argument("--out", required=True, help="annotation folder DIR to write")
+    importer.add_argument(
+        "--overlap",
+        choices=("nearest", "error"),
+        default="nearest",
+        help="pixels claimed by two heads: nearest head point wins, or refuse the file",
+    )
+    importer.set_defaults(run=run_import)
+
+
+def run_annotate(args: argparse.Namespace) -> int:
+    """``xmask annotate``."""
+    from xmask.annotate.pipeline import annotate_dataset
+    from xmask.data.readers import open_dataset
+    from xmask.errors import UsageError
+
+    missing = [flag for flag in ("dataset", "root", "out") if getattr(args, flag) is None]
+    if missing:
+        raise UsageError(f"xmask annotate needs --{', --'.join(missing)}")
+    dataset = open_dataset(args.dataset, args.root, args.split)
+    summary = annotate_dataset(dataset, args.out, args.backend)
+    print(
+        f"{summary.images} images annotated ({summary.already_done} already done), "
+        f"{summary.heads:,} heads, {summary.empty_masks} empty masks, "
+        f"{summary.fallback_masks} fallback masks, {summary.seconds:.1f} s; "
+        f"{len(summary.skipped)} skipped → {args.out}"
+    )
+    return EXIT_SKIPPED if summary.skipped else EXIT_OK
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``xmask annotate export``."""
+    from xmask.annotate.coco import write_coco
+    from xmask.annotate.pipeline import folder_to_coco
+    from xmask.data.readers import open_dataset
+
+    coco = folder_to_coco(open_dataset(args.dataset, args.root, args.split), args.dir)
+    write_coco(args.out, coco)
+    print(f"{len(coco['images'])} images, {len(coco['annotations']):,} heads → {args.out}")
+    return EXIT_OK
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """``xmask annotate import``."""
+    from xmask.annotate.coco import coco_to_label_maps, read_coco
+    from xmask.data.image_io import save_label_map
+    from xmask.data.points_io import write_points_txt
+
+    maps = coco_to_label_maps(read_coco(args.coco), args.coco, overlap=args.overlap)
+    out = Path(args.out)
+    for name, image in maps.items():
+        stem = Path(name).stem
+        write_points_txt(out / "points" / f"{stem}.txt", image.points)
+        save_label_map(out / "masks" / f"{stem}.png", image.labels)
+    heads = sum(len(image.points) for image in maps.values())
+    print(json.dumps({"images": len(maps), "heads": heads, "out": str(out)}))
+    return EXIT_OK

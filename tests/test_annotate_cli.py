@@ -1,0 +1,80 @@
+"""``xmask annotate`` end to end on synthetic crowds: files, resume, bad items, round trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+from xmask.cli import EXIT_SKIPPED, main
+from xmask.data.image_io import load_label_map
+from xmask.data.synthetic import make_crowd_folder
+from xmask.geometry import nnec_radii, pixel_of
+
+
+@pytest.fixture()
+def crowd(tmp_path: Path) -> Path:
+    make_crowd_folder(tmp_path / "data", 3, height=96, width=128, n_heads=(10, 25), masks=False)
+    return tmp_path
+
+
+def _annotate(root: Path) -> int:
+    return main(["annotate", "--dataset", "folder", "--root", str(root / "data"), "--out",
+                 str(root / "out")])  # fmt: skip
+
+
+def test_annotate_writes_masks_points_coco_summary(crowd: Path) -> None:
+    assert _annotate(crowd) == 0
+    out = crowd / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 3 and summary["empty_masks"] == 0 and summary["skipped"] == []
+    coco = COCO(str(out / "annotations.json"))
+    assert len(coco.getImgIds()) == 3 and len(coco.getAnnIds()) == summary["heads"]
+    for stem in ("syn_0000", "syn_0001", "syn_0002"):
+        labels = load_label_map(out / "masks" / f"{stem}.png")
+        points = np.loadtxt(out / "points" / f"{stem}.txt", ndmin=2).astype(np.float32)
+        cols, rows = pixel_of(points, labels.shape).T
+        np.testing.assert_array_equal(labels[rows, cols], np.arange(1, len(points) + 1))
+        radii = nnec_radii(points, labels.shape, duplicates="distinct")
+        ys, xs = np.nonzero(labels)
+        owner = labels[ys, xs] - 1
+        dist = np.hypot(xs + 0.5 - points[owner, 0], ys + 0.5 - points[owner, 1])
+        assert (dist <= radii[owner] + 1e-4).all()
+
+
+def test_rerun_skips_finished_images_and_bad_items_are_reported(crowd: Path) -> None:
+    assert _annotate(crowd) == 0
+    before = (crowd / "out" / "masks" / "syn_0001.png").stat().st_mtime_ns
+    (crowd / "data" / "syn_0002.png").write_bytes(b"broken")
+    (crowd / "out" / "masks" / "syn_0002.png").unlink()
+    assert _annotate(crowd) == EXIT_SKIPPED
+    summary = json.loads((crowd / "out" / "summary.json").read_text())
+    assert summary["already_done"] == 2 and summary["images"] == 0
+    assert summary["skipped"][0]["name"] == "syn_0002.png"
+    assert (crowd / "out" / "masks" / "syn_0001.png").stat().st_mtime_ns == before
+
+
+def test_export_import_round_trip(crowd: Path) -> None:
+    assert _annotate(crowd) == 0
+    data, out = str(crowd / "data"), crowd / "out"
+    coco = crowd / "coco.json"
+    assert main(["annotate", "export", "--dataset", "folder", "--root", data, "--dir",
+                 str(out), "--out", str(coco)]) == 0  # fmt: skip
+    assert main(["annotate", "import", "--coco", str(coco), "--out", str(crowd / "back")]) == 0
+    for mask in (out / "masks").iterdir():
+        np.testing.assert_array_equal(
+            load_label_map(crowd / "back" / "masks" / mask.name), load_label_map(mask)
+        )
+
+
+def test_missing_arguments_and_unknown_backend(
+    crowd: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert main(["annotate", "--dataset", "folder"]) == 1
+    assert "needs --root, --out" in caplog.text
+    args = ["annotate", "--dataset", "folder", "--root", str(crowd / "data"), "--out", "x"]
+    assert main([*args, "--backend", "magic"]) == 1
+    assert "unknown annotation backend 'magic'" in caplog.text
