@@ -2,7 +2,7 @@
 
 Uses only numpy, scipy and Pillow (none of xmask's annotation or geometry code): for every image
 of the split, ``DIR/masks/STEM.png`` must exist with the image's size; ``DIR/points/STEM.txt``
-must hold the dataset's points (to the file's two decimals); every head whose nearest other
+must hold the dataset's points (to the file's two decimals, float32); every head whose nearest other
 point is at least 1 px away must own the pixel its point lies in; and no pixel labelled ``k``
 may lie farther from point ``k`` than ``k``'s NNEC radius (distance to the nearest point at a
 different position, at least 3 px, at most half the shorter image side; one point alone: half
@@ -39,7 +39,7 @@ def check_image(image: Path, gt: Path, folder: Path) -> dict[str, int]:
     labels = np.asarray(Image.open(folder / "masks" / f"{image.stem}.png")).astype(np.int64)
     assert labels.shape == (h, w), f"{image.name}: mask {labels.shape} vs image {(h, w)}"
     written = np.loadtxt(folder / "points" / f"{image.stem}.txt", ndmin=2).reshape(-1, 2)
-    assert np.abs(written - points).max(initial=0) <= 0.005 + 1e-9, f"{image.name}: points"
+    assert np.abs(written - points).max(initial=0) <= 0.006, f"{image.name}: points"
     assert labels.max(initial=0) <= len(points), f"{image.name}: label beyond the points"
     cols = np.clip(np.floor(points[:, 0]).astype(int), 0, w - 1)
     rows = np.clip(np.floor(points[:, 1]).astype(int), 0, h - 1)
