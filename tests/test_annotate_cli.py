@@ -78,3 +78,9 @@ def test_missing_arguments_and_unknown_backend(
     args = ["annotate", "--dataset", "folder", "--root", str(crowd / "data"), "--out", "x"]
     assert main([*args, "--backend", "magic"]) == 1
     assert "unknown annotation backend 'magic'" in caplog.text
+
+
+def test_sam_backend_needs_a_checkpoint(crowd: Path, caplog: pytest.LogCaptureFixture) -> None:
+    args = ["annotate", "--dataset", "folder", "--root", str(crowd / "data"), "--out", "x"]
+    assert main([*args, "--backend", "sam"]) == 1
+    assert "--sam-checkpoint" in caplog.text

@@ -18,8 +18,9 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -31,20 +32,40 @@ from xmask.data.points_io import read_txt_points, write_points_txt
 from xmask.data.readers import CrowdDataset, Item
 from xmask.errors import DataError, UsageError
 
+if TYPE_CHECKING:
+    from xmask.annotate.edp_sam import SamConfig
+
 log = logging.getLogger(__name__)
 
 Backend = Callable[[np.ndarray, np.ndarray], MaskResult]
 """``(image H×W×3 uint8, points N×2 float32 (x, y)) → MaskResult``."""
 
 
-def build_backend(name: str) -> Backend:
-    """The annotation backend called ``name`` (``superpixel``; more with their extras)."""
+BACKENDS = ("superpixel", "sam", "sam-point")
+
+
+def build_backend(name: str, sam: SamConfig | None = None) -> Backend:
+    """The annotation backend called ``name``: ``superpixel`` (no SAM), ``sam`` (EDP-SAM:
+    point + superpixel prompts, clipped to NNEC) or ``sam-point`` (the point-only baseline);
+    the SAM ones need ``pip install xmask[sam]`` and ``sam`` (its checkpoint, model type...)."""
     if name == "superpixel":
         from xmask.annotate.superpixel import SuperpixelConfig, annotate_superpixel
 
         cfg = SuperpixelConfig()
         return lambda image, points: annotate_superpixel(image, points, cfg)
-    raise UsageError(f"unknown annotation backend {name!r}; available: superpixel")
+    if name in ("sam", "sam-point"):
+        from xmask.annotate.edp_sam import SamConfig, sam_backend
+
+        cfg = sam or SamConfig()
+        if name == "sam-point":
+            cfg = replace(cfg, superpixel_prompt="none")
+        try:
+            return sam_backend(cfg)
+        except ImportError as err:
+            raise UsageError(
+                f"backend {name} needs segment-anything: pip install 'xmask[sam]'"
+            ) from err
+    raise UsageError(f"unknown annotation backend {name!r}; available: {', '.join(BACKENDS)}")
 
 
 @dataclass
@@ -67,11 +88,15 @@ def _paths(out: Path, item: Item) -> tuple[Path, Path]:
 
 
 def annotate_dataset(
-    dataset: CrowdDataset, out: str | Path, backend: str, progress: bool = True
+    dataset: CrowdDataset,
+    out: str | Path,
+    backend: str,
+    progress: bool = True,
+    sam: SamConfig | None = None,
 ) -> AnnotationSummary:
     """Annotate every image of ``dataset`` into ``out`` (layout in the module docstring)."""
     out = Path(out)
-    run = build_backend(backend)
+    run = build_backend(backend, sam)
     summary = AnnotationSummary(backend=backend)
     for item in tqdm(dataset.items, desc=f"annotate ({backend})", disable=not progress):
         mask_path, points_path = _paths(out, item)

@@ -22,8 +22,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset", help="sha, shb, ucf, jhu or folder")
     parser.add_argument("--root", help="dataset folder")
     parser.add_argument("--split", default="train", help="train, test (jhu: also val)")
-    parser.add_argument("--backend", default="superpixel", help="annotation backend")
+    parser.add_argument(
+        "--backend",
+        default="superpixel",
+        help="superpixel (default, no SAM), sam (EDP-SAM) or sam-point (point-only baseline)",
+    )
     parser.add_argument("--out", help="output folder DIR")
+    sam = parser.add_argument_group("SAM backends (pip install 'xmask[sam]')")
+    sam.add_argument("--sam-checkpoint", help="local SAM checkpoint (e.g. sam_vit_b_01ec64.pth)")
+    sam.add_argument("--sam-model", default="vit_b", choices=("vit_b", "vit_l", "vit_h"))
+    sam.add_argument(
+        "--sam-prompt",
+        default="box",
+        choices=("box", "mask", "points", "none"),
+        help="how the superpixel is given to SAM (default: its bounding box)",
+    )
+    sam.add_argument("--sam-batch", type=int, default=64, help="prompts per decoder call")
+    sam.add_argument(
+        "--sam-large-image", default="tile", choices=("tile", "resize"), help="images > 1280 px"
+    )
+    sam.add_argument(
+        "--sam-random-weights",
+        action="store_true",
+        help="no checkpoint: random weights (speed measurements only)",
+    )
+    sam.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     parser.set_defaults(run=run_annotate)
     tools = parser.add_subparsers(dest="annotate_command", metavar="{export,import}")
     export = tools.add_parser(
@@ -57,7 +80,7 @@ def run_annotate(args: argparse.Namespace) -> int:
     if missing:
         raise UsageError(f"xmask annotate needs --{', --'.join(missing)}")
     dataset = open_dataset(args.dataset, args.root, args.split)
-    summary = annotate_dataset(dataset, args.out, args.backend)
+    summary = annotate_dataset(dataset, args.out, args.backend, sam=_sam_config(args))
     print(
         f"{summary.images} images annotated ({summary.already_done} already done), "
         f"{summary.heads:,} heads, {summary.empty_masks} empty masks, "
@@ -65,6 +88,25 @@ def run_annotate(args: argparse.Namespace) -> int:
         f"{len(summary.skipped)} skipped → {args.out}"
     )
     return EXIT_SKIPPED if summary.skipped else EXIT_OK
+
+
+def _sam_config(args: argparse.Namespace) -> object | None:
+    """The SAM settings of the command line, or None for a backend without SAM."""
+    if not args.backend.startswith("sam"):
+        return None
+    from xmask.annotate.edp_sam import SamConfig
+    from xmask.errors import UsageError
+
+    if args.sam_checkpoint is None and not args.sam_random_weights:
+        raise UsageError("--backend sam needs --sam-checkpoint PATH (or --sam-random-weights)")
+    return SamConfig(
+        checkpoint=args.sam_checkpoint,
+        model_type=args.sam_model,
+        superpixel_prompt=args.sam_prompt,
+        batch_size=args.sam_batch,
+        large_image=args.sam_large_image,
+        device=args.device,
+    )
 
 
 def run_export(args: argparse.Namespace) -> int:
