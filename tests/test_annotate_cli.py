@@ -84,3 +84,9 @@ def test_sam_backend_needs_a_checkpoint(crowd: Path, caplog: pytest.LogCaptureFi
     args = ["annotate", "--dataset", "folder", "--root", str(crowd / "data"), "--out", "x"]
     assert main([*args, "--backend", "sam"]) == 1
     assert "--sam-checkpoint" in caplog.text
+
+
+def test_fastsam_backend_needs_weights(crowd: Path, caplog: pytest.LogCaptureFixture) -> None:
+    args = ["annotate", "--dataset", "folder", "--root", str(crowd / "data"), "--out", "x"]
+    assert main([*args, "--backend", "fastsam-nnec"]) == 1
+    assert "--fastsam-weights" in caplog.text

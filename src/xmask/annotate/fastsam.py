@@ -15,7 +15,9 @@ answered from those candidates (paper Sec. 4.1):
     the candidate). The point pixel of every head that has a candidate is then given to it
     (lowest index first where two points share a pixel; flag ``forced`` where that changed
     the pixel's owner, which only equal areas or a nearer point of the same candidate can
-    cause). A point that no candidate covers gets **no mask** (FastSAM alone has no fallback).
+    cause). Exact duplicate points: the lowest index takes the split, later copies end up
+    empty (flag ``shared``), as in :mod:`xmask.annotate.masks`. A point that no candidate
+    covers gets **no mask** (FastSAM alone has no fallback).
 ``fastsam-nnec`` ("FastSAM + NNEC")
     The same choice, intersected with the head's NNEC circle ``C_i`` (Eq. 1); a point that no
     candidate covers gets "an NNEC-generated circular proxy" (paper): the disc of
@@ -30,8 +32,8 @@ conf 0.01, iou 0.5; FastSAM's own defaults are conf 0.4, iou 0.9.
 
 Memory
     The ``K×H×W uint8`` candidate stack is what ultralytics returns; the matching never makes a
-    heads × H × W array nor a copy of the stack: areas are summed over chunks of ``chunk``
-    candidates, only for candidates that cover some point, and the owner map of the
+    heads × H × W array nor a copy of the stack (a ``uint8`` stack is read as ``bool`` in
+    place): areas are summed over chunks of ``chunk`` candidates, and the owner map of the
     ``fastsam`` baseline is painted one chosen candidate at a time.
 
 Offline
@@ -41,10 +43,9 @@ Offline
     read from a local file that must exist: ultralytics would otherwise try to download a
     missing ``FastSAM-x.pt``. Predictions save nothing and plot nothing (no font download).
     ultralytics still writes its settings file (``~/.config/Ultralytics`` or
-    ``$YOLO_CONFIG_DIR``) on first import. Its import also sets ``OMP_NUM_THREADS=1`` where
-    unset; :func:`load_fastsam` undoes that (and keeps torch's thread count) when it is the
-    first to import ultralytics, and keeps the torch thread count that ultralytics' device
-    set-up changes.
+    ``$YOLO_CONFIG_DIR``) on first import. Its import sets ``OMP_NUM_THREADS=1`` where unset
+    and its device set-up changes torch's thread count: :func:`load_fastsam` undoes both (the
+    first when it is the first to import ultralytics).
 
 Security
     ultralytics ``.pt`` checkpoints (the official ``FastSAM-s.pt`` / ``FastSAM-x.pt``) are
@@ -53,7 +54,8 @@ Security
     ``state_dict`` (or ``{"model": state_dict}``) is loaded into a freshly built FastSAM-s/x
     architecture (``arch``). (2) A pickled network goes through ultralytics' *restricted*
     loader (``torch_safe_load(safe_only=True)``: ``weights_only=True`` with an allow-list of
-    ultralytics/torch layer classes, ultralytics >= 8.4 with torch >= 2.6; it registers those
+    ultralytics/torch layer classes; needs torch >= 2.6 and an ultralytics whose
+    ``torch_safe_load`` takes ``safe_only``, e.g. 8.4.190; it registers those
     classes with torch for the rest of the process, so a later ``weights_only`` load of such a
     file succeeds at step 1). (3) Only with ``trust_pickle=True`` does a checkpoint that both
     refuse get fully unpickled by ultralytics, which **runs whatever code the file holds**:
@@ -68,7 +70,7 @@ import os
 import pickle
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -193,6 +195,8 @@ def _unpickle_network(path: Path, trust_pickle: bool) -> torch.nn.Module:
     """A pickled ultralytics network: restricted loader first, full unpickle only if trusted."""
     from ultralytics.nn.tasks import torch_safe_load
 
+    if path.suffix.lower() != ".pt":
+        raise DataError(path, "a pickled ultralytics checkpoint must be named *.pt")
     restricted = "safe_only" in inspect.signature(torch_safe_load).parameters and hasattr(
         torch.serialization, "get_unsafe_globals_in_checkpoint"
     )
@@ -211,7 +215,8 @@ def _unpickle_network(path: Path, trust_pickle: bool) -> torch.nn.Module:
         raise DataError(
             path,
             "a pickled checkpoint and this ultralytics/torch has no restricted loader "
-            "(ultralytics >= 8.4, torch >= 2.6); set trust_pickle only if you trust its source, "
+            "(torch_safe_load(safe_only=...), torch >= 2.6); set trust_pickle only if you trust "
+            "its source, "
             "or save the network's state_dict() and load that",
         )
     log.warning("FastSAM: fully unpickling %s (trust_pickle: it can run code)", path)
@@ -359,9 +364,15 @@ def _to_image_size(masks: torch.Tensor, size: tuple[int, int], chunk: int) -> to
 # --------------------------------------------------------------------------------------------
 
 
-def _chunks(indices: np.ndarray, size: int) -> Iterator[np.ndarray]:
-    for start in range(0, len(indices), size):
-        yield indices[start : start + size]
+def _as_bool(masks: torch.Tensor) -> torch.Tensor:
+    """``K×H×W bool`` masks; a ``uint8`` 0/1 stack (ultralytics') is reinterpreted, not copied."""
+    if masks.ndim != 3:
+        raise ValueError(f"candidate masks must be K×H×W, got shape {tuple(masks.shape)}")
+    if masks.dtype == torch.bool:
+        return masks
+    if masks.dtype == torch.uint8:
+        return masks.view(torch.bool)
+    raise ValueError(f"candidate masks must be bool or 0/1 uint8, got {masks.dtype}")
 
 
 def smallest_covering(
@@ -370,27 +381,27 @@ def smallest_covering(
     """For every point, the smallest candidate mask covering its point pixel.
 
     Args:
-        masks: ``K×H×W`` bool or 0/1 integer candidate masks (any device).
+        masks: ``K×H×W`` bool or 0/1 uint8 candidate masks (any device).
         points: ``N×2`` ``(x, y)`` pixels inside ``[0, W] × [0, H]`` (a point on the right or
             bottom border lies in the last column or row).
         chunk: candidates whose area is summed at once.
 
     Returns:
         ``(choice, area)``: ``N int64`` candidate index per point, ``-1`` where no candidate
-        covers the point (ties of area: the lower index); ``K int64`` candidate areas in
-        pixels, computed only for candidates covering some point (0 for the others).
+        covers the point (ties of area: the lower index); ``K int64`` candidate areas in pixels.
     """
+    masks = _as_bool(masks)
     k, h, w = masks.shape
     n = len(points)
     area = np.zeros(k, dtype=np.int64)
     if k == 0 or n == 0:
         return np.full(n, -1, dtype=np.int64), area
-    cell = torch.from_numpy(pixel_of(points, (h, w))).to(masks.device)
-    covers = masks[:, cell[:, 1], cell[:, 0]].bool().cpu().numpy()  # K×N
     row_sum = torch.int16 if w < 2**15 else torch.int32  # row sums first: 4× faster than int32
-    for part in _chunks(np.flatnonzero(covers.any(axis=1)), chunk):
-        rows = masks[torch.from_numpy(part).to(masks.device)].sum(2, dtype=row_sum)
-        area[part] = rows.sum(1, dtype=torch.int64).cpu().numpy()
+    for start in range(0, k, chunk):
+        rows = masks[start : start + chunk].sum(2, dtype=row_sum)
+        area[start : start + chunk] = rows.sum(1, dtype=torch.int64).cpu().numpy()
+    cell = torch.from_numpy(pixel_of(points, (h, w))).to(masks.device)
+    covers = masks[:, cell[:, 1], cell[:, 0]].cpu().numpy()  # K×N
     cost = np.where(covers, area[:, None], np.iinfo(np.int64).max)
     choice = cost.argmin(axis=0)
     return np.where(covers.any(axis=0), choice, -1).astype(np.int64), area
@@ -401,7 +412,7 @@ def _smallest_owner(masks: torch.Tensor, order: np.ndarray) -> np.ndarray:
     (``order`` by ascending area: the smallest), ``-1`` where none does."""
     owner = torch.full(masks.shape[1:], -1, dtype=torch.int64, device=masks.device)
     for rank in range(len(order) - 1, -1, -1):  # the largest first: smaller ones overwrite it
-        owner.masked_fill_(masks[int(order[rank])].bool(), rank)
+        owner.masked_fill_(masks[int(order[rank])], rank)
     return owner.cpu().numpy()
 
 
@@ -434,7 +445,9 @@ def _plain_labels(
         # spaced further apart than any two pixels of the image
         gap = 2.0 * (h + w)
         heads = np.flatnonzero(has & (sharers[np.maximum(head_rank, 0)] > 1))
-        tree = cKDTree(np.column_stack([pts[heads].astype(np.float64), head_rank[heads] * gap]))
+        coords = np.column_stack([pts[heads].astype(np.float64), head_rank[heads] * gap])
+        _, first = np.unique(coords, axis=0, return_index=True)  # copies: the lowest index
+        heads, tree = heads[first], cKDTree(coords[first])
         query = np.column_stack(
             [split % w + 0.5, split // w + 0.5, owner[split].astype(np.float64) * gap]
         )
@@ -456,7 +469,7 @@ def fastsam_labels(
     """One mask per head from FastSAM candidates (the two baselines; module docstring).
 
     Args:
-        masks: ``K×H×W`` bool or 0/1 integer candidate masks at image resolution.
+        masks: ``K×H×W`` bool or 0/1 uint8 candidate masks at image resolution.
         points: ``N×2 float32`` ``(x, y)`` pixels inside ``[0, W] × [0, H]``.
         cfg: ``r_min``, ``duplicates``, ``fallback_radius``, ``chunk``.
         nnec: ``fastsam-nnec`` (clip to the NNEC circle, circle fallback) or ``fastsam``.
@@ -469,6 +482,7 @@ def fastsam_labels(
     Raises:
         ValueError: points not finite or outside the image.
     """
+    masks = _as_bool(masks)
     size = tuple(masks.shape[1:])
     pts = check_points(points, size)
     choice, area = smallest_covering(masks, pts, cfg.chunk)
@@ -482,9 +496,11 @@ def fastsam_labels(
         if hit.any():
             device = masks.device
             sample = masks[cand[hit].to(device), pixels.y[hit].to(device), pixels.x[hit].to(device)]
-            keep[hit] = sample.bool().cpu()
-        fallback_keep = disc_keep(circles, cfg.fallback_radius)
-        keep_np = np.where(missing[pixels.point.numpy()], fallback_keep, keep.numpy())
+            keep[hit] = sample.cpu()
+        keep_np = keep.numpy()
+        if missing.any():
+            disc = disc_keep(circles, cfg.fallback_radius)
+            keep_np = np.where(missing[pixels.point.numpy()], disc, keep_np)
         return resolve_labels(circles, keep_np, fallback=missing)
     labels, forced = _plain_labels(masks, pts, choice, area)
     cell = pixel_of(pts, size)

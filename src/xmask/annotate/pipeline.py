@@ -34,6 +34,7 @@ from xmask.errors import DataError, UsageError
 
 if TYPE_CHECKING:
     from xmask.annotate.edp_sam import SamConfig
+    from xmask.annotate.fastsam import FastSamConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +42,17 @@ Backend = Callable[[np.ndarray, np.ndarray], MaskResult]
 """``(image H×W×3 uint8, points N×2 float32 (x, y)) → MaskResult``."""
 
 
-BACKENDS = ("superpixel", "sam", "sam-point")
+BACKENDS = ("superpixel", "sam", "sam-point", "fastsam", "fastsam-nnec")
 
 
-def build_backend(name: str, sam: SamConfig | None = None) -> Backend:
+def build_backend(
+    name: str, sam: SamConfig | None = None, fastsam: FastSamConfig | None = None
+) -> Backend:
     """The annotation backend called ``name``: ``superpixel`` (no SAM), ``sam`` (EDP-SAM:
-    point + superpixel prompts, clipped to NNEC) or ``sam-point`` (the point-only baseline);
-    the SAM ones need ``pip install xmask[sam]`` and ``sam`` (its checkpoint, model type...)."""
+    point + superpixel prompts, clipped to NNEC), ``sam-point`` (the point-only baseline),
+    ``fastsam`` / ``fastsam-nnec`` (the paper's FastSAM baselines: smallest candidate mask
+    covering each point, without / with NNEC clipping and circle fallback). The SAM ones need
+    ``pip install xmask[sam]`` and ``sam``; the FastSAM ones ``xmask[fastsam]`` and ``fastsam``."""
     if name == "superpixel":
         from xmask.annotate.superpixel import SuperpixelConfig, annotate_superpixel
 
@@ -65,6 +70,10 @@ def build_backend(name: str, sam: SamConfig | None = None) -> Backend:
             raise UsageError(
                 f"backend {name} needs segment-anything: pip install 'xmask[sam]'"
             ) from err
+    if name in ("fastsam", "fastsam-nnec"):
+        from xmask.annotate.fastsam import FastSamConfig, fastsam_backend
+
+        return fastsam_backend(fastsam or FastSamConfig(), nnec=name == "fastsam-nnec")
     raise UsageError(f"unknown annotation backend {name!r}; available: {', '.join(BACKENDS)}")
 
 
@@ -93,10 +102,11 @@ def annotate_dataset(
     backend: str,
     progress: bool = True,
     sam: SamConfig | None = None,
+    fastsam: FastSamConfig | None = None,
 ) -> AnnotationSummary:
     """Annotate every image of ``dataset`` into ``out`` (layout in the module docstring)."""
     out = Path(out)
-    run = build_backend(backend, sam)
+    run = build_backend(backend, sam, fastsam)
     summary = AnnotationSummary(backend=backend)
     for item in tqdm(dataset.items, desc=f"annotate ({backend})", disable=not progress):
         mask_path, points_path = _paths(out, item)

@@ -25,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--backend",
         default="superpixel",
-        help="superpixel (default, no SAM), sam (EDP-SAM) or sam-point (point-only baseline)",
+        help="superpixel (default, no SAM), sam (EDP-SAM), sam-point (point-only baseline), "
+        "fastsam or fastsam-nnec (the paper's FastSAM baselines)",
     )
     parser.add_argument("--out", help="output folder DIR")
     sam = parser.add_argument_group("SAM backends (pip install 'xmask[sam]')")
@@ -47,6 +48,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="no checkpoint: random weights (speed measurements only)",
     )
     sam.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    fast = parser.add_argument_group("FastSAM baselines (pip install 'xmask[fastsam]')")
+    fast.add_argument("--fastsam-weights", help="local FastSAM-x.pt / FastSAM-s.pt")
+    fast.add_argument("--fastsam-arch", default="x", choices=("s", "x"))
+    fast.add_argument(
+        "--fastsam-random-weights", action="store_true", help="speed measurements only"
+    )
+    fast.add_argument(
+        "--fastsam-trust-pickle",
+        action="store_true",
+        help="allow a full unpickle of the weights file (runs code from the file)",
+    )
     parser.set_defaults(run=run_annotate)
     tools = parser.add_subparsers(dest="annotate_command", metavar="{export,import}")
     export = tools.add_parser(
@@ -80,7 +92,9 @@ def run_annotate(args: argparse.Namespace) -> int:
     if missing:
         raise UsageError(f"xmask annotate needs --{', --'.join(missing)}")
     dataset = open_dataset(args.dataset, args.root, args.split)
-    summary = annotate_dataset(dataset, args.out, args.backend, sam=_sam_config(args))
+    summary = annotate_dataset(
+        dataset, args.out, args.backend, sam=_sam_config(args), fastsam=_fastsam_config(args)
+    )
     print(
         f"{summary.images} images annotated ({summary.already_done} already done), "
         f"{summary.heads:,} heads, {summary.empty_masks} empty masks, "
@@ -105,6 +119,25 @@ def _sam_config(args: argparse.Namespace) -> object | None:
         superpixel_prompt=args.sam_prompt,
         batch_size=args.sam_batch,
         large_image=args.sam_large_image,
+        device=args.device,
+    )
+
+
+def _fastsam_config(args: argparse.Namespace) -> object | None:
+    """The FastSAM settings of the command line, or None for another backend."""
+    if not args.backend.startswith("fastsam"):
+        return None
+    from xmask.annotate.fastsam import FastSamConfig
+    from xmask.errors import UsageError
+
+    if args.fastsam_weights is None and not args.fastsam_random_weights:
+        raise UsageError(
+            "--backend fastsam needs --fastsam-weights PATH (or --fastsam-random-weights)"
+        )
+    return FastSamConfig(
+        weights=args.fastsam_weights,
+        arch=args.fastsam_arch,
+        trust_pickle=args.fastsam_trust_pickle,
         device=args.device,
     )
 
