@@ -83,3 +83,26 @@ def test_momentum_override_for_one_step() -> None:
     ema.update(student, momentum=0.0)
     for name, value in student.named_parameters():
         torch.testing.assert_close(ema.model.state_dict()[name], value.detach())
+
+
+def test_own_statistics_come_from_the_teachers_forward_passes() -> None:
+    student = _net()
+    ema = EMATeacher(student, momentum=0.9)
+    assert ema.buffers == "own"
+    student.train()
+    student(torch.randn(4, 3, 8, 8) * 5 + 3)
+    before = copy.deepcopy(dict(ema.model.named_buffers()))
+    ema.update(student)
+    for name, value in ema.model.named_buffers():
+        assert torch.equal(value, before[name]), name
+    images = torch.randn(4, 3, 8, 8) + 2
+    ema.model.requires_grad_(False)
+    with torch.no_grad():
+        conv = ema.model[0](images)
+    expected = 0.9 * before["1.running_mean"] + 0.1 * conv.mean(dim=(0, 2, 3))
+    logits = ema.predict(images)
+    torch.testing.assert_close(ema.model.state_dict()["1.running_mean"], expected)
+    assert not ema.model.training and logits.shape[0] == 4
+    ema.update(student, momentum=0.0)
+    for name, value in student.named_buffers():
+        torch.testing.assert_close(dict(ema.model.named_buffers())[name], value)

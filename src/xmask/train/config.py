@@ -82,8 +82,9 @@ class TeacherConfig:
 
     Attributes:
         momentum: EMA momentum of the teacher's parameters, updated every step.
-        buffers: ``"copy"`` (teacher BatchNorm statistics copied from the student each step)
-            or ``"ema"`` (averaged with the same momentum).
+        buffers: the teacher's BatchNorm statistics: ``"own"`` (its own, from its forward
+            passes on the weak views: they match its averaged weights), ``"copy"`` (copied from
+            the student each step) or ``"ema"`` (averaged); see :mod:`xmask.train.ema`.
         pseudo_logit: teacher cells with logit >= this become pseudo points.
         min_confidence: pseudo points with sigmoid(logit) <= this get loss weight 0 (P2R:
             0.7; the XMask authors: off, 0).
@@ -98,7 +99,7 @@ class TeacherConfig:
     """
 
     momentum: float = 0.998
-    buffers: str = "copy"
+    buffers: str = "own"
     pseudo_logit: float = 0.0
     min_confidence: float = 0.0
     warmup_epochs: int = 50

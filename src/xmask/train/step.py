@@ -73,8 +73,8 @@ class MeanTeacherStep:
     def pseudo_points(self, weak: ViewBatch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Teacher points on the weak view (outside padding) and their loss weights
         (1, or 0 where the teacher's probability is at most ``teacher.min_confidence``)."""
-        with torch.no_grad():
-            logits = self.teacher.model(weak.images).logits
+        logits = self.teacher.predict(weak.images).logits
+        sync_buffers(self.teacher.model, self.dist)
         decoded = decode_points(logits, threshold=self.cfg.teacher.pseudo_logit, inclusive=True)
         points, weights = [], []
         h, w = weak.valid.shape[-2:]
