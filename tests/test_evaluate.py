@@ -282,3 +282,19 @@ def test_cli_corrupt_or_missing_run(
     with caplog.at_level(logging.ERROR):
         assert main(["evaluate", "--checkpoint", str(missing)]) == EXIT_ERROR
     assert str(missing) in caplog.text and "not found" in caplog.text
+
+
+def test_cli_labeled_and_unlabeled_subsets(
+    marked_folder: tuple[Path, dict[str, dict[str, int]]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root, _ = marked_folder
+    (root / "broken.png").unlink()
+    run = _run_folder(tmp_path / "runs", root)
+    (tmp_path / "labeled.txt").write_text("syn_0001.png\n")
+    common = ["evaluate", "--checkpoint", str(run), "--json", "--device", "cpu"]
+    assert main([*common, "--labeled", str(tmp_path / "labeled.txt")]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["images"] == 1
+    assert main([*common, "--unlabeled", str(tmp_path / "labeled.txt")]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["images"] == 2

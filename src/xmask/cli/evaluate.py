@@ -48,6 +48,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N"
     )
+    subset = parser.add_mutually_exclusive_group()
+    subset.add_argument(
+        "--labeled", metavar="SPLIT", help="only the labeled images of a split list (train split)"
+    )
+    subset.add_argument(
+        "--unlabeled",
+        metavar="SPLIT",
+        help="only the unlabeled pool of a split list: images whose labels training never saw, "
+        "for checking a run without touching the test set",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON on stdout")
     parser.add_argument(
         "--csv", metavar="FILE", help="per-image CSV (default: RUN/eval-DATASET-SPLIT.csv)"
@@ -75,6 +85,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     """``xmask evaluate``."""
     from xmask.data.readers import open_dataset
+    from xmask.data.splits import semi_split
     from xmask.device import resolve_device
     from xmask.errors import XmaskError
     from xmask.evaluation import (
@@ -108,6 +119,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if max_short_side is None and dataset_name == cfg.data.dataset:
         max_short_side = cfg.data.max_short_side
     dataset = open_dataset(dataset_name, root, args.split, max_short_side=max_short_side)
+    if args.labeled or args.unlabeled:
+        part = semi_split(dataset.names, args.labeled or args.unlabeled)
+        dataset = dataset.subset(part.labeled if args.labeled else part.unlabeled)
     if len(dataset) == 0:
         raise XmaskError(f"{root}: no images in the {args.split} split of {dataset_name}")
     result = evaluate_model(
