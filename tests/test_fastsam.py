@@ -331,3 +331,19 @@ def test_weights_files(offline: None, tmp_path: Path) -> None:
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(DataError):
         _load_network(FastSamConfig(weights=garbage))
+
+
+def test_importing_ultralytics_leaves_pil_and_our_errors_alone(tmp_path: Path) -> None:
+    pytest.importorskip("ultralytics")
+    import PIL.Image
+
+    from xmask.annotate.fastsam import _import_ultralytics
+    from xmask.data.image_io import load_image
+    from xmask.errors import DataError
+
+    before = PIL.Image.open
+    _import_ultralytics()
+    assert PIL.Image.open is before
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="not a readable image"):
+        load_image(tmp_path / "bad.jpg")

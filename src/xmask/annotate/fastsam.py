@@ -76,6 +76,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import PIL.Image
 import torch
 from scipy.spatial import cKDTree
 
@@ -149,17 +150,23 @@ class FastSamConfig:
 
 def _import_ultralytics() -> None:
     """Import ultralytics once, with an install hint where it is missing, undoing its import-time
-    ``OMP_NUM_THREADS=1`` (set where unset) so that the process keeps its torch threads."""
+    side effects: ``OMP_NUM_THREADS=1`` (set where unset), so that the process keeps its torch
+    threads, and its global replacement of ``PIL.Image.open`` (which turns an unreadable image
+    into a ``ModuleNotFoundError`` for ``pi_heif``), so that xmask's readers keep their errors."""
     if sys.modules.get("ultralytics") is not None:
         return
     threads = torch.get_num_threads()
     omp = os.environ.get("OMP_NUM_THREADS")
+    pil_open = PIL.Image.open
     try:
-        import ultralytics  # noqa: F401
+        import ultralytics
+        import ultralytics.utils.patches  # noqa: F401
     except ImportError as err:
         raise UsageError(
             "the FastSAM baselines need ultralytics: pip install 'xmask[fastsam]'"
         ) from err
+    finally:
+        PIL.Image.open = pil_open
     if omp is None:
         os.environ.pop("OMP_NUM_THREADS", None)
     torch.set_num_threads(threads)
