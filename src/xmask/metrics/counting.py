@@ -31,3 +31,9 @@ def rmse(pred: Sequence[float] | np.ndarray, true: Sequence[float] | np.ndarray)
     field's "MSE" column (NaN when N = 0)."""
     err = _errors(pred, true)
     return float(np.sqrt((err * err).mean())) if err.size else math.nan
+
+
+def ratio(num: float, den: float) -> float:
+    """``num / den``, or 1.0 when ``den`` is 0 (nothing to find and nothing found is perfect):
+    the convention of every precision, recall and F1 in xmask."""
+    return num / den if den > 0 else 1.0

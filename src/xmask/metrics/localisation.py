@@ -39,12 +39,10 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_bipartite_matching
 from scipy.spatial import cKDTree
 
+from xmask.metrics.counting import ratio
+
 DEFAULT_THRESHOLDS: tuple[float, ...] = (4.0, 8.0)
 """Distance thresholds ``σ`` in pixels (REFERENCE.md, Metrics)."""
-
-
-def _ratio(num: int, den: int) -> float:
-    return num / den if den > 0 else 1.0
 
 
 @dataclass(frozen=True)
@@ -67,18 +65,18 @@ class MatchCounts:
     @property
     def precision(self) -> float:
         """``TP / (TP + FP)``; 1 when nothing was predicted."""
-        return _ratio(self.tp, self.tp + self.fp)
+        return ratio(self.tp, self.tp + self.fp)
 
     @property
     def recall(self) -> float:
         """``TP / (TP + FN)``; 1 when there was nothing to find."""
-        return _ratio(self.tp, self.tp + self.fn)
+        return ratio(self.tp, self.tp + self.fn)
 
     @property
     def f1(self) -> float:
         """``2TP / (2TP + FP + FN)``, the harmonic mean of precision and recall; 1 when both
         sets are empty."""
-        return _ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn)
+        return ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn)
 
     def to_dict(self) -> dict[str, float | int]:
         """``precision``, ``recall``, ``f1``, ``tp``, ``fp``, ``fn``."""

@@ -55,12 +55,10 @@ import numpy as np
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import maximum_bipartite_matching, min_weight_full_bipartite_matching
 
+from xmask.metrics.counting import ratio
+
 IOU_THRESHOLD = 0.5
 """IoU at or above which a matched pair is a true positive (tested as ``2·I >= union``)."""
-
-
-def _ratio(num: float, den: int) -> float:
-    return num / den if den > 0 else 1.0
 
 
 @dataclass(frozen=True)
@@ -157,22 +155,22 @@ class SegmentationCounts:
     @property
     def precision(self) -> float:
         """``TP / P``; 1 when nothing was predicted."""
-        return _ratio(self.tp, self.pred_instances)
+        return ratio(self.tp, self.pred_instances)
 
     @property
     def recall(self) -> float:
         """``TP / G``; 1 when there was nothing to find."""
-        return _ratio(self.tp, self.gt_instances)
+        return ratio(self.tp, self.gt_instances)
 
     @property
     def f1(self) -> float:
         """``2TP / (2TP + FP + FN) = 2TP / (G + P)``; 1 when both are empty."""
-        return _ratio(2 * self.tp, self.gt_instances + self.pred_instances)
+        return ratio(2 * self.tp, self.gt_instances + self.pred_instances)
 
     @property
     def mean_iou(self) -> float:
         """The authors' mean IoU ``Σ matched IoU / G``; 1 when there is no GT instance."""
-        return _ratio(self.iou_sum, self.gt_instances)
+        return ratio(self.iou_sum, self.gt_instances)
 
     def to_dict(self) -> dict[str, float | int]:
         """``mean_iou``, ``precision``, ``recall``, ``f1``, ``tp``, ``fp``, ``fn``,
