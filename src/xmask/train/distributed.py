@@ -61,8 +61,8 @@ def sync_buffers(module: torch.nn.Module, info: DistInfo) -> None:
     """Copy rank 0's buffers (BatchNorm statistics) to every rank.
 
     DDP broadcasts them at the start of each forward, but the forward then updates each
-    rank's copy with its own batch; syncing after the step keeps the student (and the teacher,
-    which copies or averages them) identical on all ranks.
+    rank's copy with its own batch; syncing after every forward that moves them (the student's
+    step, the teacher's train-mode pass in ``"own"`` mode) keeps every rank identical.
     """
     if not info.enabled:
         return
