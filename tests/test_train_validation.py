@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_crowd, tiny_train_overrides
+from xmask.calibration import read_calibration
 from xmask.errors import XmaskError
 from xmask.train.config import load_config, to_yaml
 from xmask.train.run_folder import load_trained_model
@@ -44,6 +45,9 @@ def test_validation_selects_best_teacher(crowd: Path) -> None:
     assert trainer.state.best == min(r["val_mae"] for r in records)
     model, cfg = load_trained_model(run / "best")
     assert cfg.name == "val" and not model.training
+    best_step = json.loads((run / "best" / "latest.json").read_text())["step"]
+    calibration = read_calibration(run / "best", "teacher")
+    assert calibration is not None and calibration.step == best_step and calibration.images == 2
 
 
 def test_validation_images_must_not_be_labeled(crowd: Path) -> None:

@@ -226,7 +226,7 @@ class ImageResult:
         width: columns of the evaluated image.
         tiles: tiles it ran in (1: whole).
         gt_count: ground-truth head points.
-        pred_count: cells with logit > 0.
+        pred_count: cells with logit above the count threshold.
         matches: ``{σ: MatchCounts}`` localisation counts per threshold.
     """
 
@@ -253,12 +253,14 @@ class EvaluationResult:
         thresholds: localisation thresholds ``σ`` in pixels.
         skipped: ``{"name", "problem"}`` of every item that could not be read.
         seconds: wall time of the whole evaluation.
+        count_threshold: logit threshold of the counted cells.
     """
 
     rows: list[ImageResult]
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     skipped: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    count_threshold: float = 0.0
 
     @property
     def images(self) -> int:
@@ -286,8 +288,8 @@ class EvaluationResult:
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready summary: ``images``, ``mae``, ``rmse`` (None without images),
-        ``gt_total``, ``pred_total``, ``localisation`` (``{"4": {precision, recall, f1, tp,
-        fp, fn}, ...}``), ``skipped`` and ``seconds``."""
+        ``gt_total``, ``pred_total``, ``count_threshold``, ``localisation`` (``{"4":
+        {precision, recall, f1, tp, fp, fn}, ...}``), ``skipped`` and ``seconds``."""
         empty = not self.rows
         return {
             "images": self.images,
@@ -295,6 +297,7 @@ class EvaluationResult:
             "rmse": None if empty else self.rmse,
             "gt_total": sum(r.gt_count for r in self.rows),
             "pred_total": sum(r.pred_count for r in self.rows),
+            "count_threshold": self.count_threshold,
             "localisation": {threshold_key(t): c.to_dict() for t, c in self.localisation.items()},
             "skipped": list(self.skipped),
             "seconds": self.seconds,
@@ -326,7 +329,8 @@ def format_result(result: EvaluationResult) -> str:
         f"MAE         {result.mae:.2f}",
         f"RMSE (MSE)  {result.rmse:.2f}",
         f"heads       {sum(r.gt_count for r in result.rows):,} true / "
-        f"{sum(r.pred_count for r in result.rows):,} predicted",
+        f"{sum(r.pred_count for r in result.rows):,} predicted "
+        f"(cells with logit > {result.count_threshold:g})",
     ]
     for t, c in result.localisation.items():
         lines.append(
@@ -344,6 +348,7 @@ def evaluate_sample(
     device: torch.device | str,
     *,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    count_threshold: float = 0.0,
     max_pixels: int | None = MAX_PIXELS,
     tile: int = TILE,
     overlap: int = OVERLAP,
@@ -357,7 +362,7 @@ def evaluate_sample(
         tile=tile,
         overlap=overlap,
     )
-    pred = decode_points(logits)[0].points.cpu().numpy()
+    pred = decode_points(logits, count_threshold)[0].points.cpu().numpy()
     # Distances in the original image's pixels: both point sets shrank by sample.scale.
     matches = localisation_counts(pred / sample.scale, sample.points / sample.scale, thresholds)
     height, width = sample.size
@@ -370,6 +375,7 @@ def evaluate_model(
     device: torch.device | str,
     *,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    count_threshold: float = 0.0,
     max_pixels: int | None = MAX_PIXELS,
     tile: int = TILE,
     overlap: int = OVERLAP,
@@ -388,6 +394,8 @@ def evaluate_model(
             already carrying its resize rule (``max_short_side``).
         device: where the images go.
         thresholds: localisation thresholds ``σ`` in original-image pixels.
+        count_threshold: cells with a logit above it are counted and localised (0: the
+            paper's rule; a calibrated value: :mod:`xmask.calibration`).
         max_pixels: images with more pixels run in tiles (module docstring; None: never).
         tile: tile side in pixels (a multiple of 16).
         overlap: least overlap of neighbouring tiles (a multiple of 16).
@@ -404,7 +412,7 @@ def evaluate_model(
     if max_pixels is not None and max_pixels < 1:
         raise ValueError(f"max_pixels must be positive or None, got {max_pixels}")
     names = getattr(dataset, "names", None)
-    result = EvaluationResult(rows=[], thresholds=thresholds)
+    result = EvaluationResult(rows=[], thresholds=thresholds, count_threshold=count_threshold)
     start = time.perf_counter()
     abs_sum = 0
     was_training = model.training
@@ -425,6 +433,7 @@ def evaluate_model(
                     sample,
                     device,
                     thresholds=thresholds,
+                    count_threshold=count_threshold,
                     max_pixels=max_pixels,
                     tile=tile,
                     overlap=overlap,

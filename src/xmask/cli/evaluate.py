@@ -5,13 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from xmask.cli import EXIT_OK, EXIT_SKIPPED
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("xmask")
 
@@ -57,6 +54,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="SPLIT",
         help="only the unlabeled pool of a split list: images whose labels training never saw, "
         "for checking a run without touching the test set",
+    )
+    parser.add_argument(
+        "--threshold",
+        default="auto",
+        metavar="LOGIT",
+        help="count cells with a logit above this; auto (default): the threshold "
+        "`xmask calibrate` (or the end of training) stored for these weights, else 0",
     )
     parser.add_argument("--json", action="store_true", help="print JSON on stdout")
     parser.add_argument(
@@ -113,6 +117,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint).expanduser()
     device = resolve_device(args.device)
     model, cfg = load_trained_model(checkpoint, device, which=args.which)
+    count_threshold = _count_threshold(args.threshold, checkpoint, args.which)
     dataset_name = args.dataset or cfg.data.dataset
     root = args.root or cfg.data.root
     max_short_side = args.max_short_side
@@ -129,6 +134,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         dataset,
         device,
         thresholds=thresholds,
+        count_threshold=count_threshold,
         max_pixels=max_pixels,
         tile=tile,
         overlap=overlap,
@@ -155,3 +161,30 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(format_result(result))
         print(f"per-image results: {csv_path}")
     return EXIT_SKIPPED if result.skipped else EXIT_OK
+
+
+def _count_threshold(option: str, checkpoint: Path, which: str) -> float:
+    """``--threshold``: a number, or ``auto`` (the stored calibration of these weights, else 0)."""
+    from xmask.calibration import read_calibration
+    from xmask.errors import XmaskError
+
+    if option != "auto":
+        try:
+            value = float(option)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise XmaskError(f"--threshold: expected auto or a finite number, got {option!r}")
+        return value
+    calibration = read_calibration(checkpoint, which)
+    if calibration is None:
+        log.info("count threshold 0 (no calibration stored for these weights)")
+        return 0.0
+    log.info(
+        "count threshold %+.2f, calibrated on %d labeled images (MAE %.2f there, %.2f at 0)",
+        calibration.threshold,
+        calibration.images,
+        calibration.mae,
+        calibration.mae_at_zero,
+    )
+    return calibration.threshold

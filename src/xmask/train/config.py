@@ -140,6 +140,8 @@ class TrainConfig:
         seed: base seed of every random draw (data plans, augmentation, initialisation).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         threads: torch intra-op threads on the CPU (None: torch's default).
+        calibrate: at the end of training, choose the count threshold of the final teacher
+            and student (and of ``best/``) on the labeled images (:mod:`xmask.calibration`).
     """
 
     name: str = "run"
@@ -147,6 +149,7 @@ class TrainConfig:
     seed: int = 2024
     device: str = "auto"
     threads: int | None = None
+    calibrate: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

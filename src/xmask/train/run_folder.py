@@ -46,6 +46,10 @@ class RunFolder:
         """A resumable checkpoint exists."""
         return (self.checkpoints / "latest.json").is_file()
 
+    def has_best(self) -> bool:
+        """A validation-selected checkpoint exists."""
+        return (self.best / "latest.json").is_file()
+
     def load_config(self) -> TrainConfig:
         """The run's saved config."""
         if not self.config_path.is_file():

@@ -107,6 +107,7 @@ class Trainer:
         self.labeled, self.unlabeled = labeled, unlabeled
         self.validation = train.subset([i for i, n in enumerate(names) if n in held_out])
         samples = CachedSamples(train, cfg.cache)
+        self.samples = samples
         augmenter = Augmenter(self.cfg.augment)
         self.labeled_set = AugmentedDraws(samples, augmenter, pairs=False)
         self.unlabeled_set = AugmentedDraws(samples, augmenter, pairs=True)
@@ -288,7 +289,29 @@ class Trainer:
             self.state.unmatched_points,
         )
         self._check_replicas()
+        if self.cfg.calibrate and self.dist.is_main:
+            self._calibrate()
         return self.state
+
+    def _calibrate(self) -> None:
+        """Count thresholds of the final networks (and of ``best/``) on the labeled images."""
+        from xmask.calibration import calibrate_weights, weights_location
+        from xmask.train.run_folder import load_trained_model
+
+        samples = [self.samples[i] for i in self.labeled]
+        if not samples:
+            return
+        step = self.state.step
+        for which, model in (("teacher", self.teacher.model), ("student", self.student)):
+            calibrate_weights(
+                model, samples, self.run.checkpoints, step=step, which=which, device=self.device
+            )
+        _, best_step = weights_location(self.run.best) if self.run.has_best() else (None, None)
+        if best_step is not None:
+            best, _ = load_trained_model(self.run.best, self.device)
+            calibrate_weights(
+                best, samples, self.run.best, step=best_step, which="teacher", device=self.device
+            )
 
     def _check_replicas(self) -> None:
         """In a distributed run, fail loudly if the ranks' student or teacher weights differ."""
