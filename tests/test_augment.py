@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as nnf
 
 from xmask.data.augment import (
     AugmentConfig,
@@ -16,6 +18,7 @@ from xmask.data.augment import (
     apply_geometry,
     collate_pairs,
     collate_views,
+    nearest_resize,
     sample_geometry,
     strong_view,
     to_view,
@@ -369,3 +372,19 @@ def test_runs_on_cuda(dots: Sample) -> None:
     assert weak.image.is_cuda and strong.valid.is_cuda and weak.labels.is_cuda
     cpu = View(weak.image.cpu(), weak.points.cpu(), weak.labels.cpu(), weak.valid.cpu())
     _assert_consistent(cpu, bright=0.2)
+
+
+SIZES = [((7, 9), (10, 4)), ((16, 16), (11, 23)), ((5, 3), (5, 3))]
+
+
+@pytest.mark.parametrize(("src", "dst"), SIZES)
+def test_nearest_resize_matches_pixel_centres(src: tuple[int, int], dst: tuple[int, int]) -> None:
+    mask = torch.arange(src[0] * src[1], dtype=torch.int32).reshape(1, *src)
+    out = nearest_resize(mask, dst)
+    for i in range(dst[0]):
+        for j in range(dst[1]):
+            r = math.floor((i + 0.5) * src[0] / dst[0])
+            c = math.floor((j + 0.5) * src[1] / dst[1])
+            assert out[0, i, j] == mask[0, r, c]
+    expected = nnf.interpolate(mask[None].double(), size=dst, mode="nearest-exact")[0]
+    assert torch.equal(out.double(), expected) and out.dtype == torch.int32

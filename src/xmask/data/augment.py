@@ -248,13 +248,28 @@ def sample_geometry(
     return GeometryParams((rh, rw), top, left, ch, cw, _coin(generator, cfg.flip_p))
 
 
+def nearest_resize(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize by pixel centres ("nearest-exact"), any dtype.
+
+    Output pixel ``(i, j)`` takes input pixel ``(⌊(i + ½)·H/h⌋, ⌊(j + ½)·W/w⌋)``, computed in
+    integers (no rounding at exact halves; the same on every torchvision version).
+
+    Args:
+        mask: ``…×H×W``.
+        size: ``(h, w)`` output rows and columns.
+    """
+    height, width = mask.shape[-2:]
+    h, w = size
+    rows = (torch.arange(h, device=mask.device) * 2 + 1) * height // (2 * h)
+    cols = (torch.arange(w, device=mask.device) * 2 + 1) * width // (2 * w)
+    return mask.index_select(-2, rows).index_select(-1, cols)
+
+
 def _resize(view: View, size: tuple[int, int]) -> View:
     h, w = view.size
     rh, rw = size
-    labels = view.labels
-    if labels is not None:
-        labels = tvf.resize_mask(labels, [rh, rw], interpolation=InterpolationMode.NEAREST_EXACT)
-    valid = tvf.resize_mask(view.valid, [rh, rw], interpolation=InterpolationMode.NEAREST_EXACT)
+    labels = None if view.labels is None else nearest_resize(view.labels, size)
+    valid = nearest_resize(view.valid, size)
     return View(
         image=tvf.resize(view.image, [rh, rw], InterpolationMode.BILINEAR, antialias=True),
         points=scale_points(view.points, rw / w, rh / h),
