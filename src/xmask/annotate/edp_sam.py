@@ -549,6 +549,8 @@ def _view_keep(
     crop = np.ascontiguousarray(image[view.y0 : view.y1, view.x0 : view.x1])
     start = time.perf_counter()
     predictor.set_image(crop)
+    if predictor.device.type == "cuda":
+        torch.cuda.synchronize(predictor.device)  # charge the embedding to the encoder
     stats.encoder_s += time.perf_counter() - start
     start = time.perf_counter()
     sp = lowres = None

@@ -112,7 +112,9 @@ def _sam_config(args: argparse.Namespace) -> object | None:
     from xmask.errors import UsageError
 
     if args.sam_checkpoint is None and not args.sam_random_weights:
-        raise UsageError("--backend sam needs --sam-checkpoint PATH (or --sam-random-weights)")
+        raise UsageError(
+            f"--backend {args.backend} needs --sam-checkpoint PATH (or --sam-random-weights)"
+        )
     return SamConfig(
         checkpoint=args.sam_checkpoint,
         model_type=args.sam_model,
