@@ -3,7 +3,10 @@
 Uses only numpy, scipy and Pillow (none of xmask's annotation or geometry code): for every image
 of the split, ``DIR/masks/STEM.png`` must exist with the image's size; ``DIR/points/STEM.txt``
 must hold the dataset's points (to the file's two decimals, float32); every head whose nearest other
-point is at least 1 px away must own the pixel its point lies in; and no pixel labelled ``k``
+point is at least 1 px away must own the pixel its point lies in (counted; as are the heads alone
+in their pixel without it, and the empty masks: a pixel holding two points can belong to one of
+them only, so those are the only heads that may lack their pixel or any mask); and no pixel
+labelled ``k``
 may lie farther from point ``k`` than ``k``'s NNEC radius (distance to the nearest point at a
 different position, at least 3 px, at most half the shorter image side; one point alone: half
 the shorter side).
@@ -45,7 +48,10 @@ def check_image(image: Path, gt: Path, folder: Path) -> dict[str, int]:
     rows = np.clip(np.floor(points[:, 1]).astype(int), 0, h - 1)
     nearest = cKDTree(points).query(points, k=2)[0][:, 1] if len(points) > 1 else np.array([np.inf])
     isolated = nearest >= 1.0
+    cell = rows * w + cols
+    shares_pixel = np.bincount(cell, minlength=h * w)[cell] > 1
     own = labels[rows, cols] == np.arange(1, len(points) + 1)
+    empty = np.bincount(labels.ravel(), minlength=len(points) + 1)[1:] == 0
     ys, xs = np.nonzero(labels)
     k = labels[ys, xs] - 1
     dist = np.hypot(xs + 0.5 - points[k, 0], ys + 0.5 - points[k, 1])
@@ -54,6 +60,10 @@ def check_image(image: Path, gt: Path, folder: Path) -> dict[str, int]:
         "points": len(points),
         "isolated": int(isolated.sum()),
         "isolated_without_own_pixel": int((isolated & ~own).sum()),
+        "sharing_a_pixel": int(shares_pixel.sum()),
+        "alone_in_pixel_without_own_pixel": int((~shares_pixel & ~own).sum()),
+        "empty_masks": int(empty.sum()),
+        "empty_masks_alone_in_pixel": int((empty & ~shares_pixel).sum()),
         "pixels_outside_circle": outside,
     }
 
@@ -68,6 +78,8 @@ def main() -> None:
     base = Path(args.root) / f"part_{args.part}" / f"{args.split}_data"
     totals = {"maps": 0, "points": 0, "isolated": 0}
     totals |= {"isolated_without_own_pixel": 0, "pixels_outside_circle": 0}
+    totals |= {"sharing_a_pixel": 0, "alone_in_pixel_without_own_pixel": 0}
+    totals |= {"empty_masks": 0, "empty_masks_alone_in_pixel": 0}
     for image in sorted((base / "images").glob("*.jpg")):
         row = check_image(image, base / "ground-truth" / f"GT_{image.stem}.mat", Path(args.dir))
         totals["maps"] += 1
