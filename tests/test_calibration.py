@@ -27,7 +27,7 @@ from xmask.calibration import (
     write_calibration,
 )
 from xmask.cli import EXIT_ERROR, EXIT_OK, main
-from xmask.train.checkpoint import CheckpointError
+from xmask.train.checkpoint import FORMAT, CheckpointError
 from xmask.types import ModelOutput, Sample
 
 
@@ -40,7 +40,7 @@ def test_counts_and_maes_match_loops(seed: int) -> None:
     for grid in grids:
         loop = [sum(1 for v in grid.flatten().tolist() if v > t) for t in DEFAULT_CANDIDATES]
         assert counts_above(grid, candidates).tolist() == loop
-    maes = threshold_maes(grids, true, candidates)
+    maes = threshold_maes(torch.stack([counts_above(g, candidates) for g in grids]), true)
     for k, t in enumerate(DEFAULT_CANDIDATES):
         counts = [sum(1 for v in g.flatten().tolist() if v > t) for g in grids]
         errors = [abs(c - n) for c, n in zip(counts, true, strict=True)]
@@ -56,7 +56,7 @@ def test_ties_go_to_the_threshold_closest_to_zero() -> None:
 
 def test_threshold_maes_needs_matching_inputs() -> None:
     with pytest.raises(ValueError, match="equally many"):
-        threshold_maes([torch.zeros(2)], [1, 2], torch.zeros(1))
+        threshold_maes(torch.zeros(1, 3), [1, 2])
 
 
 class LevelModel(nn.Module):
@@ -95,7 +95,7 @@ def _checkpoint_folder(tmp_path: Path, step: int) -> Path:
     folder = tmp_path / "run" / "checkpoints"
     folder.mkdir(parents=True)
     (tmp_path / "run" / "config.yaml").write_text("name: run\n")
-    (folder / "latest.json").write_text(json.dumps({"step": step}))
+    (folder / "latest.json").write_text(json.dumps({"format": FORMAT, "step": step}))
     return folder
 
 

@@ -28,8 +28,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from xmask.evaluation import MAX_PIXELS, image_tensor, predict_logits
-from xmask.train.checkpoint import CheckpointError, write_json
-from xmask.train.run_folder import find_run_folder
+from xmask.train.checkpoint import CheckpointError, latest_step, write_json
+from xmask.train.run_folder import weights_folder
 from xmask.types import Sample
 
 if TYPE_CHECKING:
@@ -78,36 +78,29 @@ def counts_above(logits: Tensor, candidates: Tensor) -> Tensor:
     return ordered.numel() - torch.searchsorted(ordered, candidates.float(), right=True)
 
 
-def threshold_maes(
-    logits: Sequence[Tensor], true_counts: Sequence[int], candidates: Tensor
-) -> Tensor:
+def threshold_maes(counts: Tensor, true_counts: Sequence[int]) -> Tensor:
     """Count MAE over images at each candidate threshold.
 
     Args:
-        logits: one logit grid per image (any shape).
-        true_counts: true head count per image.
-        candidates: ``K`` thresholds.
+        counts: ``N×K`` predicted counts (:func:`counts_above` of each of ``N`` images).
+        true_counts: ``N`` true head counts.
 
     Returns:
         ``K float64`` mean absolute errors.
     """
-    if len(logits) != len(true_counts) or not logits:
+    if counts.shape[0] != len(true_counts) or not len(true_counts):
         raise ValueError(
-            f"need equally many logit grids and counts, at least one: "
-            f"{len(logits)} and {len(true_counts)}"
+            f"need equally many count rows and true counts, at least one: "
+            f"{counts.shape[0]} and {len(true_counts)}"
         )
-    errors = torch.zeros(candidates.numel(), dtype=torch.float64)
-    for grid, count in zip(logits, true_counts, strict=True):
-        errors += (counts_above(grid.cpu(), candidates.cpu()) - int(count)).abs().double()
-    return errors / len(logits)
+    truth = torch.tensor(list(true_counts), dtype=torch.float64)[:, None]
+    return (counts.double() - truth).abs().mean(dim=0)
 
 
 def pick_threshold(maes: Tensor, candidates: Tensor) -> int:
     """Index of the lowest MAE; ties go to the threshold closest to 0, then the lower one."""
-    best = maes.min()
-    tied = (maes <= best).nonzero().flatten()
-    closeness = candidates[tied].abs() * 1e6 + candidates[tied]
-    return int(tied[closeness.argmin()])
+    tied = (maes <= maes.min()).nonzero().flatten().tolist()
+    return min(tied, key=lambda i: (abs(float(candidates[i])), float(candidates[i])))
 
 
 def calibrate_count_threshold(
@@ -133,31 +126,31 @@ def calibrate_count_threshold(
     Raises:
         ValueError: no samples, or 0 not among the candidates.
     """
-    grid = torch.tensor(sorted(set(candidates)), dtype=torch.float64)
-    if not (grid == 0).any():
+    thresholds = torch.tensor(sorted(set(candidates)), dtype=torch.float64)
+    if not (thresholds == 0).any():
         raise ValueError("the candidate thresholds must include 0")
-    logits: list[Tensor] = []
-    counts: list[int] = []
+    counts: list[Tensor] = []
+    true_counts: list[int] = []
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             for sample in tqdm(samples, desc="calibrate", unit="img", disable=not progress):
-                grid_logits, _ = predict_logits(
+                logits, _ = predict_logits(
                     model, image_tensor(sample.image, device), max_pixels=max_pixels
                 )
-                logits.append(grid_logits.cpu())
-                counts.append(sample.count)
+                counts.append(counts_above(logits.cpu(), thresholds))
+                true_counts.append(sample.count)
     finally:
         model.train(was_training)
-    maes = threshold_maes(logits, counts, grid)
-    index = pick_threshold(maes, grid)
-    zero = int((grid == 0).nonzero()[0])
+    maes = threshold_maes(torch.stack(counts), true_counts)
+    index = pick_threshold(maes, thresholds)
+    zero = int((thresholds == 0).nonzero()[0])
     return CountCalibration(
-        threshold=float(grid[index]),
+        threshold=float(thresholds[index]),
         mae=float(maes[index]),
         mae_at_zero=float(maes[zero]),
-        images=len(logits),
+        images=len(true_counts),
         step=step,
         which=which,
     )
@@ -187,14 +180,11 @@ def weights_location(path: str | Path) -> tuple[Path, int | None]:
     reads for ``path`` (a run folder, its ``checkpoints/`` or ``best/``, or a weights file);
     the step is None where it cannot be known (a file not named ``step-N.safetensors``)."""
     path = Path(path).expanduser()
+    folder = weights_folder(path)
     if path.is_file():
         match = re.fullmatch(r"step-(\d+)", path.stem)
-        return path.parent, int(match.group(1)) if match else None
-    folder = path if (path / "latest.json").is_file() else find_run_folder(path).checkpoints
-    try:
-        return folder, int(json.loads((folder / "latest.json").read_text())["step"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(folder / "latest.json", f"unreadable ({err})") from err
+        return folder, int(match.group(1)) if match else None
+    return folder, latest_step(folder)
 
 
 def read_calibration(path: str | Path, which: str) -> CountCalibration | None:

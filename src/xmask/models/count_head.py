@@ -80,9 +80,10 @@ def decode_points(
 ) -> list[DecodedPoints]:
     """Cells whose logit passes ``threshold``, as points, per image.
 
-    Inference and counting use the default, ``logit > 0`` (the count is the number of such
-    cells). Teacher pseudo points use ``inclusive=True``, ``logit >= 0`` (REFERENCE.md, Mean
-    Teacher). For a probability threshold ``p`` pass ``threshold=math.log(p / (1 − p))``.
+    Counting uses ``logit > threshold``: 0 is the paper's rule, a calibrated value comes from
+    :mod:`xmask.calibration` (the count is the number of such cells). Teacher pseudo points
+    use ``inclusive=True``, ``logit >= 0`` (REFERENCE.md, Mean Teacher). For a probability
+    threshold ``p`` pass ``threshold=math.log(p / (1 − p))``.
 
     Args:
         logits: ``B×1×h×w`` (or ``B×h×w``), any device; not differentiated through.

@@ -121,12 +121,18 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         ) from err
 
 
-def load_checkpoint(folder: str | Path) -> Checkpoint:
-    """The checkpoint ``latest.json`` of ``folder`` points at."""
+def latest_step(folder: str | Path) -> int:
+    """The step ``folder/latest.json`` points at."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(folder, "checkpoint folder not found")
-    step = int(_read_json(folder / "latest.json")["step"])
+    return int(_read_json(folder / "latest.json")["step"])
+
+
+def load_checkpoint(folder: str | Path) -> Checkpoint:
+    """The checkpoint ``latest.json`` of ``folder`` points at."""
+    folder = Path(folder)
+    step = latest_step(folder)
     stem = f"step-{step:08d}"
     state = _read_json(folder / f"{stem}.json")
     return Checkpoint(tensors=load_tensors(folder / f"{stem}.safetensors"), state=state)

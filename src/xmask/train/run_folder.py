@@ -71,6 +71,14 @@ def find_run_folder(path: str | Path) -> RunFolder:
     raise CheckpointError(path, "not inside an xmask run folder (no config.yaml found)")
 
 
+def weights_folder(path: Path) -> Path:
+    """The checkpoint folder a run folder, its ``checkpoints/`` or ``best/`` folder, or a
+    weights file (its parent) stands for."""
+    if path.is_file():
+        return path.parent
+    return path if (path / "latest.json").is_file() else find_run_folder(path).checkpoints
+
+
 def load_trained_model(
     path: str | Path, device: torch.device | str = "cpu", which: str = "teacher"
 ) -> tuple[torch.nn.Module, TrainConfig]:
@@ -92,11 +100,9 @@ def load_trained_model(
         raise CheckpointError(path, "expected a run folder or a .safetensors checkpoint")
     run = find_run_folder(path)
     cfg = run.load_config()
-    if path.is_file():
-        tensors = load_tensors(path)
-    else:
-        folder = path if (path / "latest.json").is_file() else run.checkpoints
-        tensors = load_checkpoint(folder).tensors
+    tensors = (
+        load_tensors(path) if path.is_file() else load_checkpoint(weights_folder(path)).tensors
+    )
     prefix = which + "."
     state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     if not state:

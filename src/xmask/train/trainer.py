@@ -27,6 +27,7 @@ from xmask.device import resolve_device
 from xmask.errors import XmaskError
 from xmask.train.checkpoint import (
     Checkpoint,
+    latest_step,
     load_checkpoint,
     optimizer_from_tensors,
     optimizer_tensors,
@@ -295,7 +296,7 @@ class Trainer:
 
     def _calibrate(self) -> None:
         """Count thresholds of the final networks (and of ``best/``) on the labeled images."""
-        from xmask.calibration import calibrate_weights, weights_location
+        from xmask.calibration import calibrate_weights
         from xmask.train.run_folder import load_trained_model
 
         samples = [self.samples[i] for i in self.labeled]
@@ -306,11 +307,11 @@ class Trainer:
             calibrate_weights(
                 model, samples, self.run.checkpoints, step=step, which=which, device=self.device
             )
-        _, best_step = weights_location(self.run.best) if self.run.has_best() else (None, None)
-        if best_step is not None:
+        if self.run.has_best():
             best, _ = load_trained_model(self.run.best, self.device)
+            step = latest_step(self.run.best)
             calibrate_weights(
-                best, samples, self.run.best, step=best_step, which="teacher", device=self.device
+                best, samples, self.run.best, step=step, which="teacher", device=self.device
             )
 
     def _check_replicas(self) -> None:
