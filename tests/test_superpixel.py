@@ -89,14 +89,59 @@ def mean_iou(pred: np.ndarray, truth: np.ndarray, n: int) -> float:
 # --------------------------------------------------------------------------------------------
 
 
+def brute_split(points: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(allowed, seed)``, each ``N×H×W``: the co-located heads' split, one group at a time.
+
+    Heads alone in their pixel may keep any pixel. The ``k`` heads of a shared pixel take the
+    circle of the lowest index (its point pixel left out), list its pixels by angle around that
+    point (ties row-major), and cut the list into ``k`` runs of equal count; the head of rank
+    ``m`` may keep run ``m``, and if ``m >= 1`` is seeded with its nearest run pixel holding no
+    point.
+    """
+    n, (h, w) = len(points), size
+    radii = brute_radii(points, size)
+    d2 = brute_dist2(points, size)
+    row, col = point_cells(points, size)
+    cell = row * w + col
+    allowed = np.ones((n, h, w), bool)
+    seed = np.zeros((n, h, w), bool)
+    for pixel in np.unique(cell):
+        group = [i for i in range(n) if cell[i] == pixel]
+        if len(group) == 1:
+            continue
+        lead, k = group[0], len(group)
+        listed = [
+            (np.arctan2(y + 0.5 - float(points[lead, 1]), x + 0.5 - float(points[lead, 0])), y, x)
+            for y in range(h)
+            for x in range(w)
+            if d2[lead, y, x] <= radii[lead] ** 2 and y * w + x != pixel
+        ]
+        listed.sort()
+        for m, i in enumerate(group):
+            allowed[i] = False
+            run = [(y, x) for j, (_, y, x) in enumerate(listed) if j * k // len(listed) == m]
+            for y, x in run:
+                allowed[i, y, x] = d2[i, y, x] <= radii[i] ** 2
+            free = [
+                (d2[i, y, x], y, x) for y, x in run if allowed[i, y, x] and y * w + x not in cell
+            ]
+            if m >= 1 and free:
+                _, y, x = min(free)
+                seed[i, y, x] = True
+    return allowed, seed
+
+
 def brute_resolve(points: np.ndarray, size: tuple[int, int], keep: np.ndarray) -> np.ndarray:
-    """The documented rule per pixel: point pixels to the lowest index of their points; other
-    pixels to the kept head of lowest ``d²/r²`` (float32), ties to the lowest index."""
+    """The documented rule per pixel: point pixels to the lowest index of their points, then
+    seeds of co-located heads; other pixels to the kept (and allowed) head of lowest ``d²/r²``
+    (float32), ties to the lowest index."""
     n = len(points)
     radii = brute_radii(points, size)
     d2 = brute_dist2(points, size)
     cost = d2 / (radii * radii)[:, None, None]
-    allowed = keep & (d2 <= (radii * radii)[:, None, None])
+    split_allowed, seed = brute_split(points, size)
+    allowed = (keep & split_allowed | seed) & (d2 <= (radii * radii)[:, None, None])
+    cost[seed] = -0.5
     row, col = point_cells(points, size)
     for i in range(n):
         allowed[i, row[i], col[i]] = True
@@ -203,14 +248,50 @@ def test_one_point() -> None:
     assert result.radii[0] == 32.0 and result.area[0] > 1
 
 
-def test_duplicates_share_the_circle_and_lowest_index_wins() -> None:
+def test_duplicates_split_the_circle_and_all_get_a_mask() -> None:
     sample = make_crowd(96, 96, 12, seed=3)
     points = np.concatenate([sample.points, sample.points[[4, 4, 7]]])  # copies 12, 13 of 4
     result = annotate_superpixel(sample.image, points)
     check_invariants(result, points, sample.size)
     assert result.radii[12] == result.radii[4] > 3.0  # policy "distinct": full circle
     assert result.shared[[4, 7, 12, 13, 14]].all() and result.shared.sum() == 5
-    assert result.area[[12, 13, 14]].sum() == 0 and result.area[[4, 7]].min() > 1
+    assert result.empty == 0
+    alone = np.full((3, 2), 20.5, F32)  # three copies, nothing else: thirds of the circle
+    circles = head_circles(alone, (41, 41))
+    full = resolve_labels(circles, np.ones(len(circles.pixels), bool))
+    assert full.area.sum() == len(circles.pixels) // 3 and full.area.max() - full.area.min() <= 2
+
+
+COLOCATED = np.array(
+    [
+        [10.2, 10.3],
+        [10.2, 10.3],
+        [10.7, 10.9],
+        [16.0, 12.0],
+        [16.3, 12.2],
+        [4.0, 4.0],
+        [16.5, 12.5],
+        [10.2, 10.3],
+        [12.5, 10.5],
+    ],
+    dtype=F32,
+)
+
+
+def test_colocated_heads_split_as_documented() -> None:
+    size = (24, 26)
+    rng = np.random.default_rng(1)
+    circles = head_circles(COLOCATED, size)
+    for maps in (
+        np.ones((9, *size), bool),
+        rng.random((9, *size)) < 0.7,
+        np.zeros((9, *size), bool),
+    ):
+        result = resolve_labels(circles, keep_from_maps(COLOCATED, size, maps))
+        np.testing.assert_array_equal(result.labels, brute_resolve(COLOCATED, size, maps))
+        check_invariants(result, COLOCATED, size)
+        assert result.empty == 0
+    np.testing.assert_array_equal(np.flatnonzero(result.shared), [0, 1, 2, 3, 4, 6, 7])
 
 
 def test_points_on_the_border() -> None:

@@ -16,14 +16,15 @@ answered from those candidates (paper Sec. 4.1):
     (lowest index first where two points share a pixel; flag ``forced`` where that changed
     the pixel's owner, which only equal areas or a nearer point of the same candidate can
     cause). Exact duplicate points: the lowest index takes the split, later copies end up
-    empty (flag ``shared``), as in :mod:`xmask.annotate.masks`. A point that no candidate
+    empty (flag ``shared``; with no circle there is nothing to split between them, unlike
+    :mod:`xmask.annotate.masks`). A point that no candidate
     covers gets **no mask** (FastSAM alone has no fallback).
 ``fastsam-nnec`` ("FastSAM + NNEC")
     The same choice, intersected with the head's NNEC circle ``C_i`` (Eq. 1); a point that no
     candidate covers gets "an NNEC-generated circular proxy" (paper): the disc of
     ``fallback_radius·r_i``, by default the full circle (flag ``fallback``). Circle, overlap,
-    duplicate and point-pixel rules are those of :mod:`xmask.annotate.masks`; no pixel lies
-    outside its circle.
+    duplicate, co-located and point-pixel rules are those of :mod:`xmask.annotate.masks`; no
+    pixel lies outside its circle.
 
 The paper's FastSAM setting (App. A.2) reads "conf = 0.5 and iou = 0.01", but the sweep it
 reports explores conf down to 0.01 and iou in {0.3, 0.5, 0.7, 0.95} and aims at high recall:

@@ -12,9 +12,18 @@ Circles (paper Eq. 1, 7)
 Duplicates policy (default ``"distinct"``)
     Exact duplicate points measure their radius to the nearest point at a *different*
     position, so every copy gets the full circle of its head (``"floor"``, Eq. 1 as written,
-    would shrink them to ``r_min``). Copies share one point pixel; the pixel rule below gives
-    the whole mask to the copy of lowest index and the later copies end up empty (flag
-    ``shared``).
+    would shrink them to ``r_min``).
+
+Co-located heads (flag ``shared``)
+    ``k >= 2`` points in one pixel (exact duplicates, or two clicks closer than a pixel) would
+    otherwise fight over the same pixels. They split them: the point pixel goes to the lowest
+    index; each member's other circle pixels are ordered by angle around its own point
+    (``atan2(dy, dx)`` from the pixel centre, ties in row-major order) and cut into ``k`` runs
+    of equal count, and the member of rank ``m`` (by index within the group) may keep only
+    run ``m``. Every member of rank ``m >= 1`` is also *seeded* with the nearest pixel of its
+    run that holds no point (cost −0.5: it loses only to point pixels), so each of them gets
+    a non-empty mask wherever its run has such a pixel (a circle of ``r >= 3`` has 28 or more
+    pixels).
 
 Candidate masks
     ``keep``: a ``P`` bool over the flat circle-pixel list (``P = Σ |C_i|``); entry ``j``
@@ -95,9 +104,10 @@ class MaskResult:
         radii: ``N float32`` NNEC radii used to clip each mask.
         area: ``N int64`` pixels of each final mask.
         fallback: ``N bool``, the backend used its fallback mask (e.g. a disc) for the head.
-        forced: ``N bool``, the point pixel was missing from the candidate and was forced in.
-        shared: ``N bool``, another point lies in the same pixel (only the lowest index of
-            those points owns it; the others may end up empty).
+        forced: ``N bool``, the backend had left out the head's point pixel (or, for a
+            co-located head of rank >= 1, its seed pixel) and it was forced in.
+        shared: ``N bool``, another point lies in the same pixel (the heads split their
+            circles, see the module docstring).
     """
 
     labels: np.ndarray
@@ -180,19 +190,99 @@ def resolve_labels(
     keep = np.asarray(keep, dtype=bool)
     if keep.shape != (len(pixels),):
         raise ValueError(f"keep must be a bool vector of {len(pixels)} circle pixels")
+    split = split_colocated(circles)
     radius = torch.from_numpy(circles.radii)[pixels.point]
     cost = pixels.dist2 / (radius * radius)
-    own = torch.from_numpy(circles.own)
+    own, seed = torch.from_numpy(circles.own), torch.from_numpy(split.seed)
+    cost = torch.where(seed, torch.full_like(cost, -0.5), cost)
     cost = torch.where(own, torch.full_like(cost, -1.0), cost)
-    labels = label_map(pixels, cost, torch.from_numpy(keep) | own).numpy()
+    allowed = torch.from_numpy(keep & split.allowed) | own | seed
+    labels = label_map(pixels, cost, allowed).numpy()
     forced = np.zeros(n, dtype=bool)
-    forced[pixels.point.numpy()[circles.own & ~keep]] = True
-    _, inverse, counts = np.unique(circles.point_pixel, return_inverse=True, return_counts=True)
+    forced[pixels.point.numpy()[(circles.own | split.seed) & ~keep]] = True
     return MaskResult(
         labels=labels,
         radii=circles.radii,
         area=np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64),
         fallback=np.zeros(n, dtype=bool) if fallback is None else np.asarray(fallback, bool),
         forced=forced,
-        shared=counts[inverse.ravel()] > 1,
+        shared=split.shared,
     )
+
+
+@dataclass
+class ColocatedSplit:
+    """How heads whose points share a pixel split their circles (module docstring).
+
+    Attributes:
+        shared: ``N bool``, the head's point pixel holds another point too.
+        allowed: ``P bool`` over the circle pixels, entries the head may keep (all True for a
+            head alone in its pixel).
+        seed: ``P bool``, the one entry forced into each co-located head of rank >= 1.
+    """
+
+    shared: np.ndarray
+    allowed: np.ndarray
+    seed: np.ndarray
+
+
+def split_colocated(circles: HeadCircles) -> ColocatedSplit:
+    """Angular runs and seed pixels of co-located heads; ``O(P)`` memory, no loop over heads."""
+    pixels = circles.pixels
+    members, rank, leader = _pixel_groups(circles.point_pixel)
+    shared = members > 1
+    allowed, seed = np.ones(len(pixels), dtype=bool), np.zeros(len(pixels), dtype=bool)
+    if not shared.any():
+        return ColocatedSplit(shared, allowed, seed)
+    point, flat = pixels.point.numpy(), pixels.flat.numpy()
+    key, run = _leader_runs(circles, members, shared & (rank == 0))
+    entries = np.flatnonzero(shared[point])
+    head = point[entries]
+    query = leader[head] * (pixels.size[0] * pixels.size[1]) + flat[entries]
+    at = np.minimum(np.searchsorted(key, query), len(key) - 1)
+    mine = (key[at] == query) & (run[at] == rank[head])
+    allowed[entries] = mine
+    free = ~np.isin(flat[entries], circles.point_pixel)
+    candidates = entries[mine & free & (rank[head] >= 1)]
+    nearest = candidates[np.lexsort((pixels.dist2.numpy()[candidates], point[candidates]))]
+    _, first = np.unique(point[nearest], return_index=True)
+    seed[nearest[first]] = True
+    return ColocatedSplit(shared, allowed, seed)
+
+
+def _pixel_groups(point_pixel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(members, rank, leader)``, each ``N int64``: how many points share each point's
+    pixel, the point's rank among them by index, and the index of their rank-0 member."""
+    n = len(point_pixel)
+    _, group, size = np.unique(point_pixel, return_inverse=True, return_counts=True)
+    group = group.ravel()
+    by_group = np.lexsort((np.arange(n), group))
+    first = np.searchsorted(group[by_group], group[by_group], side="left")
+    rank, leader = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    rank[by_group] = np.arange(n) - first
+    leader[by_group] = by_group[first]
+    return size[group].astype(np.int64), rank, leader
+
+
+def _leader_runs(
+    circles: HeadCircles, members: np.ndarray, leaders: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run of every pixel of every leader's circle, its point pixel left out.
+
+    Returns:
+        ``(key, run)``, sorted by ``key = leader · H·W + flat pixel index``; ``run`` in
+        ``[0, members)``, equal-count runs in order of angle around the leader's point.
+    """
+    pixels = circles.pixels
+    point = pixels.point.numpy()
+    entries = np.flatnonzero(leaders[point] & ~circles.own)
+    head = point[entries]
+    dx = pixels.x.numpy()[entries] + 0.5 - circles.points[head, 0].astype(np.float64)
+    dy = pixels.y.numpy()[entries] + 0.5 - circles.points[head, 1].astype(np.float64)
+    order = np.lexsort((np.arctan2(dy, dx), head))  # stable: angle ties stay row-major
+    entries, head = entries[order], head[order]
+    position = np.arange(len(head)) - np.searchsorted(head, head, side="left")
+    run = position * members[head] // np.bincount(head, minlength=len(members))[head]
+    key = head * (pixels.size[0] * pixels.size[1]) + pixels.flat.numpy()[entries]
+    by_key = np.argsort(key, kind="stable")
+    return key[by_key], run[by_key]
