@@ -121,14 +121,6 @@ def test_channels_last_only_changes_the_memory_layout() -> None:
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
 
 
-def test_mask_head_slot_is_cropped_like_the_logits() -> None:
-    model = _model("efficientnet_lite0", "cpu")
-    model.mask_head = nn.Sequential(nn.Conv2d(32, 4 * 4, 1), nn.PixelShuffle(2))
-    out = model(torch.rand(2, 3, 50, 70))
-    assert out.logits.shape == (2, 1, 13, 18)
-    assert out.embedding is not None and out.embedding.shape == (2, 4, 13, 18)
-
-
 # ---------------------------------------------------------------------------------------------
 # weights
 

@@ -183,6 +183,7 @@ def nnec_radii(
     size: tuple[int, int],
     r_min: float = 3.0,
     duplicates: DuplicatePolicy = "floor",
+    lone: float = 0.5,
 ) -> np.ndarray:
     """NNEC radius of every point (paper Eq. 1 and 6), with a k-d tree (no N×N matrix).
 
@@ -194,10 +195,11 @@ def nnec_radii(
             (Eq. 1 as written) gives them radius 0, raised to ``r_min``; ``"distinct"``
             measures each point to the nearest point at a *different* position, so copies of
             a head share that head's circle.
+        lone: a point with no other (distinct) point gets ``lone·min(H, W)`` (Eq. 6: 0.5;
+            the authors' mask builder: 0.25).
 
     Returns:
         ``N float32`` radii in ``[r_min, 0.5·min(H, W)]`` (the upper bound wins if smaller).
-        A point with no other (distinct) point gets ``0.5·min(H, W)``.
     """
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     r_max = 0.5 * min(size)
@@ -206,9 +208,10 @@ def nnec_radii(
         return np.zeros(0, dtype=np.float32)
     if duplicates == "distinct":
         unique, inverse = np.unique(pts, axis=0, return_inverse=True)
-        radii = _nearest_other(unique)[inverse.ravel()] if len(unique) > 1 else np.full(n, r_max)
+        single = lone * min(size)
+        radii = _nearest_other(unique)[inverse.ravel()] if len(unique) > 1 else np.full(n, single)
     elif duplicates == "floor":
-        radii = _nearest_other(pts) if n > 1 else np.full(1, r_max)
+        radii = _nearest_other(pts) if n > 1 else np.full(1, lone * min(size))
     else:
         raise ValueError(f"duplicates must be 'floor' or 'distinct', got {duplicates!r}")
     return np.minimum(np.maximum(radii, r_min), r_max).astype(np.float32)

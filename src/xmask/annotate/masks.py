@@ -45,7 +45,8 @@ Overlap rule
     ``||pixel centre − p_i|| / r_i`` (ties to the lowest index, via
     :func:`xmask.geometry.label_map`): a big head is not eaten by the circle of a small
     neighbour. Point pixels are decided first as above; if two points share a pixel, the
-    lower index owns it.
+    lower index owns it. A caller may pass its own cost instead (instance segmentation passes
+    the energy of Eq. 11, :mod:`xmask.segment.instances`).
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ def head_circles(
     size: tuple[int, int],
     r_min: float = R_MIN,
     duplicates: DuplicatePolicy = "distinct",
+    lone: float = 0.5,
 ) -> HeadCircles:
     """NNEC radii and circle pixels of every head (see the module docstring for the policies).
 
@@ -155,9 +157,10 @@ def head_circles(
         size: ``(H, W)``.
         r_min: floor of the radius in pixels.
         duplicates: policy for exact duplicate points (:func:`xmask.geometry.nnec_radii`).
+        lone: radius of a point alone in the image, as a fraction of ``min(H, W)``.
     """
     pts = check_points(points, size)
-    radii = nnec_radii(pts, size, r_min=r_min, duplicates=duplicates)
+    radii = nnec_radii(pts, size, r_min=r_min, duplicates=duplicates, lone=lone)
     pixels = circle_pixels(pts, radii, size)
     cell = pixel_of(pts, size)
     point_pixel = cell[:, 1] * size[1] + cell[:, 0]
@@ -173,7 +176,10 @@ def disc_keep(circles: HeadCircles, fraction: float) -> np.ndarray:
 
 
 def resolve_labels(
-    circles: HeadCircles, keep: np.ndarray, fallback: np.ndarray | None = None
+    circles: HeadCircles,
+    keep: np.ndarray,
+    fallback: np.ndarray | None = None,
+    cost: torch.Tensor | None = None,
 ) -> MaskResult:
     """Final label map from per-head candidate masks (rules in the module docstring).
 
@@ -181,6 +187,8 @@ def resolve_labels(
         circles: from :func:`head_circles`.
         keep: ``P bool`` over ``circles.pixels``: the candidate mask of each head.
         fallback: ``N bool``, which heads the backend filled with its fallback (reported only).
+        cost: ``P float >= 0`` (CPU), what decides overlaps (lower wins) instead of the
+            normalised distance ``d²/r²`` (the segmentation energy of Eq. 11, for instance).
 
     Returns:
         :class:`MaskResult`; memory ``O(H·W + P)``.
@@ -191,8 +199,11 @@ def resolve_labels(
     if keep.shape != (len(pixels),):
         raise ValueError(f"keep must be a bool vector of {len(pixels)} circle pixels")
     split = split_colocated(circles)
-    radius = torch.from_numpy(circles.radii)[pixels.point]
-    cost = pixels.dist2 / (radius * radius)
+    if cost is not None and cost.shape != (len(pixels),):
+        raise ValueError(f"cost must have one value per circle pixel ({len(pixels)})")
+    if cost is None:
+        radius = torch.from_numpy(circles.radii)[pixels.point]
+        cost = pixels.dist2 / (radius * radius)
     own, seed = torch.from_numpy(circles.own), torch.from_numpy(split.seed)
     cost = torch.where(seed, torch.full_like(cost, -0.5), cost)
     cost = torch.where(own, torch.full_like(cost, -1.0), cost)

@@ -1,4 +1,4 @@
-"""The assembled network: backbone → neck → count head (→ mask head, added by Stage 2).
+"""The assembled network: backbone → neck → count head (and the mask head from Stage 2 on).
 
 ``XMaskModel`` takes RGB images in ``[0, 1]`` and returns :class:`xmask.types.ModelOutput`
 whose logits lie on the stride-4 grid of :mod:`xmask.geometry`: cell ``(i, j)`` covers input
@@ -17,6 +17,7 @@ from torch.nn import functional as nnf
 
 from xmask.models.backbones import build_backbone
 from xmask.models.count_head import COUNT_STRIDE, CountHead
+from xmask.models.mask_head import EMBED_DIM, MaskHead
 from xmask.models.neck import Neck
 from xmask.types import ModelOutput
 
@@ -37,6 +38,10 @@ class ModelConfig:
         channels_last: run the convolutions on channels-last activations (parameters keep
             their default layout, so checkpoints are unaffected); about 1.3× faster for
             EfficientNet-Lite0 on a CPU, same results up to float rounding.
+        mask_head: build the mask head (Stage 2 and later; :meth:`XMaskModel.add_mask_head`
+            adds it to a Stage-1 model).
+        mask_channels: hidden channels of the mask head.
+        embed_dim: ``D``, the embedding channels (paper: 16).
     """
 
     backbone: str = "efficientnet_lite0"
@@ -44,14 +49,17 @@ class ModelConfig:
     neck_channels: int = 256
     head_channels: int = 256
     channels_last: bool = True
+    mask_head: bool = False
+    mask_channels: int = 128
+    embed_dim: int = EMBED_DIM
 
 
 class XMaskModel(nn.Module):
-    """Backbone, neck and count head, with a place for the mask head.
+    """Backbone, neck, count head and (from Stage 2 on) mask head.
 
     Submodules (what a trainer freezes or trains by name): ``backbone``, ``neck``,
-    ``count_head`` and ``mask_head`` (None until Stage 2 sets a module that maps the neck's
-    ``B×C×h8×w8`` map to a ``B×D×2h8×2w8`` embedding on the same stride-4 grid as the logits).
+    ``count_head`` and ``mask_head`` (None without one; it maps the neck's ``B×C×h8×w8`` map
+    to a ``B×D×2h8×2w8`` embedding on the same stride-4 grid as the logits).
 
     The input is normalised with the backbone's mean/std inside ``forward`` and zero-padded
     at the bottom and right (after normalisation, i.e. with the mean colour) to a multiple
@@ -68,13 +76,15 @@ class XMaskModel(nn.Module):
         self.backbone = build_backbone(cfg.backbone, weights=cfg.weights)
         self.neck = Neck(self.backbone.channels, cfg.neck_channels)
         self.count_head = CountHead(cfg.neck_channels, cfg.head_channels)
-        self.mask_head: nn.Module | None = None
+        self.mask_head: MaskHead | None = None
         self.register_buffer(
             "mean", torch.tensor(self.backbone.mean).view(1, 3, 1, 1), persistent=False
         )
         self.register_buffer(
             "std", torch.tensor(self.backbone.std).view(1, 3, 1, 1), persistent=False
         )
+        if cfg.mask_head:
+            self.add_mask_head()
 
     def forward(self, images: Tensor) -> ModelOutput:
         """``B×3×H×W`` float RGB in ``[0, 1]`` → :class:`~xmask.types.ModelOutput` with
@@ -91,8 +101,16 @@ class XMaskModel(nn.Module):
         logits = self.count_head(fused).logits[..., :h, :w].contiguous()
         embedding = None
         if self.mask_head is not None:
-            embedding = self.mask_head(fused)[..., :h, :w].contiguous()
+            embedding = self.mask_head(fused).embedding[..., :h, :w].contiguous()
         return ModelOutput(logits=logits, embedding=embedding)
+
+    def add_mask_head(self) -> MaskHead:
+        """Build the mask head if absent (and record it in ``cfg``); returns it."""
+        if self.mask_head is None:
+            head = MaskHead(self.cfg.neck_channels, self.cfg.mask_channels, self.cfg.embed_dim)
+            self.mask_head = head.to(self.mean.device)
+            self.cfg.mask_head = True
+        return self.mask_head
 
 
 def _pad_to(size: int, multiple: int = PAD_MULTIPLE) -> int:

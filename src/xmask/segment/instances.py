@@ -1,0 +1,214 @@
+"""Instance masks from the smoothed embedding (paper Eq. 11–12, Fig. 5).
+
+For each head point ``p_i`` (NNEC radius ``r_i``, circle ``C_i`` from :mod:`xmask.geometry`):
+
+    ``E_i(y, x) = ||Ẽ(y, x) − c_i|| + λ·||(x, y) − p_i||² / (r_i + ε)²``   on ``C_i``  (Eq. 11)
+
+and pixel ``(y, x)`` is a candidate of head ``i`` when ``E_i < τ_g`` (Eq. 12). Where
+candidates overlap the pixel goes to the **lowest energy** (the authors' code lets later heads
+overwrite earlier ones); every head is segmented, whatever the density (the authors' code
+segments every ``N // 50``-th head above 50). Each head's point pixel is forced in as in
+:mod:`xmask.annotate.masks` (same co-located rule), so every head gets a non-empty mask.
+
+Energies are computed in local windows: time and memory ``O(D·Σ r_i²)``.
+
+The same code makes the inference masks (λ = 0.8, τ_g = 1.1, σ = 3: :data:`INFERENCE`) and
+the pseudo-masks (λ = 0.6, τ_g = 0.8, σ = 1.5: :data:`PSEUDO`; REFERENCE.md). A head alone
+in the image gets ``r = min(H, W)/4`` (the authors' mask builder). Pseudo-masks (Fig. 5):
+every teacher point with ``p >= p_low`` is segmented (so the background is reliable), and
+only those with ``p > p_high`` are *valid*; with a ``gate``, points with ``p <= gate`` get
+their whole circle instead of the thresholded energy (the authors' Stage-3 "density gate").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from xmask.annotate.masks import head_circles, resolve_labels
+from xmask.geometry import circle_pixels
+from xmask.segment.centres import sample_centres
+from xmask.segment.smoothing import GaussianSmoothing, smoothed_embedding
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """Constants of Eq. 11–12 and of the smoothing that precedes them.
+
+    Attributes:
+        lam: ``λ``, weight of the normalised squared distance.
+        tau_g: ``τ_g``, the energy threshold.
+        kernel: ``k`` of the Gaussian smoothing (Eq. 2).
+        sigma: ``σ`` of the Gaussian smoothing.
+        eps: ``ε`` of Eq. 11.
+        r_min: floor of the NNEC radius in pixels.
+        lone: radius of a head alone in the image, as a fraction of ``min(H, W)``.
+    """
+
+    lam: float = 0.8
+    tau_g: float = 1.1
+    kernel: int = 7
+    sigma: float = 3.0
+    eps: float = 1e-6
+    r_min: float = 3.0
+    lone: float = 0.25
+
+
+INFERENCE = SegmentConfig()
+"""Evaluation and prediction: λ = 0.8, τ_g = 1.1, σ = 3."""
+
+PSEUDO = SegmentConfig(lam=0.6, tau_g=0.8, sigma=1.5)
+"""Pseudo-masks during training: λ = 0.6, τ_g = 0.8, σ = 1.5."""
+
+
+@dataclass
+class Instances:
+    """One image's instance segmentation.
+
+    Attributes:
+        labels: ``H×W int32``, 0 background, ``k`` = ``points[k − 1]``.
+        points: ``N×2 float32`` ``(x, y)`` pixels.
+        scores: ``N float32`` (the head probabilities given, else 1).
+        radii: ``N float32`` NNEC radii.
+        area: ``N int64`` pixels of each mask (>= 1 for every head alone in its pixel).
+        forced: ``N bool``, the head's own energy failed ``τ_g`` at its point pixel (or seed).
+    """
+
+    labels: np.ndarray
+    points: np.ndarray
+    scores: np.ndarray
+    radii: np.ndarray
+    area: np.ndarray
+    forced: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.points.shape[0])
+
+
+def segment_instances(
+    smoothed: Tensor,
+    points: np.ndarray | Tensor,
+    scores: np.ndarray | Tensor | None = None,
+    cfg: SegmentConfig = INFERENCE,
+    whole_circle: np.ndarray | None = None,
+) -> Instances:
+    """Eq. 11–12 for every head of one image (module docstring).
+
+    Args:
+        smoothed: ``D×H×W`` smoothed embedding ``Ẽ`` (any device; not differentiated).
+        points: ``N×2`` ``(x, y)`` pixels inside the image.
+        scores: ``N`` head probabilities (kept in the result), or None.
+        cfg: the constants.
+        whole_circle: ``N bool``, heads that take their whole circle (the density gate).
+
+    Returns:
+        :class:`Instances` (NumPy, CPU).
+    """
+    size = (int(smoothed.shape[1]), int(smoothed.shape[2]))
+    pts = torch.as_tensor(points).detach().cpu().numpy().astype(np.float32).reshape(-1, 2)
+    circles = head_circles(pts, size, cfg.r_min, duplicates="distinct", lone=cfg.lone)
+    energy = head_energy(smoothed, pts, circles.radii, cfg).cpu()
+    keep = (energy < cfg.tau_g).numpy()
+    if whole_circle is not None:
+        keep |= np.asarray(whole_circle, dtype=bool)[circles.pixels.point.numpy()]
+    result = resolve_labels(circles, keep, cost=energy)
+    n = len(pts)
+    given = np.ones(n) if scores is None else torch.as_tensor(scores).detach().cpu().numpy()
+    return Instances(
+        labels=result.labels,
+        points=pts,
+        scores=given.astype(np.float32).reshape(n),
+        radii=circles.radii,
+        area=result.area,
+        forced=result.forced,
+    )
+
+
+@torch.no_grad()
+def head_energy(
+    smoothed: Tensor, points: np.ndarray, radii: np.ndarray, cfg: SegmentConfig
+) -> Tensor:
+    """Eq. 11 at every circle pixel, in the CSR order of :func:`xmask.geometry.circle_pixels`.
+
+    Args:
+        smoothed: ``D×H×W``.
+        points: ``N×2 float32`` ``(x, y)``.
+        radii: ``N`` NNEC radii.
+
+    Returns:
+        ``P float32`` on the device of ``smoothed``.
+    """
+    device = smoothed.device
+    size = (int(smoothed.shape[1]), int(smoothed.shape[2]))
+    pts = torch.from_numpy(points).to(device)
+    rad = torch.from_numpy(np.asarray(radii, dtype=np.float32)).to(device)
+    pixels = circle_pixels(pts, rad, size)
+    centres = sample_centres(smoothed.float(), pts)
+    diff = smoothed[:, pixels.y, pixels.x].float().transpose(0, 1) - centres[pixels.point]
+    spread = rad[pixels.point] + cfg.eps
+    return torch.linalg.vector_norm(diff, dim=1) + cfg.lam * pixels.dist2 / (spread * spread)
+
+
+@dataclass
+class PseudoMasks:
+    """Pseudo-masks of one unlabeled image (Fig. 5).
+
+    Attributes:
+        instances: every point with ``p >= p_low``, segmented.
+        valid: ``N bool``, points with ``p > p_high`` (the masks the losses trust).
+    """
+
+    instances: Instances
+    valid: np.ndarray
+
+
+def pseudo_masks(
+    smoothed: Tensor,
+    points: np.ndarray | Tensor,
+    scores: np.ndarray | Tensor,
+    p_low: float = 0.1,
+    p_high: float = 0.95,
+    gate: float | None = None,
+    cfg: SegmentConfig = PSEUDO,
+) -> PseudoMasks:
+    """Teacher pseudo-masks (module docstring).
+
+    Args:
+        smoothed: the teacher's ``D×H×W`` smoothed embedding.
+        points: ``N×2`` teacher points (e.g. every cell with ``p >= p_low``).
+        scores: ``N`` probabilities of those points.
+        p_low: points below are dropped (paper: 0.1).
+        p_high: points above are valid (paper 0.95; the authors' configs 0.9).
+        gate: the density gate: points with ``p <= gate`` take their whole circle (authors'
+            Stage 3: 0.5), or None.
+    """
+    prob = torch.as_tensor(scores).detach().cpu().numpy().astype(np.float32).reshape(-1)
+    pts = torch.as_tensor(points).detach().cpu().numpy().astype(np.float32).reshape(-1, 2)
+    kept = prob >= p_low
+    whole = None if gate is None else prob[kept] <= gate
+    instances = segment_instances(smoothed, pts[kept], prob[kept], cfg, whole_circle=whole)
+    return PseudoMasks(instances, prob[kept] > p_high)
+
+
+def ignore_disks(points: np.ndarray, size: tuple[int, int], radius: float = 16.0) -> np.ndarray:
+    """``H×W bool``: pixels within ``radius`` of any point (the unlabeled-image ignore region
+    around mid-confidence teacher points, REFERENCE.md)."""
+    pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+    pixels = circle_pixels(pts, np.full(len(pts), radius, dtype=np.float32), size)
+    out = np.zeros(size[0] * size[1], dtype=bool)
+    out[pixels.flat.numpy()] = True
+    return out.reshape(size)
+
+
+def smoothed_for_segmentation(
+    embedding: Tensor, size: tuple[int, int], cfg: SegmentConfig
+) -> Tensor:
+    """``Ẽ`` for Eq. 11: one image's stride-4 ``D×h×w`` embedding upsampled to ``size`` and
+    smoothed with ``cfg.kernel`` and ``cfg.sigma`` (``D×H×W``)."""
+    smoothing = GaussianSmoothing(int(embedding.shape[0]), cfg.kernel, cfg.sigma).to(
+        embedding.device
+    )
+    return smoothed_embedding(embedding[None], size, smoothing)[0]
