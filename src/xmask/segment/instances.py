@@ -34,7 +34,7 @@ from xmask.segment.centres import sample_centres
 from xmask.segment.smoothing import GaussianSmoothing, smoothed_embedding
 
 
-@dataclass(frozen=True)
+@dataclass
 class SegmentConfig:
     """Constants of Eq. 11–12 and of the smoothing that precedes them.
 

@@ -19,8 +19,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from xmask.data.augment import AugmentConfig
 from xmask.errors import XmaskError
+from xmask.losses.discriminative import DiscriminativeConfig
 from xmask.losses.p2r import P2RConfig
 from xmask.models.model import ModelConfig
+from xmask.segment.instances import SegmentConfig
 
 
 class ConfigError(XmaskError):
@@ -131,6 +133,47 @@ class ScheduleConfig:
 
 
 @dataclass
+class MaskStageConfig:
+    """Stage 2 (XMask): the mask head trained with the discriminative loss (REFERENCE.md).
+
+    Attributes:
+        init: the Stage-1 run (folder, ``checkpoints/``, ``best/`` or a ``.safetensors`` file)
+            whose teacher weights start the Stage-2 student and teacher (required).
+        masks: folder with ``masks/STEM.png`` label maps of the labeled images (the output of
+            ``xmask annotate``); None annotates the labeled images with ``annotate_backend``
+            into ``RUN/annotations`` first (resumable).
+        annotate_backend: backend used when ``masks`` is None.
+        trainable: modules that train: ``mask_head`` and optionally ``neck`` (the authors';
+            the count head then sees a changing neck without a counting loss). The rest is
+            frozen, in eval mode.
+        centres: centres of the labeled images: ``"annotated"`` (the head points of the
+            annotation, one per instance) or ``"predicted"`` (the authors': the student's
+            points with logit > 0 that fall on an instance).
+        kernel: ``k`` of the training smoothing (Eq. 2).
+        sigma: ``σ`` of the training smoothing.
+        loss: constants of Eq. 10.
+        pseudo: Eq. 11–12 constants of the teacher's pseudo-masks.
+        p_low: teacher points with ``p >= p_low`` are segmented (Fig. 5).
+        p_high: teacher points with ``p > p_high`` are the valid centres (paper 0.95).
+        ignore_radius: pixels within this of a mid-confidence teacher point
+            (``p_low <= p <= p_high``) are left out of the unlabeled loss.
+    """
+
+    init: str | None = None
+    masks: str | None = None
+    annotate_backend: str = "superpixel"
+    trainable: list[str] = field(default_factory=lambda: ["mask_head"])
+    centres: str = "annotated"
+    kernel: int = 7
+    sigma: float = 1.5
+    loss: DiscriminativeConfig = field(default_factory=DiscriminativeConfig)
+    pseudo: SegmentConfig = field(default_factory=lambda: SegmentConfig(0.6, 0.8, sigma=1.5))
+    p_low: float = 0.1
+    p_high: float = 0.95
+    ignore_radius: float = 16.0
+
+
+@dataclass
 class TrainConfig:
     """Everything a training run needs; the resolved copy is saved as ``RUN/config.yaml``.
 
@@ -142,6 +185,7 @@ class TrainConfig:
         threads: torch intra-op threads on the CPU (None: torch's default).
         calibrate: at the end of training, choose the count threshold of the final teacher
             and student (and of ``best/``) on the labeled images (:mod:`xmask.calibration`).
+        stage: 1 (the P2R counter with Mean Teacher) or 2 (the XMask mask head, ``mask``).
     """
 
     name: str = "run"
@@ -150,6 +194,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None
     calibrate: bool = True
+    stage: int = 1
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -157,6 +202,7 @@ class TrainConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     p2r: P2RConfig = field(default_factory=P2RConfig)
+    mask: MaskStageConfig = field(default_factory=MaskStageConfig)
 
     @property
     def run_dir(self) -> Path:

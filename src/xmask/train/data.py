@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from xmask.data.augment import Augmenter, View, collate_pairs, collate_views
+from xmask.data.image_io import load_label_map
 from xmask.data.readers import CrowdDataset
+from xmask.errors import DataError
 from xmask.types import Sample
 
 
@@ -86,20 +89,52 @@ def epoch_plan(
 
 
 class CachedSamples:
-    """Samples of a dataset, decoded once and kept in memory when ``cache`` is set."""
+    """Samples of a dataset, decoded once and kept in memory when ``cache`` is set.
 
-    def __init__(self, dataset: CrowdDataset, cache: bool = True) -> None:
+    Args:
+        dataset: the training images.
+        cache: keep decoded samples.
+        masks: an annotation folder (``masks/STEM.png``, the output of ``xmask annotate``):
+            samples without a label map get the one found there.
+    """
+
+    def __init__(
+        self, dataset: CrowdDataset, cache: bool = True, masks: Path | None = None
+    ) -> None:
         self.dataset = dataset
         self.cache = cache
+        self.masks = masks
         self._store: dict[int, Sample] = {}
 
     def __getitem__(self, index: int) -> Sample:
         if index in self._store:
             return self._store[index]
         sample = self.dataset[index]
+        if self.masks is not None and sample.labels is None:
+            sample = with_label_map(sample, self.masks)
         if self.cache:
             self._store[index] = sample
         return sample
+
+
+def mask_path(folder: Path, name: str) -> Path:
+    """Where an annotation folder keeps the label map of image ``name``."""
+    return folder / "masks" / f"{Path(name).stem}.png"
+
+
+def with_label_map(sample: Sample, folder: Path) -> Sample:
+    """``sample`` with its label map from ``folder`` when there is one.
+
+    Raises:
+        DataError: unreadable map, wrong size, or labels beyond the sample's points.
+    """
+    path = mask_path(folder, sample.name)
+    if not path.is_file():
+        return sample
+    labels = load_label_map(path, sample.size)
+    if labels.max(initial=0) > sample.count:
+        raise DataError(path, f"label {labels.max()} but the image has {sample.count} points")
+    return replace(sample, labels=labels)
 
 
 class AugmentedDraws(Dataset):
@@ -108,7 +143,9 @@ class AugmentedDraws(Dataset):
     Args:
         samples: the training images.
         augmenter: the joint augmentation.
-        pairs: return ``(weak, strong)`` (unlabeled branch) instead of a weak view.
+        pairs: return ``(weak, strong)`` (unlabeled branch) instead of a weak view; pairs
+            never carry label maps (the unlabeled branch must not see them, and a pool mixing
+            images with and without maps could not be batched).
     """
 
     def __init__(self, samples: CachedSamples, augmenter: Augmenter, pairs: bool) -> None:
@@ -120,7 +157,7 @@ class AugmentedDraws(Dataset):
         generator = torch.Generator().manual_seed(draw.seed)
         sample = self.samples[draw.index]
         if self.pairs:
-            return self.augmenter(sample, generator)
+            return self.augmenter(replace(sample, labels=None), generator)
         return self.augmenter.weak(sample, generator)
 
 

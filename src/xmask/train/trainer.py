@@ -1,8 +1,10 @@
-"""Stage 1: the P2R counter trained with Mean Teacher (REFERENCE.md, "Mean Teacher").
+"""Training runs of Stage 1 (the P2R counter with Mean Teacher) and Stage 2 (the XMask mask
+head), REFERENCE.md "Mean Teacher" and "XMask discriminative loss".
 
-The trainer owns the data (labeled list, unlabeled pool, held-out validation list), the epochs
-and the unlabeled-weight ramp, checkpoints and metrics; each step is
-:class:`xmask.train.step.MeanTeacherStep`.
+The trainer owns the data (labeled list, unlabeled pool, held-out validation list, and for
+Stage 2 the label maps of the labeled images), the epochs and the unlabeled-weight ramp,
+checkpoints and metrics; each step is :class:`xmask.train.step.MeanTeacherStep` (``stage: 1``)
+or :class:`xmask.train.mask_step.MaskStep` (``stage: 2``).
 
 The run folder (``RUN = out/name``) gets the resolved config, a log, ``metrics.jsonl`` and
 checkpoints (:mod:`xmask.train.checkpoint`); ``resume=True`` continues from the latest one.
@@ -15,13 +17,15 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
+import torch.distributed
 from tqdm.auto import tqdm
 
 from xmask.data.augment import Augmenter
 from xmask.data.image_io import atomic_write_bytes
-from xmask.data.readers import open_dataset
+from xmask.data.readers import CrowdDataset, open_dataset
 from xmask.data.splits import read_labeled_list, semi_split
 from xmask.device import resolve_device
 from xmask.errors import XmaskError
@@ -34,8 +38,9 @@ from xmask.train.checkpoint import (
     save_checkpoint,
 )
 from xmask.train.config import TrainConfig, to_yaml
-from xmask.train.data import AugmentedDraws, CachedSamples, epoch_plan, step_loader
+from xmask.train.data import AugmentedDraws, CachedSamples, epoch_plan, mask_path, step_loader
 from xmask.train.distributed import DistInfo, broadcast_flag, replicas_agree
+from xmask.train.mask_step import MaskStep
 from xmask.train.run_folder import RunFolder
 from xmask.train.step import MeanTeacherStep
 
@@ -69,8 +74,19 @@ class TrainState:
     unmatched_points: int = 0
 
 
+def build_step(
+    cfg: TrainConfig, device: torch.device, dist_info: DistInfo
+) -> MeanTeacherStep | MaskStep:
+    """The step of ``cfg.stage``."""
+    if cfg.stage == 1:
+        return MeanTeacherStep(cfg, device, dist_info)
+    if cfg.stage == 2:
+        return MaskStep(cfg, device, dist_info)
+    raise XmaskError(f"stage must be 1 or 2, got {cfg.stage}")
+
+
 class Trainer:
-    """One Stage-1 training run.
+    """One training run of Stage 1 or Stage 2.
 
     Args:
         cfg: the resolved configuration.
@@ -85,7 +101,7 @@ class Trainer:
         self.dist = dist_info or DistInfo()
         self.run = RunFolder(cfg.run_dir)
         self.device = resolve_device(cfg.device, self.dist.local_rank)
-        self.step = MeanTeacherStep(cfg, self.device, self.dist)
+        self.step = build_step(cfg, self.device, self.dist)
         self.student, self.teacher = self.step.student, self.step.teacher
         self.state = TrainState()
         self._build_data()
@@ -107,7 +123,8 @@ class Trainer:
         unlabeled = [i for i in pool[cfg.unlabeled_pool] if names[i] not in held_out]
         self.labeled, self.unlabeled = labeled, unlabeled
         self.validation = train.subset([i for i, n in enumerate(names) if n in held_out])
-        samples = CachedSamples(train, cfg.cache)
+        masks = self._label_maps(train, labeled) if self.cfg.stage == 2 else None
+        samples = CachedSamples(train, cfg.cache, masks)
         self.samples = samples
         augmenter = Augmenter(self.cfg.augment)
         self.labeled_set = AugmentedDraws(samples, augmenter, pairs=False)
@@ -123,6 +140,27 @@ class Trainer:
             len(held_out),
             self.steps_per_epoch,
         )
+
+    def _label_maps(self, train: CrowdDataset, labeled: list[int]) -> Path:
+        """The annotation folder of the labeled images: ``mask.masks``, or ``RUN/annotations``
+        filled by ``mask.annotate_backend`` (rank 0, resumable)."""
+        from xmask.annotate.pipeline import annotate_dataset
+
+        cfg = self.cfg.mask
+        folder = Path(cfg.masks) if cfg.masks else self.run.root / "annotations"
+        if cfg.masks is None and self.dist.is_main:
+            log.info("annotating %d labeled images into %s", len(labeled), folder)
+            annotate_dataset(train.subset(labeled), folder, cfg.annotate_backend)
+        if self.dist.enabled:
+            torch.distributed.barrier()
+        missing = [
+            train.names[i] for i in labeled if not mask_path(folder, train.names[i]).is_file()
+        ]
+        if missing:
+            raise XmaskError(
+                f"{folder}: no label map for {len(missing)} labeled image(s), e.g. {missing[:3]}"
+            )
+        return folder
 
     # -- checkpoints -------------------------------------------------------------------------
 

@@ -1,0 +1,207 @@
+"""One optimiser step of Stage 2 (XMask): the mask head learns the discriminative loss.
+
+The student starts from a Stage-1 teacher with a fresh mask head; only ``mask.trainable``
+modules train, the others are frozen and kept in eval mode (BatchNorm statistics fixed). The
+teacher is the EMA of the student; it runs in eval mode (its buffers follow the student's:
+``teacher.buffers`` ``own`` is read as ``copy`` here, since a frozen backbone must normalise
+the same way in both networks).
+
+Labeled crops: the student's smoothed embedding ``Ẽ`` (Eq. 2–5) is supervised by the
+annotation label map, with centres from ``mask.centres``; pixels outside the crop's valid
+area are ignored. Unlabeled crops (when the unlabeled weight ``w > 0``): the teacher sees the
+weak view; its points with ``p >= p_low`` are segmented into a pseudo label map (Eq. 11–12,
+``mask.pseudo``), the points with ``p > p_high`` are the centres, and disks of
+``ignore_radius`` around the points in between are ignored, as is everything outside the
+valid area; the student's strong view is supervised by that. The loss is
+``(L_sup + w·L_semi) / (1 + w)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from xmask.data.augment import ViewBatch
+from xmask.errors import XmaskError
+from xmask.losses.discriminative import MaskTarget, centres_on_instances, discriminative_loss
+from xmask.models.count_head import decode_points
+from xmask.models.model import XMaskModel, build_model, param_groups
+from xmask.segment.instances import ignore_disks, pseudo_masks
+from xmask.segment.smoothing import GaussianSmoothing, smoothed_embedding
+from xmask.train.config import TrainConfig
+from xmask.train.distributed import DistInfo, sync_buffers
+from xmask.train.ema import EMATeacher
+from xmask.train.step import StepStats
+
+log = logging.getLogger(__name__)
+
+TRAINABLE = ("mask_head", "neck")
+"""Modules Stage 2 may train."""
+
+
+def load_stage1(cfg: TrainConfig, device: torch.device) -> XMaskModel:
+    """The Stage-2 student: the Stage-1 teacher of ``cfg.mask.init`` plus a fresh mask head.
+
+    The architecture is the Stage-1 run's (``cfg.model`` takes it over, keeping its own
+    ``mask_channels`` and ``embed_dim``), so the Stage-2 run's ``config.yaml`` describes the
+    network it saves.
+    """
+    from xmask.train.run_folder import load_trained_model
+
+    if cfg.mask.init is None:
+        raise XmaskError("stage 2 needs mask.init: the Stage-1 run to start from")
+    stage1, stage1_cfg = load_trained_model(cfg.mask.init, device, which="teacher")
+    cfg.model = replace(
+        stage1_cfg.model,
+        weights=None,
+        mask_head=True,
+        mask_channels=cfg.model.mask_channels,
+        embed_dim=cfg.model.embed_dim,
+    )
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model).to(device)
+    state = {k: v for k, v in stage1.state_dict().items() if not k.startswith("mask_head.")}
+    model.load_state_dict(state, strict=False)
+    log.info("stage 2 starts from the Stage-1 teacher of %s", cfg.mask.init)
+    return model
+
+
+def freeze_except(model: XMaskModel, trainable: list[str]) -> list[nn.Module]:
+    """Freeze every top-level part of ``model`` not named in ``trainable``; returns the
+    frozen modules (to be kept in eval mode)."""
+    unknown = set(trainable) - set(TRAINABLE)
+    if unknown or not trainable:
+        raise XmaskError(f"mask.trainable must be a non-empty subset of {TRAINABLE}: {trainable}")
+    frozen = []
+    for name in ("backbone", "neck", "count_head", "mask_head"):
+        module = getattr(model, name)
+        module.requires_grad_(name in trainable)
+        if name not in trainable:
+            frozen.append(module)
+    return frozen
+
+
+class MaskStep:
+    """Student, teacher and optimizer of Stage 2, and the step that updates them.
+
+    Args:
+        cfg: the run's configuration (``model``, ``optim``, ``teacher``, ``mask``).
+        device: where the networks live.
+        dist_info: this process's rank; with several ranks the student is wrapped in DDP.
+    """
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, dist_info: DistInfo) -> None:
+        self.cfg = cfg
+        self.dist = dist_info
+        if not (0.0 < cfg.mask.p_low < 1.0 and 0.0 <= cfg.mask.p_high < 1.0):
+            raise XmaskError(
+                f"mask.p_low must lie in (0, 1) and mask.p_high in [0, 1): "
+                f"{cfg.mask.p_low}, {cfg.mask.p_high}"
+            )
+        self.student = load_stage1(cfg, device)
+        self.frozen = freeze_except(self.student, cfg.mask.trainable)
+        buffers = "copy" if cfg.teacher.buffers == "own" else cfg.teacher.buffers
+        self.teacher = EMATeacher(self.student, cfg.teacher.momentum, buffers)
+        self.optimizer = torch.optim.Adam(
+            param_groups(self.student, cfg.optim.lr, cfg.optim.backbone_lr),
+            weight_decay=cfg.optim.weight_decay,
+        )
+        dim = cfg.model.embed_dim
+        self.smoothing = GaussianSmoothing(dim, cfg.mask.kernel, cfg.mask.sigma).to(device)
+        self.pseudo_smoothing = GaussianSmoothing(
+            dim, cfg.mask.pseudo.kernel, cfg.mask.pseudo.sigma
+        ).to(device)
+        self.device = device
+        self.network: nn.Module = self.student
+        if dist_info.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            self.network = DistributedDataParallel(self.student, device_ids=ids)
+
+    def labeled_targets(self, batch: ViewBatch, logits: torch.Tensor) -> list[MaskTarget]:
+        """Targets of the labeled crops (annotation label maps, ``mask.centres``)."""
+        if batch.labels is None:
+            raise XmaskError(f"labeled images without label maps: {batch.names}")
+        predicted = decode_points(logits) if self.cfg.mask.centres == "predicted" else None
+        targets = []
+        for b, labels in enumerate(batch.labels):
+            if predicted is not None:
+                points, instance = centres_on_instances(predicted[b].points, labels)
+            else:
+                points = batch.points[b]
+                instance = torch.arange(1, len(points) + 1, device=labels.device)
+            targets.append(MaskTarget(points, instance, labels, ~batch.valid[b]))
+        return targets
+
+    @torch.no_grad()
+    def pseudo_targets(self, weak: ViewBatch) -> tuple[list[MaskTarget], int]:
+        """Teacher pseudo-masks of the weak views (module docstring); and the centre count."""
+        cfg = self.cfg.mask
+        out = self.teacher.predict(weak.images)
+        size = (int(weak.images.shape[-2]), int(weak.images.shape[-1]))
+        smoothed = smoothed_embedding(out.embedding, size, self.pseudo_smoothing)
+        low = math.log(cfg.p_low / (1.0 - cfg.p_low))
+        targets, centres = [], 0
+        for b, found in enumerate(decode_points(out.logits, threshold=low, inclusive=True)):
+            pm = pseudo_masks(
+                smoothed[b], found.points, found.scores, cfg.p_low, cfg.p_high, cfg=cfg.pseudo
+            )
+            inst = pm.instances
+            middle = inst.points[~pm.valid]
+            ignore = torch.from_numpy(ignore_disks(middle, size, cfg.ignore_radius))
+            ignore = ignore.to(self.device) | ~weak.valid[b]
+            index = np.flatnonzero(pm.valid)
+            targets.append(
+                MaskTarget(
+                    torch.from_numpy(inst.points[index]),
+                    torch.from_numpy(index + 1),
+                    torch.from_numpy(inst.labels).to(self.device),
+                    ignore,
+                )
+            )
+            centres += len(index)
+        return targets, centres
+
+    def __call__(
+        self,
+        labeled: ViewBatch,
+        unlabeled: tuple[ViewBatch, ViewBatch] | None,
+        weight: float,
+        teacher_momentum: float | None = None,
+    ) -> StepStats:
+        """One optimiser step (same contract as :class:`xmask.train.step.MeanTeacherStep`)."""
+        cfg = self.cfg
+        self.student.train()
+        for module in self.frozen:
+            module.eval()
+        labeled = labeled.to(self.device)
+        images, semi = labeled.images, None
+        if unlabeled is not None and weight > 0:
+            weak, strong = (part.to(self.device) for part in unlabeled)
+            semi = self.pseudo_targets(weak)
+            images = torch.cat([images, strong.images])
+        out = self.network(images)
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        smoothed = smoothed_embedding(out.embedding, size, self.smoothing)
+        n_lab = labeled.images.shape[0]
+        targets = self.labeled_targets(labeled, out.logits[:n_lab])
+        sup = discriminative_loss(smoothed[:n_lab], targets, cfg.mask.loss)
+        loss, semi_value, centres = sup.loss, None, 0
+        if semi is not None:
+            semi_targets, centres = semi
+            unl = discriminative_loss(smoothed[n_lab:], semi_targets, cfg.mask.loss)
+            loss = (loss + weight * unl.loss) / (1.0 + weight)
+            semi_value = float(unl.loss.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.student.parameters(), cfg.optim.grad_clip)
+        self.optimizer.step()
+        sync_buffers(self.student, self.dist)
+        self.teacher.update(self.student, teacher_momentum)
+        return StepStats(float(loss.detach()), float(sup.loss.detach()), semi_value, centres, 0)
