@@ -19,11 +19,12 @@ def test_every_shipped_recipe_loads() -> None:
             assert f"{dataset}-{percent}-cpu" in names
     for name in names:
         cfg = load_config(name)
+        assert cfg.stage == (2 if "stage2" in name else 1)
         assert isinstance(cfg, TrainConfig)
-        if name.endswith("-gpu") and name != "paper-gpu":
+        if name.endswith("-gpu") and name not in ("paper-gpu", "stage2-gpu"):
             assert cfg.model.backbone == "vgg16_bn" and cfg.schedule.epochs == 1500
             assert cfg.name == name and cfg.data.labeled == name.removesuffix("-gpu")
-        if name.endswith("-cpu"):
+        if name.endswith("-cpu") and name != "stage2-cpu":
             assert cfg.model.backbone == "efficientnet_lite0" and cfg.name == name
 
 
@@ -47,6 +48,41 @@ def test_user_recipe_inherits_and_overrides(tmp_path: Path) -> None:
     assert cfg.data.labeled == "shb-40" and cfg.data.validation == "val.txt"
     (tmp_path / "saved.yaml").write_text(to_yaml(cfg))
     assert load_config(tmp_path / "saved.yaml") == cfg
+
+
+def test_stage2_recipes_layer_over_stage1() -> None:
+    cfg = load_config("shb-40-cpu-stage2", ["out=/tmp/elsewhere"])
+    assert (cfg.stage, cfg.name, cfg.data.labeled) == (2, "shb-40-cpu-stage2", "shb-40")
+    assert cfg.mask.init == "/tmp/elsewhere/shb-40-cpu"  # follows `out`
+    assert cfg.model.backbone == "efficientnet_lite0" and cfg.mask.trainable == ["mask_head"]
+    layered = load_config(["sha-40-gpu", "stage2-gpu"], ["mask.init=runs/sha-40-gpu"])
+    assert (layered.stage, layered.name, layered.schedule.epochs) == (2, "sha-40-gpu", 500)
+    assert (layered.optim.lr, layered.teacher.warmup_epochs) == (5e-6, 50)
+    assert layered.data.labeled == "sha-40" and layered.model.backbone == "vgg16_bn"
+    default = TrainConfig().mask
+    assert (default.loss.tau, default.loss.delta, default.loss.margin) == (0.6, 0.1, 0.7)
+    assert (default.pseudo.lam, default.pseudo.tau_g, default.p_low, default.p_high) == (
+        0.6,
+        0.8,
+        0.1,
+        0.95,
+    )
+    assert (default.kernel, default.sigma, default.ignore_radius) == (7, 1.5, 16.0)
+
+
+def test_base_list_merges_in_order(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("name: a\nschedule:\n  epochs: 3\n")
+    (tmp_path / "b.yaml").write_text("schedule:\n  epochs: 4\n  steps_per_epoch: 9\n")
+    (tmp_path / "c.yaml").write_text("base: [a.yaml, b.yaml]\nseed: 1\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert (cfg.name, cfg.schedule.epochs, cfg.schedule.steps_per_epoch, cfg.seed) == (
+        "a",
+        4,
+        9,
+        1,
+    )
+    with pytest.raises(ConfigError, match="b-missing"):
+        load_config([tmp_path / "a.yaml", "b-missing"])
 
 
 @pytest.mark.parametrize(

@@ -14,14 +14,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``xmask train``."""
     parser = sub.add_parser(
         "train",
-        help="train the counter (Stage 1) from a recipe",
+        help="train the counter (Stage 1) or the mask head (Stage 2) from a recipe",
         description="Train from a YAML recipe (a file or a shipped name such as shb-40-cpu) "
         "with dotted overrides, e.g. `xmask train --config shb-40-cpu schedule.epochs=5`. "
         "The run folder is OUT/NAME (keys `out`, `name`). Multi-GPU: "
         "`torchrun --nproc_per_node N -m xmask train ...`.",
     )
     parser.add_argument(
-        "--config", help="recipe file or shipped recipe name (default: built-in defaults)"
+        "--config",
+        action="append",
+        help="recipe file or shipped recipe name (default: built-in defaults); repeat to merge "
+        "several in order, e.g. --config shb-40-cpu --config stage2-cpu",
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
     parser.add_argument(

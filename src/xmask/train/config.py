@@ -1,14 +1,17 @@
 """Training configuration: dataclasses, YAML recipes (OmegaConf) and dotted overrides.
 
 A recipe is a YAML file whose keys mirror :class:`TrainConfig`; ``base: other.yaml`` (a path
-relative to the file, or a shipped recipe name) is merged first, so recipes state only what
-differs. Shipped recipes live in ``xmask/configs/`` and are addressed by name
-(``xmask train --config shb-40-cpu``). Overrides are ``dotted.key=value`` strings
-(``schedule.epochs=10``). Every constant of the method is a field here, never a literal in code.
+relative to the file, or a shipped recipe name; or a list of them, merged in order) is merged
+first, so recipes state only what differs: ``base: [shb-40-cpu, stage2-cpu]`` is the
+ShanghaiTech B 40 % data with the Stage-2 CPU schedule. Shipped recipes live in
+``xmask/configs/`` and are addressed by name (``xmask train --config shb-40-cpu``).
+Overrides are ``dotted.key=value`` strings (``schedule.epochs=10``). Every constant of the
+method is a field here, never a literal in code.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -244,27 +247,34 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     base = node.pop("base", None)
     if base is None:
         return node
-    parent = _load_yaml(_recipe_path(str(base), path.parent), (*seen, path.resolve()))
-    return OmegaConf.merge(parent, node)  # type: ignore[return-value]
+    bases = [base] if isinstance(base, str) else list(base)
+    parents = [
+        _load_yaml(_recipe_path(str(b), path.parent), (*seen, path.resolve())) for b in bases
+    ]
+    return OmegaConf.merge(*parents, node)  # type: ignore[return-value]
 
 
-def load_config(spec: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Defaults ← recipe (with its ``base`` chain) ← ``dotted.key=value`` overrides.
+def load_config(
+    spec: str | Path | Sequence[str | Path] | None = None, overrides: list[str] | None = None
+) -> TrainConfig:
+    """Defaults ← recipe(s) (each with its ``base`` chain, merged in order) ← ``dotted.key=value``
+    overrides.
 
     Raises:
         ConfigError: missing recipe, unknown key, or a value of the wrong type.
     """
     schema = OmegaConf.structured(TrainConfig)
     layers: list[Any] = [schema]
-    if spec is not None:
-        layers.append(_load_yaml(_recipe_path(spec)))
+    specs = [] if spec is None else [spec] if isinstance(spec, str | Path) else list(spec)
+    layers += [_load_yaml(_recipe_path(one)) for one in specs]
     try:
         if overrides:
             layers.append(OmegaConf.from_dotlist(list(overrides)))
         merged = OmegaConf.merge(*layers)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except (OmegaConfBaseException, ValueError, TypeError) as err:
-        raise ConfigError(f"{spec or 'defaults'}: invalid configuration ({err})") from err
+        source = ", ".join(str(one) for one in specs) or "defaults"
+        raise ConfigError(f"{source}: invalid configuration ({err})") from err
 
 
 def config_from_yaml_text(text: str, source: str | Path) -> TrainConfig:
