@@ -83,3 +83,16 @@ def test_freeze_except() -> None:
     assert len(frozen) == 3
     with pytest.raises(Exception, match="subset"):
         freeze_except(model, ["backbone"])
+
+
+def test_stage2_resume_reproduces_the_straight_run(stage1: Path) -> None:
+    straight = [*stage2_overrides(stage1, "straight"), "calibrate=false", "mask.p_high=0.3"]
+    assert main(["train", *straight]) == EXIT_OK
+    split = [*stage2_overrides(stage1, "split"), "calibrate=false", "mask.p_high=0.3"]
+    assert main(["train", *split, "schedule.epochs=1"]) == EXIT_OK
+    assert main(["train", "--resume", *split]) == EXIT_OK
+    a, _ = load_trained_model(stage1 / "runs" / "straight", which="student")
+    b, _ = load_trained_model(stage1 / "runs" / "split", which="student")
+    assert a.mask_head is not None and b.mask_head is not None
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
