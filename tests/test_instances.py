@@ -22,6 +22,11 @@ from xmask.segment.instances import (
 F32 = np.float32
 
 
+def table(emb: torch.Tensor) -> torch.Tensor:
+    """``D×H×W`` → the pixel-major ``H×W×D`` table the segmentation reads."""
+    return emb.permute(1, 2, 0).contiguous()
+
+
 def literal_segmentation(
     emb: torch.Tensor, points: np.ndarray, cfg: SegmentConfig, whole: np.ndarray | None = None
 ) -> np.ndarray:
@@ -76,7 +81,7 @@ def test_matches_literal_eq11_eq12(cfg: SegmentConfig) -> None:
     size = (17, 21)
     for seed in range(3):
         emb = blob_embedding(POINTS, size, seed)
-        result = segment_instances(emb, POINTS, cfg=cfg)
+        result = segment_instances(table(emb), POINTS, cfg=cfg)
         np.testing.assert_array_equal(result.labels, literal_segmentation(emb, POINTS, cfg))
         assert (result.area >= 1).all() and len(result) == 5
         np.testing.assert_array_equal(result.scores, np.ones(5, F32))
@@ -85,9 +90,9 @@ def test_matches_literal_eq11_eq12(cfg: SegmentConfig) -> None:
 def test_threshold_and_lambda_matter() -> None:
     size = (17, 21)
     emb = blob_embedding(POINTS, size, 0)
-    tight = segment_instances(emb, POINTS, cfg=SegmentConfig(tau_g=0.3)).area.sum()
-    loose = segment_instances(emb, POINTS, cfg=SegmentConfig(tau_g=3.0)).area.sum()
-    flat = segment_instances(emb, POINTS, cfg=SegmentConfig(lam=0.0, tau_g=3.0)).labels
+    tight = segment_instances(table(emb), POINTS, cfg=SegmentConfig(tau_g=0.3)).area.sum()
+    loose = segment_instances(table(emb), POINTS, cfg=SegmentConfig(tau_g=3.0)).area.sum()
+    flat = segment_instances(table(emb), POINTS, cfg=SegmentConfig(lam=0.0, tau_g=3.0)).labels
     assert tight < loose
     assert (flat > 0).sum() >= loose  # every circle pixel passes when τ_g is large
 
@@ -98,18 +103,18 @@ def test_every_head_is_segmented_at_high_density() -> None:
     points = (gen.random((3000, 2)) * 256).astype(F32)
     points[2990:] = points[:10]  # ten exact duplicates
     emb = nnf.normalize(torch.randn(16, 256, 256), dim=0)
-    result = segment_instances(emb, points, cfg=INFERENCE)
+    result = segment_instances(table(emb), points, cfg=INFERENCE)
     assert len(result) == 3000 and (result.area >= 1).all()
     assert set(np.unique(result.labels)) - {0} == set(range(1, 3001))
 
 
 def test_empty_and_one_point() -> None:
     emb = nnf.normalize(torch.randn(4, 40, 60), dim=0)
-    none = segment_instances(emb, np.zeros((0, 2), F32))
+    none = segment_instances(table(emb), np.zeros((0, 2), F32))
     assert none.labels.shape == (40, 60) and not none.labels.any() and none.area.shape == (0,)
     constant = torch.zeros(4, 40, 60)
     constant[0] = 1.0
-    one = segment_instances(constant, np.array([[30.0, 20.0]], F32))
+    one = segment_instances(table(constant), np.array([[30.0, 20.0]], F32))
     assert one.radii[0] == 10.0  # min(H, W) / 4
     # constant embedding: E = λ·d²/r² < 1.1 on the whole circle (λ = 0.8)
     assert one.area[0] == (one.labels == 1).sum() > 300
@@ -120,7 +125,7 @@ def test_whole_circle_gate() -> None:
     emb = blob_embedding(POINTS, size, 1)
     whole = np.array([True, False, False, True, False])
     cfg = SegmentConfig(tau_g=0.5)
-    gated = segment_instances(emb, POINTS, cfg=cfg, whole_circle=whole)
+    gated = segment_instances(table(emb), POINTS, cfg=cfg, whole_circle=whole)
     np.testing.assert_array_equal(gated.labels, literal_segmentation(emb, POINTS, cfg, whole))
 
 
@@ -128,12 +133,12 @@ def test_pseudo_masks_filter_by_probability() -> None:
     size = (17, 21)
     emb = blob_embedding(POINTS, size, 2)
     probs = np.array([0.05, 0.5, 0.97, 0.92, 0.99], F32)
-    pm = pseudo_masks(emb, POINTS, probs, p_low=0.1, p_high=0.95)
+    pm = pseudo_masks(table(emb), POINTS, probs, p_low=0.1, p_high=0.95)
     assert len(pm.instances) == 4 and pm.valid.tolist() == [False, True, False, True]
     np.testing.assert_array_equal(pm.instances.scores, probs[1:])
-    expected = segment_instances(emb, POINTS[1:], probs[1:], cfg=PSEUDO)
+    expected = segment_instances(table(emb), POINTS[1:], probs[1:], cfg=PSEUDO)
     np.testing.assert_array_equal(pm.instances.labels, expected.labels)
-    gated = pseudo_masks(emb, POINTS, probs, gate=0.5)
+    gated = pseudo_masks(table(emb), POINTS, probs, gate=0.5)
     whole = np.array([True, False, False, False])
     np.testing.assert_array_equal(
         gated.instances.labels, literal_segmentation(emb, POINTS[1:], PSEUDO, whole)
@@ -148,7 +153,7 @@ def test_ignore_disks() -> None:
     assert not ignore_disks(np.zeros((0, 2), F32), (5, 5)).any()
 
 
-def test_smoothed_for_segmentation_shapes() -> None:
+def test_smoothed_for_segmentation_is_a_pixel_major_table() -> None:
     emb = torch.randn(16, 5, 7)
     out = smoothed_for_segmentation(emb, (18, 27), INFERENCE)
-    assert out.shape == (16, 18, 27)
+    assert out.shape == (18, 27, 16) and out.is_contiguous()

@@ -10,8 +10,13 @@ from torch.nn import functional as nnf
 
 from xmask.models import ModelConfig, build_model
 from xmask.models.mask_head import MaskHead, coord_channels
-from xmask.segment.centres import sample_centres
-from xmask.segment.smoothing import GaussianSmoothing, gaussian_kernel1d, upsample_embedding
+from xmask.segment.centres import sample_centres, sample_table
+from xmask.segment.smoothing import (
+    GaussianSmoothing,
+    gaussian_kernel1d,
+    smoothed_table,
+    upsample_embedding,
+)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -143,3 +148,38 @@ def test_model_with_mask_head_returns_an_embedding_on_the_logit_grid() -> None:
     again = build_model(cfg)  # the config now builds the head directly
     assert again.mask_head is not None
     assert set(again.state_dict()) == set(model.state_dict())
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "sigma"),
+    [
+        ((18, 23), 7, 1.5),
+        ((64, 60), 7, 3.0),
+        ((5, 9), 7, 3.0),
+        ((3, 4), 5, 1.0),
+        ((33, 40), 19, 3.0),
+    ],
+)
+def test_banded_table_equals_upsample_then_smooth(
+    size: tuple[int, int], kernel: int, sigma: float
+) -> None:
+    torch.manual_seed(3)
+    cells = torch.randn(3, math.ceil(size[0] / 4), math.ceil(size[1] / 4), dtype=torch.float64)
+    literal = GaussianSmoothing(3, kernel, sigma).double()(upsample_embedding(cells[None], size))
+    torch.testing.assert_close(
+        smoothed_table(cells, size, kernel, sigma), literal[0].permute(1, 2, 0)
+    )
+    with pytest.raises(ValueError, match="stride-4 grid"):
+        smoothed_table(cells, (size[0] + 8, size[1]), kernel, sigma)
+
+
+def test_table_sampling_equals_grid_sampling() -> None:
+    torch.manual_seed(4)
+    emb = torch.randn(5, 11, 13, dtype=torch.float64)
+    points = torch.tensor(
+        [[0.0, 0.0], [0.4, 10.9], [13.0, 11.0], [6.5, 5.5], [3.21, 7.77], [12.9, 0.2]],
+        dtype=torch.float64,
+    )
+    torch.testing.assert_close(
+        sample_table(emb.permute(1, 2, 0).contiguous(), points), sample_centres(emb, points)
+    )

@@ -36,3 +36,27 @@ def sample_centres(smoothed: Tensor, points: Tensor) -> Tensor:
         smoothed.unsqueeze(0), grid, mode="bilinear", padding_mode="border", align_corners=False
     )
     return sampled[0, :, 0].transpose(0, 1)
+
+
+def sample_table(table: Tensor, points: Tensor) -> Tensor:
+    """:func:`sample_centres` on a pixel-major ``H×W×D`` table (no gradients needed): the same
+    bilinear read with border clamping, from the four pixels around each point.
+
+    Args:
+        table: ``H×W×D``.
+        points: ``N×2`` ``(x, y)`` pixels.
+
+    Returns:
+        ``N×D``.
+    """
+    h, w, d = table.shape
+    pts = points.to(device=table.device, dtype=table.dtype).reshape(-1, 2)
+    ix = (pts[:, 0] - 0.5).clamp(0, w - 1)
+    iy = (pts[:, 1] - 0.5).clamp(0, h - 1)
+    x0, y0 = ix.floor().long(), iy.floor().long()
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
+    fx, fy = (ix - x0)[:, None], (iy - y0)[:, None]
+    flat = table.reshape(-1, d)
+    top = flat[y0 * w + x0] * (1 - fx) + flat[y0 * w + x1] * fx
+    bottom = flat[y1 * w + x0] * (1 - fx) + flat[y1 * w + x1] * fx
+    return top * (1 - fy) + bottom * fy

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from xmask.annotate.masks import head_circles, resolve_labels
+from xmask.annotate.masks import HeadCircles, head_circles, resolve_labels
 from xmask.geometry import circle_pixels
-from xmask.segment.centres import sample_centres
-from xmask.segment.smoothing import GaussianSmoothing, smoothed_embedding
+from xmask.segment.centres import sample_table
+from xmask.segment.smoothing import smoothed_table
 
 
 @dataclass
@@ -89,7 +89,7 @@ class Instances:
 
 
 def segment_instances(
-    smoothed: Tensor,
+    table: Tensor,
     points: np.ndarray | Tensor,
     scores: np.ndarray | Tensor | None = None,
     cfg: SegmentConfig = INFERENCE,
@@ -98,7 +98,8 @@ def segment_instances(
     """Eq. 11–12 for every head of one image (module docstring).
 
     Args:
-        smoothed: ``D×H×W`` smoothed embedding ``Ẽ`` (any device; not differentiated).
+        table: the smoothed embedding ``Ẽ`` as a pixel-major ``H×W×D`` table
+            (:func:`smoothed_for_segmentation`; any device, not differentiated).
         points: ``N×2`` ``(x, y)`` pixels inside the image.
         scores: ``N`` head probabilities (kept in the result), or None.
         cfg: the constants.
@@ -107,10 +108,10 @@ def segment_instances(
     Returns:
         :class:`Instances` (NumPy, CPU).
     """
-    size = (int(smoothed.shape[1]), int(smoothed.shape[2]))
+    size = (int(table.shape[0]), int(table.shape[1]))
     pts = torch.as_tensor(points).detach().cpu().numpy().astype(np.float32).reshape(-1, 2)
     circles = head_circles(pts, size, cfg.r_min, duplicates="distinct", lone=cfg.lone)
-    energy = head_energy(smoothed, pts, circles.radii, cfg).cpu()
+    energy = head_energy(table, circles, cfg).cpu()
     keep = (energy < cfg.tau_g).numpy()
     if whole_circle is not None:
         keep |= np.asarray(whole_circle, dtype=bool)[circles.pixels.point.numpy()]
@@ -128,28 +129,26 @@ def segment_instances(
 
 
 @torch.no_grad()
-def head_energy(
-    smoothed: Tensor, points: np.ndarray, radii: np.ndarray, cfg: SegmentConfig
-) -> Tensor:
-    """Eq. 11 at every circle pixel, in the CSR order of :func:`xmask.geometry.circle_pixels`.
+def head_energy(table: Tensor, circles: HeadCircles, cfg: SegmentConfig) -> Tensor:
+    """Eq. 11 at every circle pixel, in the CSR order of ``circles.pixels``.
 
     Args:
-        smoothed: ``D×H×W``.
-        points: ``N×2 float32`` ``(x, y)``.
-        radii: ``N`` NNEC radii.
+        table: ``H×W×D`` smoothed embedding.
+        circles: the heads' NNEC circles (:func:`xmask.annotate.masks.head_circles`).
 
     Returns:
-        ``P float32`` on the device of ``smoothed``.
+        ``P float32`` on the device of ``table``.
     """
-    device = smoothed.device
-    size = (int(smoothed.shape[1]), int(smoothed.shape[2]))
-    pts = torch.from_numpy(points).to(device)
-    rad = torch.from_numpy(np.asarray(radii, dtype=np.float32)).to(device)
-    pixels = circle_pixels(pts, rad, size)
-    centres = sample_centres(smoothed.float(), pts)
-    diff = smoothed[:, pixels.y, pixels.x].float().transpose(0, 1) - centres[pixels.point]
-    spread = rad[pixels.point] + cfg.eps
-    return torch.linalg.vector_norm(diff, dim=1) + cfg.lam * pixels.dist2 / (spread * spread)
+    device = table.device
+    pixels = circles.pixels
+    point = pixels.point.to(device)
+    table = table.float()
+    centres = sample_table(table, torch.from_numpy(circles.points))
+    rows = table.reshape(-1, table.shape[-1]).index_select(0, pixels.flat.to(device))
+    diff = rows - centres.index_select(0, point)
+    spread = torch.from_numpy(circles.radii).to(device).index_select(0, point) + cfg.eps
+    dist2 = pixels.dist2.to(device)
+    return torch.linalg.vector_norm(diff, dim=1) + cfg.lam * dist2 / (spread * spread)
 
 
 @dataclass
@@ -166,7 +165,7 @@ class PseudoMasks:
 
 
 def pseudo_masks(
-    smoothed: Tensor,
+    table: Tensor,
     points: np.ndarray | Tensor,
     scores: np.ndarray | Tensor,
     p_low: float = 0.1,
@@ -177,7 +176,7 @@ def pseudo_masks(
     """Teacher pseudo-masks (module docstring).
 
     Args:
-        smoothed: the teacher's ``D×H×W`` smoothed embedding.
+        table: the teacher's smoothed embedding, ``H×W×D`` (:func:`smoothed_for_segmentation`).
         points: ``N×2`` teacher points (e.g. every cell with ``p >= p_low``).
         scores: ``N`` probabilities of those points.
         p_low: points below are dropped (paper: 0.1).
@@ -189,7 +188,7 @@ def pseudo_masks(
     pts = torch.as_tensor(points).detach().cpu().numpy().astype(np.float32).reshape(-1, 2)
     kept = prob >= p_low
     whole = None if gate is None else prob[kept] <= gate
-    instances = segment_instances(smoothed, pts[kept], prob[kept], cfg, whole_circle=whole)
+    instances = segment_instances(table, pts[kept], prob[kept], cfg, whole_circle=whole)
     return PseudoMasks(instances, prob[kept] > p_high)
 
 
@@ -207,8 +206,6 @@ def smoothed_for_segmentation(
     embedding: Tensor, size: tuple[int, int], cfg: SegmentConfig
 ) -> Tensor:
     """``Ẽ`` for Eq. 11: one image's stride-4 ``D×h×w`` embedding upsampled to ``size`` and
-    smoothed with ``cfg.kernel`` and ``cfg.sigma`` (``D×H×W``)."""
-    smoothing = GaussianSmoothing(int(embedding.shape[0]), cfg.kernel, cfg.sigma).to(
-        embedding.device
-    )
-    return smoothed_embedding(embedding[None], size, smoothing)[0]
+    smoothed with ``cfg.kernel`` and ``cfg.sigma``, as the pixel-major ``H×W×D`` table that
+    :func:`segment_instances` takes."""
+    return smoothed_table(embedding, size, cfg.kernel, cfg.sigma)

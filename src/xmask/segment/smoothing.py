@@ -4,11 +4,20 @@ The stride-4 embedding is upsampled to image resolution and blurred channel by c
 fixed, normalised 1-D Gaussian along x, then along y; the loss (Eq. 10) and the instance
 masks (Eq. 11–12) both read the smoothed map ``Ẽ``. Training uses ``k = 7, σ = 1.5``,
 evaluation ``σ = 3`` (REFERENCE.md); both are configuration, not code.
+
+Two implementations of the same linear map: :class:`GaussianSmoothing` after
+:func:`upsample_embedding` is Eq. 4–5 as written (training, with gradients), and
+:func:`smoothed_table` folds the upsampling and the smoothing of each axis into one banded
+matrix (each output pixel a weighted sum of at most ``⌈(k − 1)/stride⌉ + 2`` cells) and
+returns the pixel-major ``H×W×D`` table that Eq. 11 reads (inference and pseudo-masks,
+several times faster); a test holds them equal.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from torch import Tensor, nn
@@ -91,3 +100,80 @@ def smoothed_embedding(
 ) -> Tensor:
     """``Ẽ``: the stride-4 embedding upsampled to ``size`` and smoothed (``B×D×H×W``)."""
     return smoothing(upsample_embedding(embedding, size))
+
+
+@dataclass(frozen=True)
+class BandedAxis:
+    """Upsampling by ``stride`` then smoothing, along one axis, as a banded matrix.
+
+    Output pixel ``X`` is ``Σ_k weight[X, k] · cell[min(start[X] + k, n_cells − 1)]``.
+
+    Attributes:
+        start: ``n_pixels int64``, first cell of each output pixel's band.
+        weight: ``n_pixels × band float64`` (0 past the last cell).
+    """
+
+    start: Tensor
+    weight: Tensor
+
+
+@lru_cache(maxsize=64)
+def banded_axis(n_pixels: int, n_cells: int, stride: int, kernel: int, sigma: float) -> BandedAxis:
+    """The :class:`BandedAxis` of linear upsampling (``align_corners=False``, cropped to
+    ``n_pixels``) followed by the zero-padded Gaussian of Eq. 4 (or 5), built by applying
+    both operations to the identity (so it equals them exactly, borders included)."""
+    eye = torch.eye(n_cells, dtype=torch.float64)[None]
+    up = nnf.interpolate(eye, scale_factor=stride, mode="linear", align_corners=False)
+    up = up[0, :, :n_pixels].unsqueeze(1)
+    g = gaussian_kernel1d(kernel, sigma, torch.float64).view(1, 1, kernel)
+    matrix = nnf.conv1d(up, g, padding=kernel // 2)[:, 0].T  # n_pixels × n_cells
+    nonzero = matrix != 0
+    first = nonzero.to(torch.uint8).argmax(dim=1)
+    last = n_cells - 1 - nonzero.flip(1).to(torch.uint8).argmax(dim=1)
+    band = int((last - first).max()) + 1
+    index = first[:, None] + torch.arange(band)
+    weight = matrix.gather(1, index.clamp(max=n_cells - 1)) * (index < n_cells)
+    return BandedAxis(first, weight)
+
+
+def _apply_axis_first(x: Tensor, axis: BandedAxis) -> Tensor:
+    """``axis`` applied along dimension 0 of ``x`` (contiguous rows: fast gathers)."""
+    n_cells = x.shape[0]
+    start = axis.start.to(x.device)
+    weight = axis.weight.to(device=x.device, dtype=x.dtype)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    out = x.index_select(0, start.clamp(max=n_cells - 1)) * weight[:, 0].view(shape)
+    for k in range(1, weight.shape[1]):
+        rows = x.index_select(0, (start + k).clamp(max=n_cells - 1))
+        out.addcmul_(rows, weight[:, k].view(shape))
+    return out
+
+
+def smoothed_table(
+    embedding: Tensor, size: tuple[int, int], kernel: int, sigma: float, stride: int = 4
+) -> Tensor:
+    """``Ẽ`` of one image as an ``H×W×D`` table (pixel-major, the layout Eq. 11 gathers
+    from), in one banded pass per axis: equal to ``GaussianSmoothing(D, kernel, sigma)`` after
+    :func:`upsample_embedding`, permuted.
+
+    Args:
+        embedding: ``D×h×w`` on the stride-``stride`` grid of ``size``.
+        size: ``(H, W)``.
+
+    Returns:
+        ``H×W×D``, contiguous.
+    """
+    h, w = size
+    if embedding.dim() != 3 or embedding.shape[-2:] != (
+        math.ceil(h / stride),
+        math.ceil(w / stride),
+    ):
+        raise ValueError(
+            f"embedding {tuple(embedding.shape)} is not D×h×w on the stride-{stride} grid of {size}"
+        )
+    _, cells_h, cells_w = embedding.shape
+    x = _apply_axis_first(
+        embedding.permute(2, 0, 1).contiguous(), banded_axis(w, cells_w, stride, kernel, sigma)
+    )  # W×D×h
+    x = x.permute(2, 0, 1).contiguous()  # h×W×D
+    return _apply_axis_first(x, banded_axis(h, cells_h, stride, kernel, sigma))

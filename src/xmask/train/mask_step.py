@@ -32,7 +32,7 @@ from xmask.errors import XmaskError
 from xmask.losses.discriminative import MaskTarget, centres_on_instances, discriminative_loss
 from xmask.models.count_head import decode_points
 from xmask.models.model import XMaskModel, build_model, param_groups
-from xmask.segment.instances import ignore_disks, pseudo_masks
+from xmask.segment.instances import ignore_disks, pseudo_masks, smoothed_for_segmentation
 from xmask.segment.smoothing import GaussianSmoothing, smoothed_embedding
 from xmask.train.config import TrainConfig
 from xmask.train.distributed import DistInfo, sync_buffers
@@ -114,9 +114,6 @@ class MaskStep:
         )
         dim = cfg.model.embed_dim
         self.smoothing = GaussianSmoothing(dim, cfg.mask.kernel, cfg.mask.sigma).to(device)
-        self.pseudo_smoothing = GaussianSmoothing(
-            dim, cfg.mask.pseudo.kernel, cfg.mask.pseudo.sigma
-        ).to(device)
         self.device = device
         self.network: nn.Module = self.student
         if dist_info.enabled:
@@ -144,12 +141,12 @@ class MaskStep:
         cfg = self.cfg.mask
         out = self.teacher.predict(weak.images)
         size = (int(weak.images.shape[-2]), int(weak.images.shape[-1]))
-        smoothed = smoothed_embedding(out.embedding, size, self.pseudo_smoothing)
         low = math.log(cfg.p_low / (1.0 - cfg.p_low))
         targets, centres = [], 0
         for b, found in enumerate(decode_points(out.logits, threshold=low, inclusive=True)):
+            table = smoothed_for_segmentation(out.embedding[b], size, cfg.pseudo)
             pm = pseudo_masks(
-                smoothed[b], found.points, found.scores, cfg.p_low, cfg.p_high, cfg=cfg.pseudo
+                table, found.points, found.scores, cfg.p_low, cfg.p_high, cfg=cfg.pseudo
             )
             inst = pm.instances
             middle = inst.points[~pm.valid]
