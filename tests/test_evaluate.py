@@ -23,7 +23,7 @@ from xmask.evaluation import (
     check_tiling,
     evaluate_model,
     format_result,
-    predict_logits,
+    predict_outputs,
     tile_spans,
 )
 from xmask.geometry import pixel_of
@@ -84,8 +84,9 @@ def test_tiled_logits_equal_untiled_for_a_local_model(size: tuple[int, int]) -> 
     gen = torch.Generator().manual_seed(size[0])
     image = torch.rand(1, 3, *size, generator=gen)
     with torch.inference_mode():
-        whole, one = predict_logits(model, image, max_pixels=None)
-        tiled, tiles = predict_logits(model, image, max_pixels=100, tile=48, overlap=16)
+        whole_out, one = predict_outputs(model, image, max_pixels=None)
+        tiled_out, tiles = predict_outputs(model, image, max_pixels=100, tile=48, overlap=16)
+    whole, tiled = whole_out.logits, tiled_out.logits
     assert one == 1 and tiles == len(tile_spans(size[0], 48, 16)) * len(tile_spans(size[1], 48, 16))
     assert whole.shape == (1, 1, math.ceil(size[0] / 4), math.ceil(size[1] / 4))
     torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-12)

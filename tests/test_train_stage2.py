@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -53,7 +55,9 @@ def test_stage2_trains_only_the_mask_head(stage1: Path) -> None:
     assert '"semi": 0.0' not in metrics[1]  # the unlabeled branch ran, with centres
 
 
-def test_stage2_with_given_masks_and_predicted_centres(tmp_path: Path, stage1: Path) -> None:
+def test_stage2_with_given_masks_and_predicted_centres(
+    tmp_path: Path, stage1: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = tmp_path / "exact"
     make_crowd_folder(root, 4, height=80, width=96, n_heads=(4, 12), masks=True)
     (root / "labeled.txt").write_text("syn_0000.png\nsyn_0001.png\n")
@@ -61,6 +65,17 @@ def test_stage2_with_given_masks_and_predicted_centres(tmp_path: Path, stage1: P
     overrides += [f"mask.masks={root}", "mask.centres=predicted", "mask.trainable=[mask_head,neck]"]
     assert main(["train", *overrides, "calibrate=false"]) == EXIT_OK
     assert not (root / "runs" / "given" / "annotations").exists()
+    run = str(root / "runs" / "given")
+    common = ["evaluate", "--checkpoint", run, "--split", "train", "--json", "--threshold", "-9"]
+    capsys.readouterr()
+    assert main([*common, "--masks", str(root)]) == EXIT_OK
+    scores = json.loads(capsys.readouterr().out)["segmentation"]
+    heads = sum(len(np.loadtxt(p, ndmin=2)) for p in root.glob("syn_*.txt"))
+    assert scores["images"] == 4 and scores["given"]["gt_instances"] == heads
+    assert scores["given"]["pred_instances"] == heads  # every given head segmented
+    assert 0 < scores["given"]["mean_iou"] <= 1 and scores["predicted"]["pred_instances"] > 0
+    stage1_run = str(stage1 / "runs" / "stage1")
+    assert main(["evaluate", "--checkpoint", stage1_run, "--masks", str(root)]) == EXIT_ERROR
 
 
 def test_stage2_needs_a_stage1_run_and_masks(tmp_path: Path, stage1: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -27,7 +28,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from xmask.evaluation import MAX_PIXELS, image_tensor, predict_logits
+from xmask.errors import XmaskError
+from xmask.evaluation import MAX_PIXELS, image_tensor, predict_outputs
 from xmask.train.checkpoint import CheckpointError, latest_step, write_json
 from xmask.train.run_folder import weights_folder
 from xmask.types import Sample
@@ -136,10 +138,10 @@ def calibrate_count_threshold(
     try:
         with torch.inference_mode():
             for sample in tqdm(samples, desc="calibrate", unit="img", disable=not progress):
-                logits, _ = predict_logits(
+                out, _ = predict_outputs(
                     model, image_tensor(sample.image, device), max_pixels=max_pixels
                 )
-                counts.append(counts_above(logits.cpu(), thresholds))
+                counts.append(counts_above(out.logits.cpu(), thresholds))
                 true_counts.append(sample.count)
     finally:
         model.train(was_training)
@@ -251,3 +253,32 @@ def calibrate_weights(
         Path(folder) / CALIBRATION_FILE,
     )
     return calibration
+
+
+def resolve_count_threshold(option: str | float, checkpoint: str | Path, which: str) -> float:
+    """The count threshold a user asks for: a finite number, or ``"auto"``: the calibration
+    stored for these weights, else 0 (``xmask evaluate --threshold``, the predictor).
+
+    Raises:
+        XmaskError: neither ``"auto"`` nor a finite number.
+    """
+    if option != "auto":
+        try:
+            value = float(option)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise XmaskError(f"--threshold: expected auto or a finite number, got {option!r}")
+        return value
+    calibration = read_calibration(checkpoint, which)
+    if calibration is None:
+        log.info("count threshold 0 (no calibration stored for these weights)")
+        return 0.0
+    log.info(
+        "count threshold %+.2f, calibrated on %d labeled images (MAE %.2f there, %.2f at 0)",
+        calibration.threshold,
+        calibration.images,
+        calibration.mae,
+        calibration.mae_at_zero,
+    )
+    return calibration.threshold

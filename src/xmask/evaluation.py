@@ -55,7 +55,7 @@ from xmask.metrics.localisation import (
 )
 from xmask.models.count_head import COUNT_STRIDE, decode_points
 from xmask.models.model import PAD_MULTIPLE
-from xmask.types import Sample
+from xmask.types import ModelOutput, Sample
 
 log = logging.getLogger(__name__)
 
@@ -133,49 +133,57 @@ def image_tensor(image: np.ndarray, device: torch.device | str) -> torch.Tensor:
     return tensor.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
 
 
-def _logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    logits = model(images).logits
-    h, w = (math.ceil(s / COUNT_STRIDE) for s in images.shape[-2:])
-    if logits.shape[-2:] != (h, w):
-        raise ValueError(
-            f"model returned a {tuple(logits.shape[-2:])} logit grid for a "
-            f"{tuple(images.shape[-2:])} input, expected {(h, w)}"
-        )
-    return logits
+def forward_checked(model: nn.Module, images: torch.Tensor) -> ModelOutput:
+    """One network call, with the logit (and embedding) grids checked against the input."""
+    out = model(images)
+    grid = tuple(math.ceil(s / COUNT_STRIDE) for s in images.shape[-2:])
+    for name, tensor in (("logit", out.logits), ("embedding", out.embedding)):
+        if tensor is not None and tuple(tensor.shape[-2:]) != grid:
+            raise ValueError(
+                f"model returned a {tuple(tensor.shape[-2:])} {name} grid for a "
+                f"{tuple(images.shape[-2:])} input, expected {grid}"
+            )
+    return out
 
 
-def tiled_logits(
+def tiled_outputs(
     model: nn.Module, image: torch.Tensor, tile: int = TILE, overlap: int = OVERLAP
-) -> tuple[torch.Tensor, int]:
-    """Logits of a large image assembled from overlapping tiles (module docstring).
+) -> tuple[ModelOutput, int]:
+    """Logits (and embedding, for a model with a mask head) of a large image assembled from
+    overlapping tiles (module docstring: every stride-4 cell comes from exactly one tile).
 
     Args:
-        model: maps ``1×3×h×w`` to :class:`~xmask.types.ModelOutput` (``1×1×ceil(h/4)×ceil(w/4)``
-            logits).
+        model: maps ``1×3×h×w`` to :class:`~xmask.types.ModelOutput` on the stride-4 grid.
         image: ``1×3×H×W`` float in ``[0, 1]``.
         tile: tile side in pixels.
         overlap: least overlap of neighbouring tiles in pixels.
 
     Returns:
-        ``(1×1×ceil(H/4)×ceil(W/4)`` logits, number of tiles run``)``.
+        (``ModelOutput`` with ``1×1×ceil(H/4)×ceil(W/4)`` logits and, if the model has one,
+        the ``1×D×…`` embedding; number of tiles run).
     """
     height, width = image.shape[-2:]
     rows, cols = tile_spans(height, tile, overlap), tile_spans(width, tile, overlap)
     grid = (math.ceil(height / COUNT_STRIDE), math.ceil(width / COUNT_STRIDE))
-    out: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    embedding: torch.Tensor | None = None
     for r in rows:
-        image_rows, tile_rows = _cell_slices(r)
+        image_rows, tile_rows = cell_slices(r)
         for c in cols:
-            image_cols, tile_cols = _cell_slices(c)
-            part = _logits(model, image[..., r.start : r.end, c.start : c.end])
-            if out is None:
-                out = part.new_empty((1, 1, *grid))
-            out[..., image_rows, image_cols] = part[..., tile_rows, tile_cols]
-    assert out is not None
-    return out, len(rows) * len(cols)
+            image_cols, tile_cols = cell_slices(c)
+            part = forward_checked(model, image[..., r.start : r.end, c.start : c.end])
+            if logits is None:
+                logits = part.logits.new_empty((1, 1, *grid))
+                if part.embedding is not None:
+                    embedding = part.embedding.new_empty((1, part.embedding.shape[1], *grid))
+            logits[..., image_rows, image_cols] = part.logits[..., tile_rows, tile_cols]
+            if embedding is not None and part.embedding is not None:
+                embedding[..., image_rows, image_cols] = part.embedding[..., tile_rows, tile_cols]
+    assert logits is not None
+    return ModelOutput(logits=logits, embedding=embedding), len(rows) * len(cols)
 
 
-def _cell_slices(span: Span) -> tuple[slice, slice]:
+def cell_slices(span: Span) -> tuple[slice, slice]:
     """The stride-4 cells a span keeps: (in the image's grid, in the tile's grid)."""
     first = span.keep_start // COUNT_STRIDE
     stop = -(-span.keep_end // COUNT_STRIDE)
@@ -183,15 +191,15 @@ def _cell_slices(span: Span) -> tuple[slice, slice]:
     return slice(first, stop), slice(first - offset, stop - offset)
 
 
-def predict_logits(
+def predict_outputs(
     model: nn.Module,
     image: torch.Tensor,
     *,
     max_pixels: int | None = MAX_PIXELS,
     tile: int = TILE,
     overlap: int = OVERLAP,
-) -> tuple[torch.Tensor, int]:
-    """Logits of one image, whole or in tiles.
+) -> tuple[ModelOutput, int]:
+    """Logits (and embedding) of one image, whole or in tiles.
 
     Call under ``torch.inference_mode()`` with the model in eval mode.
 
@@ -204,16 +212,17 @@ def predict_logits(
         overlap: least overlap of neighbouring tiles in pixels.
 
     Returns:
-        ``(1×1×ceil(H/4)×ceil(W/4)`` logits, number of tiles run (1: whole image)``)``.
+        (:class:`~xmask.types.ModelOutput` on the stride-4 grid of the image, number of tiles
+        run (1: whole image)).
     """
     height, width = image.shape[-2:]
     if max_pixels is None or height * width <= max_pixels:
         try:
-            return _logits(model, image), 1
+            return forward_checked(model, image), 1
         except torch.cuda.OutOfMemoryError:
             log.warning("%d×%d image: out of GPU memory, retrying in tiles", width, height)
         torch.cuda.empty_cache()
-    return tiled_logits(model, image, tile, overlap)
+    return tiled_outputs(model, image, tile, overlap)
 
 
 @dataclass
@@ -355,14 +364,14 @@ def evaluate_sample(
 ) -> ImageResult:
     """Count and localise the heads of one sample (call under ``torch.inference_mode()``
     with the model in eval mode on ``device``); see :func:`evaluate_model`."""
-    logits, tiles = predict_logits(
+    out, tiles = predict_outputs(
         model,
         image_tensor(sample.image, device),
         max_pixels=max_pixels,
         tile=tile,
         overlap=overlap,
     )
-    pred = decode_points(logits, count_threshold)[0].points.cpu().numpy()
+    pred = decode_points(out.logits, count_threshold)[0].points.cpu().numpy()
     # Distances in the original image's pixels: both point sets shrank by sample.scale.
     matches = localisation_counts(pred / sample.scale, sample.points / sample.scale, thresholds)
     height, width = sample.size

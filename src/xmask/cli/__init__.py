@@ -18,7 +18,7 @@ EXIT_SKIPPED = 3
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, one sub-parser per sub-command."""
-    from xmask.cli import annotate, calibrate, data, evaluate, train
+    from xmask.cli import annotate, bench, calibrate, data, evaluate, segment, train
 
     parser = argparse.ArgumentParser(
         prog="xmask",
@@ -28,9 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     annotate.add_parser(sub)
+    bench.add_parser(sub)
     calibrate.add_parser(sub)
     data.add_parser(sub)
     evaluate.add_parser(sub)
+    segment.add_parser(sub)
     train.add_parser(sub)
     return parser
 

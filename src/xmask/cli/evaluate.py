@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xmask.cli import EXIT_OK, EXIT_SKIPPED
+
+if TYPE_CHECKING:
+    import torch
+
+    from xmask.data.readers import CrowdDataset
+    from xmask.segment.scoring import SegmentationScores
 
 log = logging.getLogger("xmask")
 
@@ -62,6 +68,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="count cells with a logit above this; auto (default): the threshold "
         "`xmask calibrate` (or the end of training) stored for these weights, else 0",
     )
+    parser.add_argument(
+        "--masks",
+        metavar="DIR",
+        help="also score the instance masks (models with a mask head) against the label maps "
+        "of an annotation folder (DIR/masks/*.png, e.g. from `xmask annotate`): mean IoU and "
+        "P/R/F1 at IoU 0.5, for the predicted heads and for the annotation's own points",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON on stdout")
     parser.add_argument(
         "--csv", metavar="FILE", help="per-image CSV (default: RUN/eval-DATASET-SPLIT.csv)"
@@ -88,6 +101,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """``xmask evaluate``."""
+    from xmask.calibration import resolve_count_threshold
     from xmask.data.readers import open_dataset
     from xmask.data.splits import semi_split
     from xmask.device import resolve_device
@@ -117,7 +131,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint).expanduser()
     device = resolve_device(args.device)
     model, cfg = load_trained_model(checkpoint, device, which=args.which)
-    count_threshold = _count_threshold(args.threshold, checkpoint, args.which)
+    count_threshold = resolve_count_threshold(args.threshold, checkpoint, args.which)
     dataset_name = args.dataset or cfg.data.dataset
     root = args.root or cfg.data.root
     max_short_side = args.max_short_side
@@ -145,6 +159,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         csv_path = find_run_folder(checkpoint).root / f"eval-{dataset_name}-{args.split}.csv"
     result.write_csv(csv_path)
     log.info("wrote per-image results to %s", csv_path)
+    segmentation = None
+    if args.masks:
+        segmentation = _score_masks(
+            model, device, count_threshold, dataset, args.masks, tile, overlap, max_pixels
+        )
     if args.json:
         header = {
             "checkpoint": str(checkpoint),
@@ -155,36 +174,53 @@ def run_evaluate(args: argparse.Namespace) -> int:
             "max_short_side": max_short_side,
             "csv": str(csv_path),
         }
-        print(json.dumps(header | result.to_dict(), indent=2))
+        extra = {} if segmentation is None else {"segmentation": segmentation.to_dict()}
+        print(json.dumps(header | result.to_dict() | extra, indent=2))
     else:
         print(f"{checkpoint} ({args.which}) on {dataset_name} {args.split} ({root})")
         print(format_result(result))
+        if segmentation is not None:
+            for name in ("predicted", "given"):
+                counts = getattr(segmentation, name)
+                print(
+                    f"masks ({name} heads): mean IoU {counts.mean_iou:.3f}, P/R/F1@0.5 "
+                    f"{counts.precision:.3f}/{counts.recall:.3f}/{counts.f1:.3f}"
+                )
         print(f"per-image results: {csv_path}")
-    return EXIT_SKIPPED if result.skipped else EXIT_OK
+    skipped = result.skipped or (segmentation is not None and segmentation.skipped)
+    return EXIT_SKIPPED if skipped else EXIT_OK
 
 
-def _count_threshold(option: str, checkpoint: Path, which: str) -> float:
-    """``--threshold``: a number, or ``auto`` (the stored calibration of these weights, else 0)."""
-    from xmask.calibration import read_calibration
+def _score_masks(
+    model: torch.nn.Module,
+    device: torch.device,
+    count_threshold: float,
+    dataset: CrowdDataset,
+    masks: str,
+    tile: int,
+    overlap: int,
+    max_pixels: int,
+) -> SegmentationScores:
+    """``--masks``: :func:`xmask.segment.scoring.score_segmentation` of the evaluated model."""
     from xmask.errors import XmaskError
+    from xmask.predictor import Predictor
+    from xmask.segment.scoring import score_segmentation
 
-    if option != "auto":
-        try:
-            value = float(option)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value):
-            raise XmaskError(f"--threshold: expected auto or a finite number, got {option!r}")
-        return value
-    calibration = read_calibration(checkpoint, which)
-    if calibration is None:
-        log.info("count threshold 0 (no calibration stored for these weights)")
-        return 0.0
-    log.info(
-        "count threshold %+.2f, calibrated on %d labeled images (MAE %.2f there, %.2f at 0)",
-        calibration.threshold,
-        calibration.images,
-        calibration.mae,
-        calibration.mae_at_zero,
+    predictor = Predictor(
+        model,
+        device,
+        count_threshold,
+        max_pixels=max_pixels,
+        tile=tile,
+        overlap=overlap,
     )
-    return calibration.threshold
+    if not predictor.has_masks:
+        raise XmaskError("--masks: this model has no mask head (train Stage 2 first)")
+    scores = score_segmentation(predictor, dataset, masks)
+    log.info(
+        "masks of %d images: mean IoU %.3f (predicted heads), %.3f (annotated heads)",
+        scores.images,
+        scores.predicted.mean_iou,
+        scores.given.mean_iou,
+    )
+    return scores

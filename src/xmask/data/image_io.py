@@ -73,7 +73,7 @@ def _decode(path: Path) -> Image.Image:
     return image
 
 
-def _to_rgb_array(image: Image.Image, path: Path) -> np.ndarray:
+def to_rgb_array(image: Image.Image, path: Path) -> np.ndarray:
     mode = image.mode
     if mode == "F":
         raise DataError(path, "floating-point images are not supported; save it as 8 or 16 bit")
@@ -110,7 +110,7 @@ def load_image(path: str | Path, *, apply_exif: bool = False) -> LoadedImage:
     if apply_exif and image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
         image = ImageOps.exif_transpose(image)
         rotated = True
-    array = _to_rgb_array(image, path)
+    array = to_rgb_array(image, path)
     grey = mode in _GREY_MODES or _is_grey(array)
     return LoadedImage(array=array, mode=mode, greyscale=grey, exif_rotated=rotated)
 

@@ -136,29 +136,44 @@ def banded_axis(n_pixels: int, n_cells: int, stride: int, kernel: int, sigma: fl
     return BandedAxis(first, weight)
 
 
-def _apply_axis_first(x: Tensor, axis: BandedAxis) -> Tensor:
-    """``axis`` applied along dimension 0 of ``x`` (contiguous rows: fast gathers)."""
+def _apply_axis_first(x: Tensor, axis: BandedAxis, out: Tensor | None = None) -> Tensor:
+    """``axis`` applied along dimension 0 of ``x`` (contiguous rows: fast gathers), written
+    into ``out`` when given (its first dimension is ``len(axis.start)``)."""
     n_cells = x.shape[0]
     start = axis.start.to(x.device)
     weight = axis.weight.to(device=x.device, dtype=x.dtype)
     shape = (-1,) + (1,) * (x.dim() - 1)
-    out = x.index_select(0, start.clamp(max=n_cells - 1)) * weight[:, 0].view(shape)
+    first = x.index_select(0, start.clamp(max=n_cells - 1)) * weight[:, 0].view(shape)
+    out = first if out is None else out.copy_(first)
     for k in range(1, weight.shape[1]):
         rows = x.index_select(0, (start + k).clamp(max=n_cells - 1))
         out.addcmul_(rows, weight[:, k].view(shape))
     return out
 
 
+BAND_ROWS = 256
+"""Output rows per pass of :func:`smoothed_table` (bounds its transient memory)."""
+
+
 def smoothed_table(
-    embedding: Tensor, size: tuple[int, int], kernel: int, sigma: float, stride: int = 4
+    embedding: Tensor,
+    size: tuple[int, int],
+    kernel: int,
+    sigma: float,
+    stride: int = 4,
+    band_rows: int = BAND_ROWS,
 ) -> Tensor:
     """``Ẽ`` of one image as an ``H×W×D`` table (pixel-major, the layout Eq. 11 gathers
     from), in one banded pass per axis: equal to ``GaussianSmoothing(D, kernel, sigma)`` after
     :func:`upsample_embedding`, permuted.
 
+    Memory: the table (``4·D`` bytes per pixel) plus a quarter of it for the horizontal pass
+    and ``band_rows`` rows of temporaries for the vertical one.
+
     Args:
         embedding: ``D×h×w`` on the stride-``stride`` grid of ``size``.
         size: ``(H, W)``.
+        band_rows: output rows computed per vertical pass.
 
     Returns:
         ``H×W×D``, contiguous.
@@ -176,4 +191,10 @@ def smoothed_table(
         embedding.permute(2, 0, 1).contiguous(), banded_axis(w, cells_w, stride, kernel, sigma)
     )  # W×D×h
     x = x.permute(2, 0, 1).contiguous()  # h×W×D
-    return _apply_axis_first(x, banded_axis(h, cells_h, stride, kernel, sigma))
+    vertical = banded_axis(h, cells_h, stride, kernel, sigma)
+    out = x.new_empty((h, w, x.shape[-1]))
+    for top in range(0, h, band_rows):
+        rows = slice(top, min(top + band_rows, h))
+        band = BandedAxis(vertical.start[rows], vertical.weight[rows])
+        _apply_axis_first(x, band, out[rows])
+    return out

@@ -1,0 +1,75 @@
+"""``xmask bench``: segmentation seconds per image by crowd density, xmask against baselines.
+
+The benchmark itself (what is timed, the bins) is :mod:`xmask.bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from xmask.cli import EXIT_OK, EXIT_SKIPPED
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``xmask bench``."""
+    parser = sub.add_parser(
+        "bench",
+        help="segmentation seconds per image by density on ShanghaiTech A, xmask vs baselines",
+        description="Time xmask (image in → count + label map out) and the FastSAM / SAM "
+        "baselines, all given the same ground-truth heads, on the first K ShanghaiTech A test "
+        "images of each density bin; report seconds per image and per bin, xmask's "
+        "post-network share and the peak resident memory. Networks without a checkpoint have "
+        "random weights (compute time does not depend on weights). Exit code "
+        f"{EXIT_SKIPPED} when an image or a baseline was skipped.",
+    )
+    parser.add_argument("--root", required=True, help="ShanghaiTech folder (holding part_A)")
+    parser.add_argument(
+        "--checkpoint",
+        metavar="RUN_OR_FILE",
+        help="a run with a mask head (default: EfficientNet-Lite0 + mask head, random weights)",
+    )
+    parser.add_argument(
+        "--which", choices=("teacher", "student"), default="teacher", help="network to run"
+    )
+    parser.add_argument("--per-bin", type=int, default=2, metavar="K", help="images per bin")
+    parser.add_argument(
+        "--baselines",
+        default="fastsam-x,fastsam-s,sam-vit-b",
+        help="comma list of fastsam-x, fastsam-s, sam-vit-b ('' for none; default: all)",
+    )
+    parser.add_argument(
+        "--bins",
+        default="0,100,250,500,1000",
+        metavar="EDGES",
+        help="lower edges of the head-count bins, the last one open (default 0,100,250,500,1000)",
+    )
+    parser.add_argument("--split", default="test", help="ShanghaiTech A split (default test)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON on stdout")
+    parser.set_defaults(run=run_bench_command)
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    """``xmask bench``."""
+    from xmask.bench import BenchConfig, format_report, parse_baselines, parse_edges, run_bench
+
+    cfg = BenchConfig(
+        root=Path(args.root).expanduser(),
+        checkpoint=args.checkpoint,
+        which=args.which,
+        per_bin=args.per_bin,
+        baselines=parse_baselines(args.baselines),
+        device=args.device,
+        edges=parse_edges(args.bins),
+        split=args.split,
+    )
+    report = run_bench(cfg)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    skipped = report["skipped"] or any(
+        info["status"] != "ok" for info in report["baselines"].values()
+    )
+    return EXIT_SKIPPED if skipped else EXIT_OK

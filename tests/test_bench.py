@@ -1,0 +1,84 @@
+"""``xmask bench`` on a tiny fake ShanghaiTech A test split, without baselines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.io import savemat
+
+from xmask.bench import bin_of, parse_baselines, parse_edges
+from xmask.cli import EXIT_OK, EXIT_SKIPPED, main
+from xmask.data.synthetic import make_crowd
+from xmask.errors import UsageError
+
+HEADS = {"IMG_1": 3, "IMG_2": 7, "IMG_3": 12, "IMG_4": 4}
+
+
+def _gt(path: Path, points: np.ndarray) -> None:
+    info = np.empty((1, 1), dtype=object)
+    inner = np.empty((1, 1), dtype=[("location", "O"), ("number", "O")])
+    inner[0, 0] = (points.astype(np.float64), np.array([[len(points)]]))
+    info[0, 0] = inner
+    savemat(path, {"image_info": info})
+
+
+@pytest.fixture(scope="module")
+def shanghaitech(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``part_A/test_data`` with four crowds; IMG_4's image file is corrupt."""
+    root = tmp_path_factory.mktemp("sha")
+    split = root / "part_A" / "test_data"
+    (split / "images").mkdir(parents=True)
+    (split / "ground-truth").mkdir()
+    for seed, (stem, heads) in enumerate(HEADS.items()):
+        sample = make_crowd(64, 80, heads, seed=seed)
+        Image.fromarray(sample.image).save(split / "images" / f"{stem}.jpg", quality=95)
+        _gt(split / "ground-truth" / f"GT_{stem}.mat", sample.points)
+    (split / "images" / "IMG_4.jpg").write_bytes(b"broken")
+    return root
+
+
+def test_json_report_without_baselines(
+    shanghaitech: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["bench", "--root", str(shanghaitech), "--per-bin", "1", "--bins", "0,5,10",
+            "--baselines", "", "--device", "cpu", "--json"]  # fmt: skip
+    assert main(args) == EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 3 and report["heads"] == 3 + 7 + 12
+    assert report["segmented_heads"] == report["heads"]
+    assert report["predicted_count"] >= 0 and report["peak_rss_mb"] > 0
+    assert [(b["lo"], b["hi"], b["images"]) for b in report["bins"]] == [
+        (0, 5, 1),
+        (5, 10, 1),
+        (10, None, 1),
+    ]
+    assert all(b["xmask_s"] > 0 for b in report["bins"])
+    assert report["xmask_s_per_image"] > 0
+    assert 0 < report["post_network_share"] < 1
+    assert report["post_network_share_over_1000_heads"] is None
+    assert report["baselines"] == {} and report["skipped"] == []
+    assert [row["name"] for row in report["per_image"]] == ["IMG_1.jpg", "IMG_2.jpg", "IMG_3.jpg"]
+
+
+def test_table_and_a_skipped_image(shanghaitech: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["bench", "--root", str(shanghaitech), "--per-bin", "3", "--bins", "0,10",
+            "--baselines", "", "--device", "cpu"]  # fmt: skip
+    assert main(args) == EXIT_SKIPPED  # IMG_4 (4 heads) is chosen in the first bin and broken
+    text = capsys.readouterr().out
+    assert "| [0, 10) | 2 |" in text and "| [10, ∞) | 1 |" in text
+    assert "skipped IMG_4.jpg" in text
+
+
+def test_parsers() -> None:
+    assert parse_baselines(" fastsam-x, sam-vit-b ") == ("fastsam-x", "sam-vit-b")
+    assert parse_baselines("") == ()
+    assert parse_edges("0,100,250") == (0, 100, 250)
+    assert [bin_of(h, (0, 100, 250)) for h in (0, 99, 100, 5000)] == [0, 0, 1, 2]
+    with pytest.raises(UsageError, match="unknown baseline"):
+        parse_baselines("fastsam-y")
+    with pytest.raises(UsageError, match="ascend"):
+        parse_edges("10,5")

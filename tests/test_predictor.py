@@ -1,0 +1,196 @@
+"""``Predictor``: inputs, count threshold, masks for every head, tiling, COCO and overlay."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from xmask.calibration import CountCalibration, resolve_count_threshold, write_calibration
+from xmask.data.synthetic import make_crowd
+from xmask.errors import UsageError, XmaskError
+from xmask.evaluation import image_tensor, tiled_outputs
+from xmask.geometry import pixel_of
+from xmask.models import ModelConfig, XMaskModel, build_model
+from xmask.predictor import (
+    DOT_COLOUR,
+    Prediction,
+    Predictor,
+    inside_points,
+)
+from xmask.segment.instances import INFERENCE, smoothed_for_segmentation
+from xmask.segment.smoothing import smoothed_table
+from xmask.train.checkpoint import Checkpoint, save_checkpoint
+from xmask.train.config import TrainConfig, to_yaml
+from xmask.types import Sample
+
+TINY = {"weights": None, "neck_channels": 32, "head_channels": 32, "mask_channels": 16}
+
+
+def tiny_model(mask_head: bool = True) -> XMaskModel:
+    """A small randomly initialised model (seeded)."""
+    torch.manual_seed(0)
+    return build_model(ModelConfig(**TINY, mask_head=mask_head)).eval()
+
+
+def make_run(root: Path, mask_head: bool = True, threshold: float | None = None) -> Path:
+    """A run folder holding a tiny model's teacher weights (step 1), optionally calibrated."""
+    run = root / ("run" if mask_head else "run-stage1")
+    run.mkdir(parents=True)
+    config = TrainConfig(model=ModelConfig(**TINY, mask_head=mask_head))
+    (run / "config.yaml").write_text(to_yaml(config))
+    model = tiny_model(mask_head)
+    tensors = {f"teacher.{k}": v for k, v in model.state_dict().items()}
+    save_checkpoint(run / "checkpoints", Checkpoint(tensors, {"step": 1, "epoch": 1}))
+    if threshold is not None:
+        calibration = CountCalibration(threshold, 1.0, 2.0, 3, step=1, which="teacher")
+        write_calibration(run / "checkpoints", calibration)
+    return run
+
+
+@pytest.fixture(scope="module")
+def model() -> XMaskModel:
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def crowd() -> Sample:
+    return make_crowd(70, 98, 14, seed=3)  # 98 px: the last column of cells is cut
+
+
+def _check_every_head_has_its_mask(prediction: Prediction) -> None:
+    assert prediction.labels is not None and prediction.areas is not None
+    assert prediction.labels.dtype == np.int32 and prediction.labels.shape == prediction.size
+    n = len(prediction.points)
+    assert (prediction.areas > 0).all()
+    np.testing.assert_array_equal(
+        np.bincount(prediction.labels.ravel(), minlength=n + 1)[1:], prediction.areas
+    )
+    cols, rows = pixel_of(prediction.points, prediction.size).T
+    np.testing.assert_array_equal(prediction.labels[rows, cols], np.arange(1, n + 1))
+
+
+def test_array_pil_and_path_give_the_same_prediction(
+    model: XMaskModel, crowd: Sample, tmp_path: Path
+) -> None:
+    path = tmp_path / "crowd.png"
+    Image.fromarray(crowd.image).save(path)
+    predictor = Predictor(model, "cpu")
+    results = [predictor(crowd.image), predictor(Image.fromarray(crowd.image)), predictor(path)]
+    first = results[0]
+    assert first.count == len(first.points) > 0 and first.size == (70, 98)
+    assert first.points.dtype == np.float32 and first.scores.shape == (first.count,)
+    assert (first.points[:, 0] <= 98).all() and (first.points[:, 1] <= 70).all()
+    assert first.network_s > 0 and first.post_s > 0 and first.tiles == 1
+    _check_every_head_has_its_mask(first)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other.points, first.points)
+        np.testing.assert_array_equal(other.labels, first.labels)
+    with pytest.raises(UsageError, match="H×W×3 uint8"):
+        predictor(crowd.image[..., 0])
+
+
+def test_count_threshold_is_respected(model: XMaskModel, crowd: Sample) -> None:
+    with torch.inference_mode():
+        logits = model(image_tensor(crowd.image, "cpu")).logits
+    counts = []
+    for threshold in (-0.5, 0.0, 0.3):
+        prediction = Predictor(model, "cpu", count_threshold=threshold)(crowd.image)
+        assert prediction.count == int((logits > threshold).sum())
+        assert (prediction.scores > 1 / (1 + math.exp(-threshold)) - 1e-6).all()
+        counts.append(prediction.count)
+    assert counts[0] >= counts[1] >= counts[2]
+    nothing = Predictor(model, "cpu", count_threshold=50.0)(crowd.image)
+    assert nothing.count == 0 and nothing.points.shape == (0, 2)
+    assert nothing.labels is not None and not nothing.labels.any()
+    assert nothing.to_coco()["annotations"] == []
+
+
+def test_without_mask_head_points_and_count_only(crowd: Sample) -> None:
+    predictor = Predictor(tiny_model(mask_head=False), "cpu")
+    prediction = predictor(crowd.image)
+    assert not predictor.has_masks and prediction.labels is None and prediction.count > 0
+    assert prediction.overlay().shape == (70, 98, 3)
+    with pytest.raises(UsageError, match="no instance masks"):
+        prediction.to_coco()
+    with pytest.raises(UsageError, match="mask head"):
+        predictor.segment_points(crowd.image, crowd.points)
+
+
+def test_given_points_all_get_a_mask(model: XMaskModel, crowd: Sample) -> None:
+    predictor = Predictor(model, "cpu")
+    prediction = predictor.segment_points(crowd.image, crowd.points)
+    np.testing.assert_array_equal(prediction.points, crowd.points)
+    assert prediction.count == predictor(crowd.image).count  # the network's own count
+    _check_every_head_has_its_mask(prediction)
+    with pytest.raises(ValueError, match="outside the 98×70 image"):
+        predictor.segment_points(crowd.image, crowd.points + np.float32(100.0))
+
+
+def test_coco_export_decodes_to_the_label_map(model: XMaskModel, crowd: Sample) -> None:
+    prediction = Predictor(model, "cpu")(crowd.image)
+    coco = prediction.to_coco(image_id=7, file_name="crowd.png")
+    assert coco["images"] == [{"id": 7, "file_name": "crowd.png", "height": 70, "width": 98}]
+    assert len(coco["annotations"]) == prediction.count
+    assert prediction.labels is not None
+    for k, annotation in enumerate(coco["annotations"], start=1):
+        assert annotation["image_id"] == 7
+        np.testing.assert_array_equal(
+            mask_utils.decode(annotation["segmentation"]).astype(bool), prediction.labels == k
+        )
+        assert annotation["keypoints"][:2] == prediction.points[k - 1].tolist()
+
+
+def test_overlay_colours_instances_and_dots_points(model: XMaskModel, crowd: Sample) -> None:
+    prediction = Predictor(model, "cpu")(crowd.image)
+    overlay = prediction.overlay()
+    assert overlay.shape == (70, 98, 3) and overlay.dtype == np.uint8
+    cols, rows = pixel_of(prediction.points, prediction.size).T
+    assert (overlay[rows, cols] == DOT_COLOUR).all()
+    assert prediction.labels is not None
+    background = prediction.labels == 0
+    plain = prediction.overlay(dot_radius=0)
+    np.testing.assert_array_equal(plain[background], crowd.image[background])
+
+
+def test_points_of_border_cells_lie_inside_the_image() -> None:
+    centres = np.array([[2.0, 2.0], [98.0, 70.0]], dtype=np.float32)
+    np.testing.assert_array_equal(inside_points(centres, (69, 97)), [[2.0, 2.0], [96.5, 68.5]])
+
+
+def test_tiles_and_bands_match_the_one_shot_paths(model: XMaskModel, crowd: Sample) -> None:
+    image = image_tensor(crowd.image, "cpu")
+    with torch.inference_mode():
+        out, tiles = tiled_outputs(model, image, tile=32, overlap=16)
+        whole = model(image)
+    assert tiles > 1 and out.embedding is not None and whole.embedding is not None
+    assert out.logits.shape == whole.logits.shape
+    assert out.embedding.shape == whole.embedding.shape
+    reference = out.logits
+    embedding = torch.randn(16, 18, 25)
+    torch.testing.assert_close(
+        smoothed_table(embedding, (70, 98), INFERENCE.kernel, INFERENCE.sigma, band_rows=9),
+        smoothed_for_segmentation(embedding, (70, 98), INFERENCE),
+    )
+    tiled = Predictor(model, "cpu", max_pixels=1000, tile=32, overlap=16)
+    prediction = tiled(crowd.image)
+    assert prediction.tiles == tiles and prediction.count == int((reference > 0).sum())
+    _check_every_head_has_its_mask(prediction)
+
+
+def test_from_checkpoint_reads_the_stored_threshold(
+    tmp_path: Path, model: XMaskModel, crowd: Sample
+) -> None:
+    run = make_run(tmp_path, threshold=0.25)
+    predictor = Predictor.from_checkpoint(run, device="cpu")
+    assert predictor.count_threshold == 0.25 and predictor.has_masks
+    assert resolve_count_threshold(-1.0, run, "teacher") == -1.0
+    with pytest.raises(XmaskError, match="--threshold"):
+        resolve_count_threshold("many", run, "teacher")
+    reference = Predictor(model, "cpu", count_threshold=0.25)(crowd.image)  # the same weights
+    np.testing.assert_array_equal(predictor(crowd.image).labels, reference.labels)
