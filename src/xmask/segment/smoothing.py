@@ -86,13 +86,20 @@ def upsample_embedding(embedding: Tensor, size: tuple[int, int], stride: int = 4
     Returns:
         ``B×D×H×W``.
     """
+    _check_grid(embedding, size, stride)
+    h, w = size
+    up = nnf.interpolate(embedding, scale_factor=stride, mode="bilinear", align_corners=False)
+    return up[..., :h, :w]
+
+
+def _check_grid(embedding: Tensor, size: tuple[int, int], stride: int) -> None:
+    """Raise ValueError unless the last two dimensions are the stride-``stride`` grid of
+    ``size``."""
     h, w = size
     if embedding.shape[-2:] != (math.ceil(h / stride), math.ceil(w / stride)):
         raise ValueError(
             f"embedding {tuple(embedding.shape[-2:])} is not the stride-{stride} grid of {size}"
         )
-    up = nnf.interpolate(embedding, scale_factor=stride, mode="bilinear", align_corners=False)
-    return up[..., :h, :w]
 
 
 def smoothed_embedding(
@@ -178,14 +185,10 @@ def smoothed_table(
     Returns:
         ``H×W×D``, contiguous.
     """
+    if embedding.dim() != 3:
+        raise ValueError(f"embedding must be D×h×w, got {tuple(embedding.shape)}")
+    _check_grid(embedding, size, stride)
     h, w = size
-    if embedding.dim() != 3 or embedding.shape[-2:] != (
-        math.ceil(h / stride),
-        math.ceil(w / stride),
-    ):
-        raise ValueError(
-            f"embedding {tuple(embedding.shape)} is not D×h×w on the stride-{stride} grid of {size}"
-        )
     _, cells_h, cells_w = embedding.shape
     x = _apply_axis_first(
         embedding.permute(2, 0, 1).contiguous(), banded_axis(w, cells_w, stride, kernel, sigma)

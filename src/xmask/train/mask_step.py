@@ -25,19 +25,17 @@ from dataclasses import replace
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from xmask.data.augment import ViewBatch
 from xmask.errors import XmaskError
 from xmask.losses.discriminative import MaskTarget, centres_on_instances, discriminative_loss
 from xmask.models.count_head import decode_points
-from xmask.models.model import XMaskModel, build_model, param_groups
+from xmask.models.model import XMaskModel, build_model
 from xmask.segment.instances import ignore_disks, pseudo_masks, smoothed_for_segmentation
 from xmask.segment.smoothing import GaussianSmoothing, smoothed_embedding
 from xmask.train.config import TrainConfig
-from xmask.train.distributed import DistInfo, sync_buffers
-from xmask.train.ema import EMATeacher
-from xmask.train.step import StepStats
+from xmask.train.distributed import DistInfo
+from xmask.train.step import StepStats, TeacherStudent
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +85,7 @@ def freeze_except(model: XMaskModel, trainable: list[str]) -> list[nn.Module]:
     return frozen
 
 
-class MaskStep:
+class MaskStep(TeacherStudent):
     """Student, teacher and optimizer of Stage 2, and the step that updates them.
 
     Args:
@@ -97,28 +95,17 @@ class MaskStep:
     """
 
     def __init__(self, cfg: TrainConfig, device: torch.device, dist_info: DistInfo) -> None:
-        self.cfg = cfg
-        self.dist = dist_info
         if not (0.0 < cfg.mask.p_low < 1.0 and 0.0 <= cfg.mask.p_high < 1.0):
             raise XmaskError(
                 f"mask.p_low must lie in (0, 1) and mask.p_high in [0, 1): "
                 f"{cfg.mask.p_low}, {cfg.mask.p_high}"
             )
-        self.student = load_stage1(cfg, device)
-        self.frozen = freeze_except(self.student, cfg.mask.trainable)
+        student = load_stage1(cfg, device)
+        self.frozen = freeze_except(student, cfg.mask.trainable)
         buffers = "copy" if cfg.teacher.buffers == "own" else cfg.teacher.buffers
-        self.teacher = EMATeacher(self.student, cfg.teacher.momentum, buffers)
-        self.optimizer = torch.optim.Adam(
-            param_groups(self.student, cfg.optim.lr, cfg.optim.backbone_lr),
-            weight_decay=cfg.optim.weight_decay,
-        )
+        super().__init__(cfg, student, device, dist_info, buffers)
         dim = cfg.model.embed_dim
         self.smoothing = GaussianSmoothing(dim, cfg.mask.kernel, cfg.mask.sigma).to(device)
-        self.device = device
-        self.network: nn.Module = self.student
-        if dist_info.enabled:
-            ids = [device.index] if device.type == "cuda" else None
-            self.network = DistributedDataParallel(self.student, device_ids=ids)
 
     def labeled_targets(self, batch: ViewBatch, logits: torch.Tensor) -> list[MaskTarget]:
         """Targets of the labeled crops (annotation label maps, ``mask.centres``)."""
@@ -194,11 +181,5 @@ class MaskStep:
             unl = discriminative_loss(smoothed[n_lab:], semi_targets, cfg.mask.loss)
             loss = (loss + weight * unl.loss) / (1.0 + weight)
             semi_value = float(unl.loss.detach())
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.student.parameters(), cfg.optim.grad_clip)
-        self.optimizer.step()
-        sync_buffers(self.student, self.dist)
-        self.teacher.update(self.student, teacher_momentum)
+        self.update(loss, teacher_momentum)
         return StepStats(float(loss.detach()), float(sup.loss.detach()), semi_value, centres, 0)

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from xmask.data.augment import ViewBatch
 from xmask.losses.p2r import p2r_loss
 from xmask.models.count_head import decode_points
-from xmask.models.model import build_model, param_groups
+from xmask.models.model import XMaskModel, build_model, param_groups
 from xmask.train.config import TrainConfig
 from xmask.train.distributed import DistInfo, sync_buffers
 from xmask.train.ema import EMATeacher
@@ -45,8 +45,54 @@ class StepStats:
     unmatched_points: int
 
 
-class MeanTeacherStep:
-    """Student, teacher and optimizer, and the step that updates them.
+class TeacherStudent:
+    """What every stage's step holds: the student, its EMA teacher, Adam over the student's
+    trainable parameters, and the network to call (the student, or DDP around it).
+
+    Args:
+        cfg: the run's configuration (``optim``, ``teacher``).
+        student: the network being trained, on ``device``.
+        device: where the networks live.
+        dist_info: this process's rank; with several ranks the student is wrapped in DDP.
+        buffers: the teacher's buffer mode (:class:`xmask.train.ema.EMATeacher`).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        student: XMaskModel,
+        device: torch.device,
+        dist_info: DistInfo,
+        buffers: str,
+    ) -> None:
+        self.cfg = cfg
+        self.dist = dist_info
+        self.device = device
+        self.student = student
+        self.teacher = EMATeacher(student, cfg.teacher.momentum, buffers)
+        self.optimizer = torch.optim.Adam(
+            param_groups(student, cfg.optim.lr, cfg.optim.backbone_lr),
+            weight_decay=cfg.optim.weight_decay,
+        )
+        self.network: nn.Module = student
+        if dist_info.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            self.network = DistributedDataParallel(student, device_ids=ids)
+
+    def update(self, loss: torch.Tensor, teacher_momentum: float | None) -> None:
+        """Backward, clip, Adam step, rank-0 buffer sync and one EMA step of the teacher
+        (``teacher_momentum`` overrides the configured momentum; 0 copies the student)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        sync_buffers(self.student, self.dist)
+        self.teacher.update(self.student, teacher_momentum)
+
+
+class MeanTeacherStep(TeacherStudent):
+    """Stage 1: student, teacher and optimizer, and the step that updates them.
 
     Args:
         cfg: the run's configuration (model, optim, teacher, p2r).
@@ -55,20 +101,9 @@ class MeanTeacherStep:
     """
 
     def __init__(self, cfg: TrainConfig, device: torch.device, dist_info: DistInfo) -> None:
-        self.cfg = cfg
-        self.dist = dist_info
         torch.manual_seed(cfg.seed)
-        self.student = build_model(cfg.model).to(device)
-        self.teacher = EMATeacher(self.student, cfg.teacher.momentum, cfg.teacher.buffers)
-        self.optimizer = torch.optim.Adam(
-            param_groups(self.student, cfg.optim.lr, cfg.optim.backbone_lr),
-            weight_decay=cfg.optim.weight_decay,
-        )
-        self.device = device
-        self.network: nn.Module = self.student
-        if dist_info.enabled:
-            ids = [device.index] if device.type == "cuda" else None
-            self.network = DistributedDataParallel(self.student, device_ids=ids)
+        student = build_model(cfg.model).to(device)
+        super().__init__(cfg, student, device, dist_info, cfg.teacher.buffers)
 
     def pseudo_points(self, weak: ViewBatch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Teacher points on the weak view (outside padding) and their loss weights
@@ -118,13 +153,7 @@ class MeanTeacherStep:
             )
             loss = (loss + weight * semi.loss) / (1.0 + weight)
             semi_value, pseudo = float(semi.loss.detach()), sum(len(p) for p in points)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.student.parameters(), cfg.optim.grad_clip)
-        self.optimizer.step()
-        sync_buffers(self.student, self.dist)
-        self.teacher.update(self.student, teacher_momentum)
+        self.update(loss, teacher_momentum)
         return StepStats(
             float(loss.detach()), float(sup.loss.detach()), semi_value, pseudo, sup.unmatched_points
         )
