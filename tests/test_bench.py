@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
-from xmask.bench import bin_of, parse_baselines, parse_edges
-from xmask.cli import EXIT_OK, EXIT_SKIPPED, main
+from xmask.bench import bin_of, parse_baselines, parse_edges, select_images
+from xmask.cli import EXIT_SKIPPED, main
+from xmask.data.readers import open_dataset
 from xmask.data.synthetic import make_crowd
 from xmask.errors import UsageError
 
@@ -46,7 +47,7 @@ def test_json_report_without_baselines(
 ) -> None:
     args = ["bench", "--root", str(shanghaitech), "--per-bin", "1", "--bins", "0,5,10",
             "--baselines", "", "--device", "cpu", "--json"]  # fmt: skip
-    assert main(args) == EXIT_OK
+    assert main(args) == EXIT_SKIPPED  # IMG_4 is reported, the other three are timed
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == 3 and report["heads"] == 3 + 7 + 12
     assert report["segmented_heads"] == report["heads"]
@@ -60,14 +61,15 @@ def test_json_report_without_baselines(
     assert report["xmask_s_per_image"] > 0
     assert 0 < report["post_network_share"] < 1
     assert report["post_network_share_over_1000_heads"] is None
-    assert report["baselines"] == {} and report["skipped"] == []
+    assert report["baselines"] == {}
+    assert [row["name"] for row in report["skipped"]] == ["IMG_4.jpg"]  # unreadable header
     assert [row["name"] for row in report["per_image"]] == ["IMG_1.jpg", "IMG_2.jpg", "IMG_3.jpg"]
 
 
 def test_table_and_a_skipped_image(shanghaitech: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["bench", "--root", str(shanghaitech), "--per-bin", "3", "--bins", "0,10",
             "--baselines", "", "--device", "cpu"]  # fmt: skip
-    assert main(args) == EXIT_SKIPPED  # IMG_4 (4 heads) is chosen in the first bin and broken
+    assert main(args) == EXIT_SKIPPED  # IMG_4's header is unreadable
     text = capsys.readouterr().out
     assert "| [0, 10) | 2 |" in text and "| [10, ∞) | 1 |" in text
     assert "skipped IMG_4.jpg" in text
@@ -82,3 +84,22 @@ def test_parsers() -> None:
         parse_baselines("fastsam-y")
     with pytest.raises(UsageError, match="ascend"):
         parse_edges("10,5")
+
+
+def test_selection_prefers_images_of_the_median_size(tmp_path: Path) -> None:
+    split = tmp_path / "part_A" / "test_data"
+    (split / "images").mkdir(parents=True)
+    (split / "ground-truth").mkdir()
+    sizes = {"IMG_1": (40, 30), "IMG_2": (80, 64), "IMG_3": (84, 64), "IMG_4": (200, 160)}
+    for seed, (stem, (width, height)) in enumerate(sizes.items()):
+        sample = make_crowd(height, width, 3, seed=seed)
+        Image.fromarray(sample.image).save(split / "images" / f"{stem}.jpg")
+        _gt(split / "ground-truth" / f"GT_{stem}.mat", sample.points)
+    dataset = open_dataset("sha", tmp_path, "test")
+
+    def names(per_bin: int) -> list[str]:
+        return [dataset.items[i].name for i, _ in select_images(dataset, (0,), per_bin)[0]]
+
+    # median pixel count 5,248: IMG_2 (5,120) then IMG_3 (5,376), both 128 px away
+    assert names(1) == ["IMG_2.jpg"]
+    assert names(3) == ["IMG_1.jpg", "IMG_2.jpg", "IMG_3.jpg"]

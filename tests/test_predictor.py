@@ -23,8 +23,6 @@ from xmask.predictor import (
     Predictor,
     inside_points,
 )
-from xmask.segment.instances import INFERENCE, smoothed_for_segmentation
-from xmask.segment.smoothing import smoothed_table
 from xmask.train.checkpoint import Checkpoint, save_checkpoint
 from xmask.train.config import TrainConfig, to_yaml
 from xmask.types import Sample
@@ -172,11 +170,6 @@ def test_tiles_and_bands_match_the_one_shot_paths(model: XMaskModel, crowd: Samp
     assert out.logits.shape == whole.logits.shape
     assert out.embedding.shape == whole.embedding.shape
     reference = out.logits
-    embedding = torch.randn(16, 18, 25)
-    torch.testing.assert_close(
-        smoothed_table(embedding, (70, 98), INFERENCE.kernel, INFERENCE.sigma, band_rows=9),
-        smoothed_for_segmentation(embedding, (70, 98), INFERENCE),
-    )
     tiled = Predictor(model, "cpu", max_pixels=1000, tile=32, overlap=16)
     prediction = tiled(crowd.image)
     assert prediction.tiles == tiles and prediction.count == int((reference > 0).sum())

@@ -6,7 +6,9 @@ Images
     and ``[1000, ∞)`` (:data:`DEFAULT_EDGES`). The paper's Fig. 8 does not list its
     intervals; these edges spread ShanghaiTech A's 182 test images (33 to 3,139 heads) over
     five bins of 8 to 80 images and keep the 1000+ images, where per-head costs dominate,
-    apart. The first ``K`` images of each bin in name order are taken (deterministic).
+    apart. From each bin the ``K`` images whose pixel count is nearest the split's median are
+    taken (ties in name order; deterministic), so that bins differ in density, not in size:
+    on ShanghaiTech A they are 1024 px wide images of 683 to 768 rows.
 
 What is timed (wall clock per image; the image is already decoded to ``H×W×3 uint8``)
     ``xmask``: :meth:`xmask.predictor.Predictor.segment_points` with the image's ground-truth
@@ -16,7 +18,8 @@ What is timed (wall clock per image; the image is already decoded to ``H×W×3 u
     initialised counter predicts thousands of spurious heads; with ``--checkpoint`` the time
     with the model's own heads, ``Predictor(image)``, is reported too). The network's own
     count is reported as ``predicted_count``. The default model is EfficientNet-Lite0 with
-    the mask head (xmask's CPU recipes), random weights unless ``--checkpoint``: weights do
+    the mask head as the CPU recipes build it (``cpu-base`` + ``stage2-cpu``: 128-channel neck,
+    64-channel mask head), random weights unless ``--checkpoint``: weights do
     not change the compute of a fixed set of heads.
     ``fastsam-x`` / ``fastsam-s``: FastSAM-x / -s (YOLOv8x-seg / YOLOv8s-seg, random weights,
     :mod:`xmask.annotate.fastsam`) on the image, then each ground-truth point answered from
@@ -49,6 +52,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from xmask.data.readers import CrowdDataset, open_dataset
 from xmask.errors import DataError, UsageError, XmaskError
@@ -145,31 +149,52 @@ def bin_of(heads: int, edges: Sequence[int]) -> int:
 def select_images(
     dataset: CrowdDataset, edges: Sequence[int], per_bin: int
 ) -> tuple[list[tuple[int, int]], list[dict[str, str]]]:
-    """The first ``per_bin`` images of each bin in dataset (name) order, by the number of
-    points in their ground-truth files.
+    """``per_bin`` images of each bin, by the number of points in their ground-truth files:
+    those whose pixel count is nearest the split's median (dataset order breaks ties), so
+    that the bins differ in density rather than in image size.
 
     Returns:
         ``(item index, ground-truth heads)`` of each chosen image, bin by bin; and the
-        ``{"name", "problem"}`` of every image whose ground-truth file cannot be read.
+        ``{"name", "problem"}`` of every image whose files cannot be read.
     """
-    chosen: list[list[tuple[int, int]]] = [[] for _ in edges]
+    found: list[tuple[int, int, int]] = []
     skipped = []
     for index, item in enumerate(dataset.items):
         try:
             heads = len(dataset.read_points(item))
+            width, height = _image_size(item.image)
         except DataError as err:
             log.warning("skipped %s: %s", item.name, err)
             skipped.append({"name": item.name, "problem": str(err)})
             continue
+        found.append((index, heads, width * height))
+    if not found:
+        return [], skipped
+    median = float(np.median([pixels for _, _, pixels in found]))
+    chosen: list[list[tuple[int, int]]] = [[] for _ in edges]
+    for index, heads, _ in sorted(found, key=lambda row: (abs(row[2] - median), row[0])):
         picks = chosen[bin_of(heads, edges)]
         if len(picks) < per_bin:
             picks.append((index, heads))
-    return [pick for picks in chosen for pick in picks], skipped
+    return [pick for picks in chosen for pick in sorted(picks)], skipped
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` from the image header (no decoding)."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(path, f"not a readable image ({err})") from err
 
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB (``ru_maxrss``, KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+DEFAULT_RECIPE = ("cpu-base", "stage2-cpu")
+"""Recipes whose model the benchmark builds when no checkpoint is given."""
 
 
 def build_predictor(cfg: BenchConfig) -> tuple[Predictor, str]:
@@ -184,12 +209,17 @@ def build_predictor(cfg: BenchConfig) -> tuple[Predictor, str]:
         if not predictor.has_masks:
             raise UsageError(f"{cfg.checkpoint}: the model has no mask head")
         return predictor, f"{cfg.checkpoint} ({cfg.which})"
-    from xmask.models.model import ModelConfig, build_model
+    from xmask.models.model import build_model
+    from xmask.train.config import load_config
 
+    recipe = load_config(list(DEFAULT_RECIPE), ["model.weights=null", "model.mask_head=true"])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = build_model(ModelConfig(weights=None, mask_head=True))
-    return Predictor(model, cfg.device), "EfficientNet-Lite0 + mask head, random weights"
+        model = build_model(recipe.model)
+    described = (
+        f"{recipe.model.backbone} + mask head ({' + '.join(DEFAULT_RECIPE)}), random weights"
+    )
+    return Predictor(model, cfg.device), described
 
 
 def build_baseline(name: str, device: str) -> tuple[Backend, str]:

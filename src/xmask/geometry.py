@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
+from xmask import kernels
+
 Points = TypeVar("Points", np.ndarray, torch.Tensor)
 DuplicatePolicy = Literal["floor", "distinct"]
 
@@ -228,6 +230,7 @@ class CirclePixels:
         point: ``P int64``, index of the point each pixel belongs to.
         x: ``P int64``, pixel column.
         y: ``P int64``, pixel row.
+        flat: ``P int64``, row-major pixel index ``y·W + x``.
         dist2: ``P float32``, squared distance from the pixel centre to its point (exact float32
             arithmetic, so identical on every device; Eq. 11 uses it directly).
         offsets: ``N+1 int64``.
@@ -237,14 +240,10 @@ class CirclePixels:
     point: torch.Tensor
     x: torch.Tensor
     y: torch.Tensor
+    flat: torch.Tensor
     dist2: torch.Tensor
     offsets: torch.Tensor
     size: tuple[int, int]
-
-    @property
-    def flat(self) -> torch.Tensor:
-        """``P int64`` row-major pixel index ``y·W + x``."""
-        return self.y * self.size[1] + self.x
 
     @property
     def counts(self) -> torch.Tensor:
@@ -255,13 +254,6 @@ class CirclePixels:
         return int(self.point.numel())
 
 
-def _span(centre: torch.Tensor, radius: torch.Tensor, n_pixels: int) -> tuple[torch.Tensor, ...]:
-    """First and last pixel index whose centre lies within ``radius`` along one axis."""
-    first = torch.ceil(centre - radius - 0.5).clamp(min=0).long()
-    last = torch.floor(centre + radius - 0.5).clamp(max=n_pixels - 1).long()
-    return first, (last - first + 1).clamp(min=0)
-
-
 def circle_pixels(
     points: np.ndarray | torch.Tensor,
     radii: np.ndarray | torch.Tensor,
@@ -269,8 +261,9 @@ def circle_pixels(
 ) -> CirclePixels:
     """Pixels whose centre lies within ``radii[i]`` of ``points[i]`` (Eq. 7), clipped to the image.
 
-    Vectorised over all points (no Python loop); runs on the device of ``points`` when it is a
-    tensor. Candidates are the circles' bounding boxes, so time and memory are ``O(Σ r_i²)``.
+    One compiled pass over the circles' bounding boxes (:mod:`xmask.kernels`), so time and
+    memory are ``O(Σ r_i²)``; computed on the CPU and returned on the device of ``points``
+    when it is a tensor.
 
     Args:
         points: ``N×2``, ``(x, y)`` pixels.
@@ -278,27 +271,27 @@ def circle_pixels(
         size: ``(H, W)``.
     """
     device = points.device if isinstance(points, torch.Tensor) else torch.device("cpu")
-    pts = torch.as_tensor(points, dtype=torch.float32, device=device).reshape(-1, 2)
-    rad = torch.as_tensor(radii, dtype=torch.float32, device=device).reshape(-1)
+    pts = _cpu_float32(points).reshape(-1, 2)
+    rad = _cpu_float32(radii).reshape(-1)
     h, w = size
-    n = pts.shape[0]
-    x0, nx = _span(pts[:, 0], rad, w)
-    y0, ny = _span(pts[:, 1], rad, h)
-    boxes = nx * ny
-    owner = torch.repeat_interleave(torch.arange(n, device=device), boxes)
-    start = torch.cumsum(boxes, 0) - boxes
-    local = torch.arange(owner.numel(), device=device) - start[owner]
-    width = nx[owner]
-    xs = x0[owner] + local % width.clamp(min=1)
-    ys = y0[owner] + local // width.clamp(min=1)
-    dx = xs.float() + 0.5 - pts[owner, 0]
-    dy = ys.float() + 0.5 - pts[owner, 1]
-    d2 = dx * dx + dy * dy
-    keep = d2 <= rad[owner] * rad[owner]
-    owner, xs, ys, d2 = owner[keep], xs[keep], ys[keep], d2[keep]
-    offsets = torch.zeros(n + 1, dtype=torch.long, device=device)
-    offsets[1:] = torch.cumsum(torch.bincount(owner, minlength=n), 0)
-    return CirclePixels(owner, xs, ys, d2, offsets, (h, w))
+    counts = kernels.circle_counts(pts, rad, h, w)
+    offsets = np.zeros(len(pts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    total = int(offsets[-1])
+    owner = np.empty(total, np.int64)
+    xs, ys, flat = np.empty(total, np.int64), np.empty(total, np.int64), np.empty(total, np.int64)
+    dist2 = np.empty(total, np.float32)
+    kernels.circle_fill(pts, rad, h, w, offsets, owner, xs, ys, flat, dist2)
+    arrays = (owner, xs, ys, flat, dist2, offsets)
+    point, x, y, flat_index, d2, off = (torch.from_numpy(a).to(device) for a in arrays)
+    return CirclePixels(point, x, y, flat_index, d2, off, (h, w))
+
+
+def _cpu_float32(values: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A contiguous ``float32`` NumPy copy (or view) of ``values``, from any device."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().to("cpu", torch.float32).numpy()
+    return np.ascontiguousarray(values, dtype=np.float32)
 
 
 def label_map(
@@ -322,15 +315,13 @@ def label_map(
         ``H×W int32`` map, 0 = background, ``i + 1`` = point ``i``.
     """
     h, w = pixels.size
-    device = pixels.point.device
     cost = pixels.dist2 if cost is None else cost
-    flat, owner = pixels.flat, pixels.point
-    if keep is not None:
-        flat, owner, cost = flat[keep], owner[keep], cost[keep]
-    best = torch.full((h * w,), float("inf"), device=device, dtype=cost.dtype)
-    best.scatter_reduce_(0, flat, cost, reduce="amin")
-    winner = cost <= best[flat]
-    labels = torch.full((h * w,), torch.iinfo(torch.int32).max, dtype=torch.int32, device=device)
-    labels.scatter_reduce_(0, flat[winner], (owner[winner] + 1).int(), reduce="amin")
-    labels[labels == torch.iinfo(torch.int32).max] = 0
-    return labels.reshape(h, w)
+    allowed = torch.ones_like(pixels.point, dtype=torch.bool) if keep is None else keep
+    labels = kernels.lowest_cost_labels(
+        pixels.flat.cpu().numpy(),
+        pixels.point.cpu().numpy(),
+        _cpu_float32(cost),
+        allowed.cpu().numpy(),
+        h * w,
+    )
+    return torch.from_numpy(labels).reshape(h, w).to(pixels.point.device)

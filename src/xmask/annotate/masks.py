@@ -164,7 +164,7 @@ def head_circles(
     pixels = circle_pixels(pts, radii, size)
     cell = pixel_of(pts, size)
     point_pixel = cell[:, 1] * size[1] + cell[:, 0]
-    own = (pixels.flat == torch.from_numpy(point_pixel)[pixels.point]).numpy()
+    own = pixels.flat.numpy() == point_pixel[pixels.point.numpy()]
     return HeadCircles(pts, radii, pixels, point_pixel, own)
 
 

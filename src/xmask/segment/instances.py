@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from xmask import kernels
 from xmask.annotate.masks import HeadCircles, head_circles, resolve_labels
 from xmask.geometry import circle_pixels
 from xmask.segment.centres import sample_table
@@ -111,7 +112,7 @@ def segment_instances(
     size = (int(table.shape[0]), int(table.shape[1]))
     pts = torch.as_tensor(points).detach().cpu().numpy().astype(np.float32).reshape(-1, 2)
     circles = head_circles(pts, size, cfg.r_min, duplicates="distinct", lone=cfg.lone)
-    energy = head_energy(table, circles, cfg).cpu()
+    energy = head_energy(table, circles, cfg)
     keep = (energy < cfg.tau_g).numpy()
     if whole_circle is not None:
         keep |= np.asarray(whole_circle, dtype=bool)[circles.pixels.point.numpy()]
@@ -130,25 +131,30 @@ def segment_instances(
 
 @torch.no_grad()
 def head_energy(table: Tensor, circles: HeadCircles, cfg: SegmentConfig) -> Tensor:
-    """Eq. 11 at every circle pixel, in the CSR order of ``circles.pixels``.
+    """Eq. 11 at every circle pixel, in the CSR order of ``circles.pixels`` (one compiled
+    pass, :func:`xmask.kernels.circle_energy`; on the CPU).
 
     Args:
-        table: ``H×W×D`` smoothed embedding.
+        table: ``H×W×D`` smoothed embedding (any device).
         circles: the heads' NNEC circles (:func:`xmask.annotate.masks.head_circles`).
 
     Returns:
-        ``P float32`` on the device of ``table``.
+        ``P float32`` on the CPU.
     """
-    device = table.device
     pixels = circles.pixels
-    point = pixels.point.to(device)
-    table = table.float()
-    centres = sample_table(table, torch.from_numpy(circles.points))
-    rows = table.reshape(-1, table.shape[-1]).index_select(0, pixels.flat.to(device))
-    diff = rows - centres.index_select(0, point)
-    spread = torch.from_numpy(circles.radii).to(device).index_select(0, point) + cfg.eps
-    dist2 = pixels.dist2.to(device)
-    return torch.linalg.vector_norm(diff, dim=1) + cfg.lam * dist2 / (spread * spread)
+    table = table.detach().to("cpu", torch.float32)
+    centres = sample_table(table, torch.from_numpy(circles.points)).contiguous().numpy()
+    spread = circles.radii.astype(np.float32) + np.float32(cfg.eps)
+    energy = kernels.circle_energy(
+        table.reshape(-1, table.shape[-1]).contiguous().numpy(),
+        pixels.flat.numpy(),
+        pixels.point.numpy(),
+        pixels.dist2.numpy(),
+        centres,
+        spread * spread,
+        cfg.lam,
+    )
+    return torch.from_numpy(energy)
 
 
 @dataclass

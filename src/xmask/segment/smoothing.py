@@ -10,7 +10,7 @@ Two implementations of the same linear map: :class:`GaussianSmoothing` after
 :func:`smoothed_table` folds the upsampling and the smoothing of each axis into one banded
 matrix (each output pixel a weighted sum of at most ``⌈(k − 1)/stride⌉ + 2`` cells) and
 returns the pixel-major ``H×W×D`` table that Eq. 11 reads (inference and pseudo-masks,
-several times faster); a test holds them equal.
+one compiled pass per axis); a test holds them equal.
 """
 
 from __future__ import annotations
@@ -19,9 +19,12 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as nnf
+
+from xmask import kernels
 
 
 def gaussian_kernel1d(kernel: int, sigma: float, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -143,44 +146,20 @@ def banded_axis(n_pixels: int, n_cells: int, stride: int, kernel: int, sigma: fl
     return BandedAxis(first, weight)
 
 
-def _apply_axis_first(x: Tensor, axis: BandedAxis, out: Tensor | None = None) -> Tensor:
-    """``axis`` applied along dimension 0 of ``x`` (contiguous rows: fast gathers), written
-    into ``out`` when given (its first dimension is ``len(axis.start)``)."""
-    n_cells = x.shape[0]
-    start = axis.start.to(x.device)
-    weight = axis.weight.to(device=x.device, dtype=x.dtype)
-    shape = (-1,) + (1,) * (x.dim() - 1)
-    first = x.index_select(0, start.clamp(max=n_cells - 1)) * weight[:, 0].view(shape)
-    out = first if out is None else out.copy_(first)
-    for k in range(1, weight.shape[1]):
-        rows = x.index_select(0, (start + k).clamp(max=n_cells - 1))
-        out.addcmul_(rows, weight[:, k].view(shape))
-    return out
-
-
-BAND_ROWS = 256
-"""Output rows per pass of :func:`smoothed_table` (bounds its transient memory)."""
-
-
 def smoothed_table(
-    embedding: Tensor,
-    size: tuple[int, int],
-    kernel: int,
-    sigma: float,
-    stride: int = 4,
-    band_rows: int = BAND_ROWS,
+    embedding: Tensor, size: tuple[int, int], kernel: int, sigma: float, stride: int = 4
 ) -> Tensor:
-    """``Ẽ`` of one image as an ``H×W×D`` table (pixel-major, the layout Eq. 11 gathers
-    from), in one banded pass per axis: equal to ``GaussianSmoothing(D, kernel, sigma)`` after
-    :func:`upsample_embedding`, permuted.
+    """``Ẽ`` of one image as an ``H×W×D`` table (pixel-major, the layout Eq. 11 reads), in
+    one banded pass per axis (:func:`xmask.kernels.banded_rows`, on the CPU): equal to
+    ``GaussianSmoothing(D, kernel, sigma)`` after :func:`upsample_embedding`, permuted.
 
-    Memory: the table (``4·D`` bytes per pixel) plus a quarter of it for the horizontal pass
-    and ``band_rows`` rows of temporaries for the vertical one.
+    Memory: the table (``4·D`` bytes per pixel in ``float32``) and a quarter of it for the
+    horizontal pass.
 
     Args:
-        embedding: ``D×h×w`` on the stride-``stride`` grid of ``size``.
+        embedding: ``D×h×w`` on the stride-``stride`` grid of ``size`` (any device; the
+            result is on the CPU, in the embedding's floating dtype).
         size: ``(H, W)``.
-        band_rows: output rows computed per vertical pass.
 
     Returns:
         ``H×W×D``, contiguous.
@@ -189,15 +168,20 @@ def smoothed_table(
         raise ValueError(f"embedding must be D×h×w, got {tuple(embedding.shape)}")
     _check_grid(embedding, size, stride)
     h, w = size
-    _, cells_h, cells_w = embedding.shape
-    x = _apply_axis_first(
-        embedding.permute(2, 0, 1).contiguous(), banded_axis(w, cells_w, stride, kernel, sigma)
-    )  # W×D×h
-    x = x.permute(2, 0, 1).contiguous()  # h×W×D
-    vertical = banded_axis(h, cells_h, stride, kernel, sigma)
-    out = x.new_empty((h, w, x.shape[-1]))
-    for top in range(0, h, band_rows):
-        rows = slice(top, min(top + band_rows, h))
-        band = BandedAxis(vertical.start[rows], vertical.weight[rows])
-        _apply_axis_first(x, band, out[rows])
-    return out
+    dim, cells_h, cells_w = embedding.shape
+    cells = embedding.detach().cpu()
+    across = _apply_axis(
+        cells.permute(2, 0, 1).reshape(cells_w, dim * cells_h),
+        banded_axis(w, cells_w, stride, kernel, sigma),
+    )  # W×(D·h)
+    rows = across.reshape(w, dim, cells_h).permute(2, 0, 1).reshape(cells_h, w * dim)
+    return _apply_axis(rows, banded_axis(h, cells_h, stride, kernel, sigma)).reshape(h, w, dim)
+
+
+def _apply_axis(x: Tensor, axis: BandedAxis) -> Tensor:
+    """``axis`` applied along the first dimension of the 2-D CPU tensor ``x``."""
+    rows = np.ascontiguousarray(x.numpy())
+    out = np.empty((len(axis.start), rows.shape[1]), dtype=rows.dtype)
+    weight = axis.weight.to(x.dtype).numpy()
+    kernels.banded_rows(rows, axis.start.numpy(), weight, out)
+    return torch.from_numpy(out)
