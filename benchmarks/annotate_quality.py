@@ -1,7 +1,8 @@
 """Annotation quality against exact masks: every backend on the same synthetic crowds.
 
     python benchmarks/annotate_quality.py [--images 8] [--backends disc,superpixel,sam,...] \\
-        [--sam-checkpoint sam_vit_b_01ec64.pth] [--fastsam-checkpoint FastSAM-x.pt] [--json]
+        [--sam-checkpoint sam_vit_b_01ec64.pth] [--fastsam-checkpoint FastSAM-x.pt] \\
+        [--xmask-checkpoint RUN] [--json]
 
 Crowds come from :func:`xmask.data.synthetic.make_crowd` (exact points and exact instance label
 maps): ``--images`` crowds of ``--height``×``--width`` px, each with a head count drawn from
@@ -16,7 +17,10 @@ Backends: the five of :func:`xmask.annotate.pipeline.build_backend` (``superpixe
 default 0.5, the fallback of the superpixel and SAM backends) and ``circle`` (the whole NNEC
 circle r_i). Without ``--sam-checkpoint`` / ``--fastsam-checkpoint`` the networks are randomly
 initialised: their rows then measure speed only (the table says so). A backend whose optional
-dependency (segment-anything, ultralytics) is missing is reported as skipped.
+dependency (segment-anything, ultralytics) is missing is reported as skipped. ``xmask`` is
+a trained Stage-2 model (``--xmask-checkpoint RUN``) segmenting the exact head points
+(:meth:`xmask.predictor.Predictor.segment_points`); ``benchmarks/synthetic_stage2.py`` trains
+one on other synthetic crowds and runs this table with it.
 
 Metrics: :func:`xmask.metrics.segmentation.segmentation_counts` per image (Hungarian mean IoU,
 precision / recall / F1 at IoU >= 0.5), summed over the crowds before dividing (micro
@@ -51,14 +55,34 @@ from xmask.data.synthetic import make_crowd
 from xmask.device import resolve_device
 from xmask.errors import UsageError
 from xmask.metrics.segmentation import SegmentationCounts, segmentation_counts
+from xmask.predictor import Predictor
 from xmask.types import Sample
 
 log = logging.getLogger("annotate_quality")
 
-Backend = Callable[[np.ndarray, np.ndarray], MaskResult]
+
+@dataclass
+class PredictedMasks:
+    """XMask's masks of one crowd in the shape :func:`evaluate` reads from a backend."""
+
+    labels: np.ndarray
+    area: np.ndarray
+
+    @property
+    def fallback(self) -> np.ndarray:
+        """XMask has no fallback masks."""
+        return np.zeros(len(self.area), dtype=bool)
+
+    @property
+    def empty(self) -> int:
+        """Number of heads with an empty mask."""
+        return int((self.area == 0).sum())
+
+
+Backend = Callable[[np.ndarray, np.ndarray], MaskResult | PredictedMasks]
 
 BASELINES = ("disc", "circle")
-ALL_BACKENDS = (*BASELINES, *BACKENDS)
+ALL_BACKENDS = (*BASELINES, *BACKENDS, "xmask")
 NEEDS = {
     "sam": ("segment_anything", "segment-anything", "sam"),
     "sam-point": ("segment_anything", "segment-anything", "sam"),
@@ -77,12 +101,14 @@ class Settings:
         fastsam: FastSAM settings (weights None: random weights).
         disc_fraction: radius of the ``disc`` baseline as a fraction of ``r_i``.
         warmup: calls on a small crowd before timing each network backend.
+        xmask_checkpoint: a Stage-2 run (or checkpoint) for the ``xmask`` row.
     """
 
     sam: SamConfig
     fastsam: FastSamConfig
     disc_fraction: float = 0.5
     warmup: int = 0
+    xmask_checkpoint: str | None = None
 
 
 @dataclass
@@ -159,6 +185,20 @@ def disc_backend(fraction: float, sam: SamConfig) -> Backend:
     return run
 
 
+def xmask_backend(checkpoint: str, device: str) -> Backend:
+    """The Stage-2 teacher of ``checkpoint`` segmenting the given heads (Eq. 11–12)."""
+    predictor = Predictor.from_checkpoint(checkpoint, device=device)
+    if not predictor.has_masks:
+        raise UsageError(f"{checkpoint}: the model has no mask head")
+
+    def run(image: np.ndarray, points: np.ndarray) -> PredictedMasks:
+        prediction = predictor.segment_points(image, points)
+        assert prediction.labels is not None and prediction.areas is not None
+        return PredictedMasks(prediction.labels, prediction.areas)
+
+    return run
+
+
 def describe(name: str, settings: Settings) -> tuple[str, str]:
     """``(model, weights)`` of a backend: weights ``"none"`` (no network), ``"trained"`` (a
     checkpoint file) or ``"random"`` (random initialisation); none of these backends starts
@@ -169,6 +209,8 @@ def describe(name: str, settings: Settings) -> tuple[str, str]:
         return "r_i", "none"
     if name == "superpixel":
         return "SLIC", "none"
+    if name == "xmask":
+        return f"Stage 2, {settings.xmask_checkpoint}", "trained"
     if name.startswith("sam"):
         trained = settings.sam.checkpoint is not None
         return f"SAM {settings.sam.model_type}", "trained" if trained else "random"
@@ -176,8 +218,11 @@ def describe(name: str, settings: Settings) -> tuple[str, str]:
     return f"FastSAM-{settings.fastsam.arch}", "trained" if trained else "random"
 
 
-def missing_dependency(name: str) -> str | None:
-    """Why ``name`` cannot run here (its optional dependency is not installed), or None."""
+def missing_dependency(name: str, settings: Settings) -> str | None:
+    """Why ``name`` cannot run here (its optional dependency is not installed, or no
+    checkpoint for ``xmask``), or None."""
+    if name == "xmask" and settings.xmask_checkpoint is None:
+        return "no --xmask-checkpoint given"
     if name not in NEEDS:
         return None
     module, distribution, extra = NEEDS[name]
@@ -192,6 +237,9 @@ def build(name: str, settings: Settings) -> Backend:
         return disc_backend(settings.disc_fraction, settings.sam)
     if name == "circle":
         return disc_backend(1.0, settings.sam)
+    if name == "xmask":
+        assert settings.xmask_checkpoint is not None
+        return xmask_backend(settings.xmask_checkpoint, settings.sam.device)
     return build_backend(name, sam=settings.sam, fastsam=settings.fastsam)
 
 
@@ -199,7 +247,7 @@ def evaluate(name: str, crowds: Sequence[Sample], settings: Settings) -> Row:
     """Build backend ``name`` once, run it on every crowd and score its label maps."""
     model, weights = describe(name, settings)
     row = Row(backend=name, model=model, weights=weights)
-    reason = missing_dependency(name)
+    reason = missing_dependency(name, settings)
     if reason is not None:
         log.warning("%s skipped: %s", name, reason)
         row.status, row.reason = "skipped", reason
@@ -303,6 +351,7 @@ def main() -> None:
         action="store_true",
         help="allow a full unpickle of the FastSAM file (runs code from the file)",
     )
+    parser.add_argument("--xmask-checkpoint", help="a Stage-2 run folder for the xmask row")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument(
         "--warmup",
@@ -340,6 +389,7 @@ def main() -> None:
         ),
         disc_fraction=args.disc_fraction,
         warmup=args.warmup if args.warmup is not None else int(device.type == "cuda"),
+        xmask_checkpoint=args.xmask_checkpoint,
     )
     start = time.perf_counter()
     crowds = make_crowds(args.images, args.height, args.width, args.heads, args.seed)

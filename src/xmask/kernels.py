@@ -146,24 +146,25 @@ def circle_energy(
 
 
 @njit(cache=True, parallel=True)
-def banded_rows(x: np.ndarray, start: np.ndarray, weight: np.ndarray, out: np.ndarray) -> None:
-    """``out[y] = Σ_k weight[y, k] · x[start[y] + k]`` over rows of a 2-D table (a banded
-    matrix applied along the first axis); taps past the last row of ``x`` have zero weight.
+def banded_middle(x: np.ndarray, start: np.ndarray, weight: np.ndarray, out: np.ndarray) -> None:
+    """``out[a, i] = Σ_k weight[i, k] · x[a, start[i] + k]``: a banded matrix applied along
+    the middle axis of a 3-D table; taps past the end of that axis have zero weight.
 
     Args:
-        x: ``n×M float32``.
-        start: ``Y int64`` first row of each output row's band.
-        weight: ``Y×B float32``.
-        out: ``Y×M float32``, written.
+        x: ``A×n×C`` (float).
+        start: ``I int64`` first index of each output's band.
+        weight: ``I×B``, the dtype of ``x``.
+        out: ``A×I×C``, written.
     """
-    n, m = x.shape
-    for y in prange(out.shape[0]):
-        for col in range(m):
-            out[y, col] = 0.0
-        for k in range(weight.shape[1]):
-            row = start[y] + k
-            if row >= n:
-                break
-            w = weight[y, k]
-            for col in range(m):
-                out[y, col] += w * x[row, col]
+    n, channels = x.shape[1], x.shape[2]
+    for a in prange(out.shape[0]):
+        for i in range(out.shape[1]):
+            for c in range(channels):
+                out[a, i, c] = 0.0
+            for k in range(weight.shape[1]):
+                row = start[i] + k
+                if row >= n:
+                    break
+                w = weight[i, k]
+                for c in range(channels):
+                    out[a, i, c] += w * x[a, row, c]

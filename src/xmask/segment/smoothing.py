@@ -154,7 +154,7 @@ def smoothed_table(
     ``GaussianSmoothing(D, kernel, sigma)`` after :func:`upsample_embedding`, permuted.
 
     Memory: the table (``4·D`` bytes per pixel in ``float32``) and a quarter of it for the
-    horizontal pass.
+    vertical pass, which runs first on the cells' columns.
 
     Args:
         embedding: ``D×h×w`` on the stride-``stride`` grid of ``size`` (any device; the
@@ -169,19 +169,17 @@ def smoothed_table(
     _check_grid(embedding, size, stride)
     h, w = size
     dim, cells_h, cells_w = embedding.shape
-    cells = embedding.detach().cpu()
-    across = _apply_axis(
-        cells.permute(2, 0, 1).reshape(cells_w, dim * cells_h),
-        banded_axis(w, cells_w, stride, kernel, sigma),
-    )  # W×(D·h)
-    rows = across.reshape(w, dim, cells_h).permute(2, 0, 1).reshape(cells_h, w * dim)
-    return _apply_axis(rows, banded_axis(h, cells_h, stride, kernel, sigma)).reshape(h, w, dim)
+    cells = embedding.detach().cpu().permute(1, 2, 0).reshape(1, cells_h, cells_w * dim)
+    down = _apply_axis(cells, banded_axis(h, cells_h, stride, kernel, sigma))  # 1×H×(w·D)
+    return _apply_axis(
+        down.reshape(h, cells_w, dim), banded_axis(w, cells_w, stride, kernel, sigma)
+    )
 
 
 def _apply_axis(x: Tensor, axis: BandedAxis) -> Tensor:
-    """``axis`` applied along the first dimension of the 2-D CPU tensor ``x``."""
-    rows = np.ascontiguousarray(x.numpy())
-    out = np.empty((len(axis.start), rows.shape[1]), dtype=rows.dtype)
+    """``axis`` applied along the middle dimension of the 3-D CPU tensor ``x``."""
+    cells = np.ascontiguousarray(x.numpy())
+    out = np.empty((cells.shape[0], len(axis.start), cells.shape[2]), dtype=cells.dtype)
     weight = axis.weight.to(x.dtype).numpy()
-    kernels.banded_rows(rows, axis.start.numpy(), weight, out)
+    kernels.banded_middle(cells, axis.start.numpy(), weight, out)
     return torch.from_numpy(out)
