@@ -317,11 +317,12 @@ def label_map(
     h, w = pixels.size
     cost = pixels.dist2 if cost is None else cost
     allowed = torch.ones_like(pixels.point, dtype=torch.bool) if keep is None else keep
-    labels = kernels.lowest_cost_labels(
+    labels, _ = kernels.lowest_cost_labels(
         pixels.flat.cpu().numpy(),
         pixels.point.cpu().numpy(),
         _cpu_float32(cost),
         allowed.cpu().numpy(),
         h * w,
+        len(pixels.offsets) - 1,
     )
     return torch.from_numpy(labels).reshape(h, w).to(pixels.point.device)

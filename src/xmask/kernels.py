@@ -8,7 +8,8 @@ one loop. They take NumPy arrays and know nothing of the method; their callers
 slow, literal references.
 
 Floating point follows the tensor code exactly where results are compared bit for bit
-(``float32`` distances); sums over the embedding dimension may differ in the last bit.
+(``float32`` distances, label decisions); sums over the embedding dimension are reordered
+for SIMD (``fastmath``) and may differ in the last bits.
 Compiled code is cached on disk (numba ``cache=True``), so only the first call of a fresh
 install pays the compilation (about a second per kernel).
 """
@@ -87,32 +88,77 @@ def circle_fill(
                     j += 1
 
 
+@njit(cache=True, parallel=True)
+def owner_value_equal(values: np.ndarray, owner: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``P bool``: ``values[j] == reference[owner[j]]`` (e.g. the entry is its owner's own
+    pixel)."""
+    out = np.empty(values.shape[0], np.bool_)
+    for j in prange(values.shape[0]):
+        out[j] = values[j] == reference[owner[j]]
+    return out
+
+
 @njit(cache=True)
 def lowest_cost_labels(
-    flat: np.ndarray, owner: np.ndarray, cost: np.ndarray, allowed: np.ndarray, n_pixels: int
-) -> np.ndarray:
-    """``n_pixels int32`` labels: each allowed entry's pixel goes to the owner of lowest cost
-    (ties to the lowest owner), as ``owner + 1``; 0 where no entry is allowed.
+    flat: np.ndarray,
+    owner: np.ndarray,
+    cost: np.ndarray,
+    allowed: np.ndarray,
+    n_pixels: int,
+    n_owners: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each allowed entry's pixel goes to the owner of lowest cost (ties to the lowest owner).
 
     Args:
         flat: ``P int64`` pixel index of each entry.
-        owner: ``P int64`` owner of each entry.
+        owner: ``P int64`` owner of each entry, in ``[0, n_owners)``.
         cost: ``P float32``.
         allowed: ``P bool``.
+
+    Returns:
+        ``(labels, area)``: ``n_pixels int32`` (``owner + 1``, 0 where no entry is allowed)
+        and ``n_owners int64`` pixels won by each owner.
     """
     best = np.full(n_pixels, np.inf, np.float32)
-    for j in range(flat.shape[0]):
-        if allowed[j] and cost[j] < best[flat[j]]:
-            best[flat[j]] = cost[j]
     labels = np.zeros(n_pixels, np.int32)
     for j in range(flat.shape[0]):
-        f = flat[j]
-        if allowed[j] and cost[j] <= best[f] and (labels[f] == 0 or owner[j] + 1 < labels[f]):
-            labels[f] = owner[j] + 1
-    return labels
+        if not allowed[j]:
+            continue
+        f, c, label = flat[j], cost[j], owner[j] + 1
+        if c < best[f] or (c == best[f] and (labels[f] == 0 or label < labels[f])):
+            best[f], labels[f] = c, label
+    area = np.zeros(n_owners, np.int64)
+    for f in range(n_pixels):
+        if labels[f] > 0:
+            area[labels[f] - 1] += 1
+    return labels, area
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
+def forced_costs(
+    cost: np.ndarray, keep: np.ndarray, own: np.ndarray, seed: np.ndarray, split: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Costs and permissions of the annotation rules (:func:`xmask.annotate.masks.resolve_labels`):
+    an entry that is its head's own point pixel costs −1 and one that is a co-located head's
+    seed −0.5, and both are always allowed; any other entry is allowed where ``keep`` and
+    ``split`` (the co-located heads' angular runs) both allow it.
+
+    Returns:
+        ``(cost, allowed)``: ``P float32``, ``P bool``.
+    """
+    out = np.empty(cost.shape[0], np.float32)
+    allowed = np.empty(cost.shape[0], np.bool_)
+    for j in range(cost.shape[0]):
+        if own[j]:
+            out[j], allowed[j] = -1.0, True
+        elif seed[j]:
+            out[j], allowed[j] = -0.5, True
+        else:
+            out[j], allowed[j] = cost[j], keep[j] and split[j]
+    return out, allowed
+
+
+@njit(cache=True, parallel=True, fastmath=True)
 def circle_energy(
     table: np.ndarray,
     flat: np.ndarray,

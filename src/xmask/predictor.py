@@ -252,6 +252,7 @@ class Predictor:
         self.count_threshold = float(count_threshold)
         self.segment = segment
         self.max_pixels, self.tile, self.overlap = max_pixels, tile, overlap
+        self._table: np.ndarray | None = None
 
     @classmethod
     def from_checkpoint(
@@ -343,7 +344,8 @@ class Predictor:
                 points, scores = heads
             labels = areas = None
             if out.embedding is not None:
-                smoothed = smoothed_for_segmentation(out.embedding[0], size, self.segment)
+                table = self._table_buffer(size, out.embedding)
+                smoothed = smoothed_for_segmentation(out.embedding[0], size, self.segment, table)
                 instances = segment_instances(smoothed, points, scores, self.segment)
                 labels, areas = instances.labels, instances.area
             post = time.perf_counter() - middle
@@ -359,6 +361,17 @@ class Predictor:
             areas=areas,
             image=image,
         )
+
+    def _table_buffer(self, size: tuple[int, int], embedding: torch.Tensor) -> np.ndarray:
+        """An ``H×W×D`` array for the smoothed embedding: a view of one flat buffer kept from
+        image to image and grown by a quarter when too small (a fresh table of a 1024×768
+        image costs milliseconds of page faults alone)."""
+        shape = (*size, int(embedding.shape[1]))
+        dtype = torch.empty(0, dtype=embedding.dtype).numpy().dtype
+        needed = math.prod(shape)
+        if self._table is None or self._table.dtype != dtype or self._table.size < needed:
+            self._table = np.empty(needed + needed // 4, dtype=dtype)
+        return self._table[:needed].reshape(shape)
 
     def _synchronize(self) -> None:
         if self.device.type == "cuda":

@@ -56,11 +56,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from xmask import kernels
 from xmask.geometry import (
     CirclePixels,
     DuplicatePolicy,
     circle_pixels,
-    label_map,
     nnec_radii,
     pixel_of,
 )
@@ -164,7 +164,7 @@ def head_circles(
     pixels = circle_pixels(pts, radii, size)
     cell = pixel_of(pts, size)
     point_pixel = cell[:, 1] * size[1] + cell[:, 0]
-    own = pixels.flat.numpy() == point_pixel[pixels.point.numpy()]
+    own = kernels.owner_value_equal(pixels.flat.numpy(), pixels.point.numpy(), point_pixel)
     return HeadCircles(pts, radii, pixels, point_pixel, own)
 
 
@@ -204,17 +204,19 @@ def resolve_labels(
     if cost is None:
         radius = torch.from_numpy(circles.radii)[pixels.point]
         cost = pixels.dist2 / (radius * radius)
-    own, seed = torch.from_numpy(circles.own), torch.from_numpy(split.seed)
-    cost = torch.where(seed, torch.full_like(cost, -0.5), cost)
-    cost = torch.where(own, torch.full_like(cost, -1.0), cost)
-    allowed = torch.from_numpy(keep & split.allowed) | own | seed
-    labels = label_map(pixels, cost, allowed).numpy()
+    point = pixels.point.numpy()
+    costs, allowed = kernels.forced_costs(
+        cost.numpy().astype(np.float32, copy=False), keep, circles.own, split.seed, split.allowed
+    )
+    labels, area = kernels.lowest_cost_labels(
+        pixels.flat.numpy(), point, costs, allowed, pixels.size[0] * pixels.size[1], n
+    )
     forced = np.zeros(n, dtype=bool)
-    forced[pixels.point.numpy()[(circles.own | split.seed) & ~keep]] = True
+    forced[point[(circles.own | split.seed) & ~keep]] = True
     return MaskResult(
-        labels=labels,
+        labels=labels.reshape(pixels.size),
         radii=circles.radii,
-        area=np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64),
+        area=area,
         fallback=np.zeros(n, dtype=bool) if fallback is None else np.asarray(fallback, bool),
         forced=forced,
         shared=split.shared,

@@ -35,6 +35,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--per-bin", type=int, default=2, metavar="K", help="images per bin")
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        metavar="N",
+        help="timed calls per image and method, the median reported (default 3)",
+    )
+    parser.add_argument(
         "--baselines",
         default="fastsam-x,fastsam-s,sam-vit-b",
         help="comma list of fastsam-x, fastsam-s, sam-vit-b ('' for none; default: all)",
@@ -62,6 +69,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         which=args.which,
         per_bin=args.per_bin,
+        repeat=args.repeat,
         baselines=parse_baselines(args.baselines),
         device=args.device,
         edges=parse_edges(args.bins),

@@ -209,9 +209,10 @@ def ignore_disks(points: np.ndarray, size: tuple[int, int], radius: float = 16.0
 
 
 def smoothed_for_segmentation(
-    embedding: Tensor, size: tuple[int, int], cfg: SegmentConfig
+    embedding: Tensor, size: tuple[int, int], cfg: SegmentConfig, out: np.ndarray | None = None
 ) -> Tensor:
     """``Ẽ`` for Eq. 11: one image's stride-4 ``D×h×w`` embedding upsampled to ``size`` and
     smoothed with ``cfg.kernel`` and ``cfg.sigma``, as the pixel-major ``H×W×D`` table that
-    :func:`segment_instances` takes."""
-    return smoothed_table(embedding, size, cfg.kernel, cfg.sigma)
+    :func:`segment_instances` takes (written into ``out`` when given, see
+    :func:`~xmask.segment.smoothing.smoothed_table`)."""
+    return smoothed_table(embedding, size, cfg.kernel, cfg.sigma, out=out)

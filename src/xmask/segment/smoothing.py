@@ -130,24 +130,41 @@ class BandedAxis:
 @lru_cache(maxsize=64)
 def banded_axis(n_pixels: int, n_cells: int, stride: int, kernel: int, sigma: float) -> BandedAxis:
     """The :class:`BandedAxis` of linear upsampling (``align_corners=False``, cropped to
-    ``n_pixels``) followed by the zero-padded Gaussian of Eq. 4 (or 5), built by applying
-    both operations to the identity (so it equals them exactly, borders included)."""
-    eye = torch.eye(n_cells, dtype=torch.float64)[None]
-    up = nnf.interpolate(eye, scale_factor=stride, mode="linear", align_corners=False)
-    up = up[0, :, :n_pixels].unsqueeze(1)
-    g = gaussian_kernel1d(kernel, sigma, torch.float64).view(1, 1, kernel)
-    matrix = nnf.conv1d(up, g, padding=kernel // 2)[:, 0].T  # n_pixels × n_cells
-    nonzero = matrix != 0
-    first = nonzero.to(torch.uint8).argmax(dim=1)
-    last = n_cells - 1 - nonzero.flip(1).to(torch.uint8).argmax(dim=1)
-    band = int((last - first).max()) + 1
-    index = first[:, None] + torch.arange(band)
-    weight = matrix.gather(1, index.clamp(max=n_cells - 1)) * (index < n_cells)
-    return BandedAxis(first, weight)
+    ``n_pixels``) followed by the zero-padded Gaussian of Eq. 4 (or 5), from their closed
+    forms in ``O(n_pixels · k)`` time and ``O(n_pixels · band)`` memory.
+
+    Upsampled pixel ``Y`` reads cells ``i0 = ⌊s⌋`` and ``min(i0 + 1, n_cells − 1)`` with
+    weights ``1 − (s − i0)`` and ``s − i0``, where ``s = max((Y + ½)/stride − ½, 0)``
+    (PyTorch's rule); output pixel ``X`` is ``Σ_t g[t] · up[X + t − ⌊k/2⌋]`` over the
+    upsampled pixels inside ``[0, n_pixels)``. A test holds the result equal to running both
+    operations.
+    """
+    g = gaussian_kernel1d(kernel, sigma, torch.float64).numpy()
+    pixel = np.arange(n_pixels)
+    src = np.maximum((pixel + 0.5) / stride - 0.5, 0.0)
+    low = np.minimum(np.floor(src).astype(np.int64), n_cells - 1)
+    high = np.minimum(low + 1, n_cells - 1)
+    frac = src - low
+    half = kernel // 2
+    first = low[np.clip(pixel - half, 0, n_pixels - 1)]  # low never decreases along the axis
+    band = int((high[np.clip(pixel + half, 0, n_pixels - 1)] - first).max()) + 1
+    weight = np.zeros((n_pixels, band))
+    for tap in range(kernel):
+        source = pixel + tap - half
+        inside = (source >= 0) & (source < n_pixels)
+        out, up = pixel[inside], source[inside]
+        weight[out, low[up] - first[out]] += g[tap] * (1.0 - frac[up])
+        weight[out, high[up] - first[out]] += g[tap] * frac[up]
+    return BandedAxis(torch.from_numpy(first), torch.from_numpy(weight))
 
 
 def smoothed_table(
-    embedding: Tensor, size: tuple[int, int], kernel: int, sigma: float, stride: int = 4
+    embedding: Tensor,
+    size: tuple[int, int],
+    kernel: int,
+    sigma: float,
+    stride: int = 4,
+    out: np.ndarray | None = None,
 ) -> Tensor:
     """``Ẽ`` of one image as an ``H×W×D`` table (pixel-major, the layout Eq. 11 reads), in
     one banded pass per axis (:func:`xmask.kernels.banded_rows`, on the CPU): equal to
@@ -160,9 +177,11 @@ def smoothed_table(
         embedding: ``D×h×w`` on the stride-``stride`` grid of ``size`` (any device; the
             result is on the CPU, in the embedding's floating dtype).
         size: ``(H, W)``.
+        out: an ``H×W×D`` C-contiguous array of the embedding's dtype to write into (a buffer
+            reused from image to image saves the first-touch cost of a fresh table).
 
     Returns:
-        ``H×W×D``, contiguous.
+        ``H×W×D``, contiguous (a view of ``out`` when given).
     """
     if embedding.dim() != 3:
         raise ValueError(f"embedding must be D×h×w, got {tuple(embedding.shape)}")
@@ -171,15 +190,18 @@ def smoothed_table(
     dim, cells_h, cells_w = embedding.shape
     cells = embedding.detach().cpu().permute(1, 2, 0).reshape(1, cells_h, cells_w * dim)
     down = _apply_axis(cells, banded_axis(h, cells_h, stride, kernel, sigma))  # 1×H×(w·D)
-    return _apply_axis(
-        down.reshape(h, cells_w, dim), banded_axis(w, cells_w, stride, kernel, sigma)
-    )
+    across = banded_axis(w, cells_w, stride, kernel, sigma)
+    return _apply_axis(down.reshape(h, cells_w, dim), across, out)
 
 
-def _apply_axis(x: Tensor, axis: BandedAxis) -> Tensor:
+def _apply_axis(x: Tensor, axis: BandedAxis, out: np.ndarray | None = None) -> Tensor:
     """``axis`` applied along the middle dimension of the 3-D CPU tensor ``x``."""
     cells = np.ascontiguousarray(x.numpy())
-    out = np.empty((cells.shape[0], len(axis.start), cells.shape[2]), dtype=cells.dtype)
+    shape = (cells.shape[0], len(axis.start), cells.shape[2])
+    if out is None:
+        out = np.empty(shape, dtype=cells.dtype)
+    elif out.shape != shape or out.dtype != cells.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous {shape} {cells.dtype} array")
     weight = axis.weight.to(x.dtype).numpy()
     kernels.banded_middle(cells, axis.start.numpy(), weight, out)
     return torch.from_numpy(out)
