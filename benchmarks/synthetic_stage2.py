@@ -104,7 +104,7 @@ def main() -> None:
     train(["--config", "cpu-base", "name=stage1", *common, *STAGE1])
     train(
         ["--config", "cpu-base", "--config", "stage2-cpu", "name=stage2", *common, *STAGE2,
-         f"mask.init={runs / 'stage1'}", f"mask.masks={crowds / 'masks'}"]
+         f"mask.init={runs / 'stage1'}", f"mask.masks={crowds}"]
     )  # fmt: skip
     quality = Path(__file__).with_name("annotate_quality.py")
     command = [sys.executable, str(quality), "--backends", BACKENDS,

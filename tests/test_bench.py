@@ -10,7 +10,14 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
-from xmask.bench import bin_of, parse_baselines, parse_edges, select_images
+from xmask.bench import (
+    BenchConfig,
+    bin_of,
+    parse_baselines,
+    parse_edges,
+    run_bench,
+    select_images,
+)
 from xmask.cli import EXIT_SKIPPED, main
 from xmask.data.readers import open_dataset
 from xmask.data.synthetic import make_crowd
@@ -84,6 +91,9 @@ def test_parsers() -> None:
         parse_baselines("fastsam-y")
     with pytest.raises(UsageError, match="ascend"):
         parse_edges("10,5")
+    for bad in ({"per_bin": 0}, {"repeat": 0}):
+        with pytest.raises(UsageError, match="must be >= 1"):
+            run_bench(BenchConfig(root=Path("."), baselines=(), **bad))
 
 
 def test_selection_prefers_images_of_the_median_size(tmp_path: Path) -> None:

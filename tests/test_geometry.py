@@ -888,3 +888,15 @@ def test_resize_2x_keeps_point_in_dot(mode, size, rc):
     torch.testing.assert_close(
         sample(img[0, 0], torch.as_tensor(pts[:1]), "bilinear"), torch.ones(1, dtype=torch.float64)
     )
+
+
+def test_label_map_infinite_costs_still_label_and_tie_to_the_lowest_index():
+    pts = np.array([[5.0, 5.0], [6.0, 5.0]], dtype=np.float32)
+    cp = circle_pixels(pts, np.array([3.0, 3.0]), (10, 12))
+    lm = label_map(cp, cost=torch.full((len(cp),), float("inf"))).numpy()
+    covered = np.zeros(10 * 12, dtype=bool)
+    covered[cp.flat.numpy()] = True
+    first = np.zeros(10 * 12, dtype=bool)
+    first[cp.flat[cp.point == 0].numpy()] = True
+    assert (lm.ravel() > 0).tolist() == covered.tolist()
+    assert (lm.ravel()[first] == 1).all() and (lm.ravel()[covered & ~first] == 2).all()
