@@ -16,10 +16,17 @@ install pays the compilation (about a second per kernel).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 _HALF = np.float32(0.5)
+
+
+def set_threads(threads: int) -> None:
+    """Threads of the parallel kernels launched from the calling thread (as
+    ``torch.set_num_threads`` for the network), at most numba's pool size."""
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
 
 
 @njit(cache=True)

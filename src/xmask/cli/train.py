@@ -48,6 +48,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     from xmask.device import resolve_device
     from xmask.errors import XmaskError
+    from xmask.kernels import set_threads as set_kernel_threads
     from xmask.train.checkpoint import CheckpointError
     from xmask.train.config import load_config
     from xmask.train.distributed import init_distributed, shutdown
@@ -65,6 +66,7 @@ def run_train(args: argparse.Namespace) -> int:
         cfg = load_config(run.config_path, args.overrides)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+        set_kernel_threads(cfg.threads)
     info = init_distributed(resolve_device(cfg.device).type)
     handler = None
     if info.is_main:
