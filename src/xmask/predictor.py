@@ -27,8 +27,8 @@ Large images
     from the same tiles, each cell decided by exactly one tile, so network memory is bounded by
     the tile size. (The mask head's CoordConv channels then span each tile rather than the
     whole image, as they spanned each training crop.) The smoothed embedding ``Ẽ``
-    (:func:`~xmask.segment.instances.smoothed_for_segmentation`) is built in bands of rows, so
-    its transient buffers are a band, not full-resolution copies.
+    (:func:`~xmask.segment.instances.smoothed_for_segmentation`) is built in one compiled pass
+    per axis into a buffer the predictor reuses; its only other buffer is a quarter of it.
 
     **Remaining limit:** ``Ẽ`` itself is an ``H×W×D float32`` table, ``4·D = 64`` bytes per pixel
     (0.27 GB at 2048×2048, 3.4 GB for a 54 MP image), on the model's device; the label map

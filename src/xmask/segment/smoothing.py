@@ -167,7 +167,7 @@ def smoothed_table(
     out: np.ndarray | None = None,
 ) -> Tensor:
     """``Ẽ`` of one image as an ``H×W×D`` table (pixel-major, the layout Eq. 11 reads), in
-    one banded pass per axis (:func:`xmask.kernels.banded_rows`, on the CPU): equal to
+    one banded pass per axis (:func:`xmask.kernels.banded_middle`, on the CPU): equal to
     ``GaussianSmoothing(D, kernel, sigma)`` after :func:`upsample_embedding`, permuted.
 
     Memory: the table (``4·D`` bytes per pixel in ``float32``) and a quarter of it for the
