@@ -86,9 +86,10 @@ class XMaskModel(nn.Module):
         if cfg.mask_head:
             self.add_mask_head()
 
-    def forward(self, images: Tensor) -> ModelOutput:
+    def forward(self, images: Tensor, with_embedding: bool = True) -> ModelOutput:
         """``B×3×H×W`` float RGB in ``[0, 1]`` → :class:`~xmask.types.ModelOutput` with
-        ``B×1×ceil(H/4)×ceil(W/4)`` logits (and the embedding when a mask head is set)."""
+        ``B×1×ceil(H/4)×ceil(W/4)`` logits (and the embedding when a mask head is set and
+        ``with_embedding``; Stage 3 skips it)."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be B×3×H×W, got {tuple(images.shape)}")
         height, width = images.shape[-2:]
@@ -100,7 +101,7 @@ class XMaskModel(nn.Module):
         h, w = math.ceil(height / COUNT_STRIDE), math.ceil(width / COUNT_STRIDE)
         logits = self.count_head(fused).logits[..., :h, :w].contiguous()
         embedding = None
-        if self.mask_head is not None:
+        if self.mask_head is not None and with_embedding:
             embedding = self.mask_head(fused).embedding[..., :h, :w].contiguous()
         return ModelOutput(logits=logits, embedding=embedding)
 

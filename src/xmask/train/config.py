@@ -23,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from xmask.data.augment import AugmentConfig
 from xmask.errors import XmaskError
 from xmask.losses.discriminative import DiscriminativeConfig
+from xmask.losses.mask_constraint import ConstraintConfig
 from xmask.losses.p2r import P2RConfig
 from xmask.models.model import ModelConfig
 from xmask.segment.instances import SegmentConfig
@@ -81,9 +82,10 @@ class OptimConfig:
 class TeacherConfig:
     """Mean Teacher: EMA teacher, pseudo points and the unlabeled-loss weight ramp.
 
-    The unlabeled weight is ``w = min((epoch − warmup_epochs)·ramp, max_weight)`` from epoch
-    ``warmup_epochs`` on (before it: labeled images only), and the step loss is
-    ``(L_sup + w·L_semi) / (1 + w)``.
+    The unlabeled weight is ``w = min(start_weight + (epoch − warmup_epochs)·ramp, max_weight)``
+    from epoch ``warmup_epochs`` on (before it: labeled images only), and the step loss is
+    ``(L_sup + w·L_semi) / (1 + w)``. Stage 3 (authors): ``w = min(0.1 + 0.01·e, 2)`` from its
+    first epoch, i.e. ``warmup_epochs: 0``, ``start_weight: 0.1``.
 
     Attributes:
         momentum: EMA momentum of the teacher's parameters, updated every step.
@@ -100,6 +102,7 @@ class TeacherConfig:
             schedules: 0.998^1000 ≈ 13 % of the random start after 1,000 steps). False: EMA
             throughout.
         ramp: growth of the unlabeled weight per epoch.
+        start_weight: the unlabeled weight at epoch ``warmup_epochs``.
         max_weight: cap of the unlabeled weight.
     """
 
@@ -110,6 +113,7 @@ class TeacherConfig:
     warmup_epochs: int = 50
     follow_during_warmup: bool = True
     ramp: float = 0.01
+    start_weight: float = 0.0
     max_weight: float = 2.0
 
 
@@ -125,6 +129,8 @@ class ScheduleConfig:
         batch_unlabeled: unlabeled crops per step.
         eval_every: evaluate on the validation list every this many epochs (0: at the end).
         checkpoint_minutes: checkpoint at least this often (and at every epoch end).
+        time_budget_minutes: stop once the training loop (steps and their data, summed over
+            resumes) has run this long, whatever ``epochs`` says; None: no budget.
     """
 
     epochs: int = 1500
@@ -133,6 +139,7 @@ class ScheduleConfig:
     batch_unlabeled: int = 16
     eval_every: int = 10
     checkpoint_minutes: float = 10.0
+    time_budget_minutes: float | None = None
 
 
 @dataclass
@@ -177,6 +184,55 @@ class MaskStageConfig:
 
 
 @dataclass
+class ConstraintStageConfig:
+    """Stage 3: mask-constrained counting (paper Sec. 3.3, REFERENCE.md).
+
+    The P2R loss stays on for labeled and unlabeled crops; the mask-constraint terms
+    (:mod:`xmask.losses.mask_constraint`) are added with the annotation label maps on labeled
+    crops (every instance valid) and the teacher's pseudo-masks on unlabeled ones (made as in
+    Stage 2 with ``mask.pseudo``, ``mask.p_low`` and ``mask.p_high``, refreshed every step).
+
+    Attributes:
+        init: the Stage-2 run whose teacher starts the Stage-3 student and teacher (required).
+        trainable: modules that train, a subset of ``backbone``, ``neck``, ``count_head`` (paper
+            Tab. 3d: the decoder only, the default); the rest is frozen, in eval mode.
+        gate: the authors' density gate: pseudo points with ``p <= gate`` take their whole
+            NNEC circle as mask (their configs: 0.5); None: off (the paper).
+        loss: weights and constants of Eq. 13–15.
+    """
+
+    init: str | None = None
+    trainable: list[str] = field(default_factory=lambda: ["count_head"])
+    gate: float | None = None
+    loss: ConstraintConfig = field(default_factory=ConstraintConfig)
+
+
+@dataclass
+class PipelineConfig:
+    """``xmask train --pipeline``: the stages run one after the other in one run folder.
+
+    Each stage's config is the pipeline recipe with that stage's layers (recipe names or files)
+    merged over it, then the command's overrides. Stage 1 runs the recipe as it is.
+
+    Attributes:
+        stage2: layers of Stage 2 (e.g. ``[stage2-cpu]``).
+        stage3: layers of Stage 3 (e.g. ``[stage3-cpu]``).
+        baseline: also continue Stage 1 alone for the wall time Stages 2 and 3 took
+            (``stage1-more``): the equal-budget comparison.
+        evaluate: splits every stage's final teacher is evaluated on at the end (e.g.
+            ``[test]``); reported, never used to select anything.
+        test_masks: annotation folder of the evaluated split (``xmask annotate``): the
+            mask-head stages are also scored against it.
+    """
+
+    stage2: list[str] = field(default_factory=lambda: ["stage2-cpu"])
+    stage3: list[str] = field(default_factory=lambda: ["stage3-cpu"])
+    baseline: bool = False
+    evaluate: list[str] = field(default_factory=list)
+    test_masks: str | None = None
+
+
+@dataclass
 class TrainConfig:
     """Everything a training run needs; the resolved copy is saved as ``RUN/config.yaml``.
 
@@ -188,7 +244,8 @@ class TrainConfig:
         threads: torch intra-op threads on the CPU (None: torch's default).
         calibrate: at the end of training, choose the count threshold of the final teacher
             and student (and of ``best/``) on the labeled images (:mod:`xmask.calibration`).
-        stage: 1 (the P2R counter with Mean Teacher) or 2 (the XMask mask head, ``mask``).
+        stage: 1 (the P2R counter with Mean Teacher), 2 (the XMask mask head, ``mask``) or
+            3 (mask-constrained counting, ``constraint``).
     """
 
     name: str = "run"
@@ -206,6 +263,8 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     p2r: P2RConfig = field(default_factory=P2RConfig)
     mask: MaskStageConfig = field(default_factory=MaskStageConfig)
+    constraint: ConstraintStageConfig = field(default_factory=ConstraintStageConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -31,11 +32,17 @@ from xmask.errors import XmaskError
 from xmask.losses.discriminative import MaskTarget, centres_on_instances, discriminative_loss
 from xmask.models.count_head import decode_points
 from xmask.models.model import XMaskModel, build_model
-from xmask.segment.instances import ignore_disks, pseudo_masks, smoothed_for_segmentation
+from xmask.segment.instances import (
+    PseudoMasks,
+    ignore_disks,
+    pseudo_masks,
+    smoothed_for_segmentation,
+)
 from xmask.segment.smoothing import GaussianSmoothing, smoothed_embedding
-from xmask.train.config import TrainConfig
+from xmask.train.config import MaskStageConfig, TrainConfig
 from xmask.train.distributed import DistInfo
 from xmask.train.step import StepStats, TeacherStudent
+from xmask.types import ModelOutput
 
 log = logging.getLogger(__name__)
 
@@ -43,39 +50,59 @@ TRAINABLE = ("mask_head", "neck")
 """Modules Stage 2 may train."""
 
 
-def load_stage1(cfg: TrainConfig, device: torch.device) -> XMaskModel:
-    """The Stage-2 student: the Stage-1 teacher of ``cfg.mask.init`` plus a fresh mask head.
+def load_start(
+    cfg: TrainConfig, init: str | None, device: torch.device, fresh_mask_head: bool
+) -> XMaskModel:
+    """The student a later stage starts from: the teacher of the run ``init``.
 
-    The architecture is the Stage-1 run's (``cfg.model`` takes it over, keeping its own
-    ``mask_channels`` and ``embed_dim``), so the Stage-2 run's ``config.yaml`` describes the
-    network it saves.
+    The architecture is that run's (``cfg.model`` takes it over, keeping its own
+    ``mask_channels`` and ``embed_dim`` when the mask head is fresh), so the new run's
+    ``config.yaml`` describes the network it saves.
+
+    Args:
+        cfg: the new run's configuration (``cfg.model`` is replaced).
+        init: the earlier run (folder, ``checkpoints/``, ``best/`` or a weights file).
+        fresh_mask_head: Stage 2: a new mask head (seeded by ``cfg.seed``) on the earlier
+            network; otherwise every weight is loaded and the earlier run must have a mask head.
     """
     from xmask.train.run_folder import load_trained_model
 
-    if cfg.mask.init is None:
-        raise XmaskError("stage 2 needs mask.init: the Stage-1 run to start from")
-    stage1, stage1_cfg = load_trained_model(cfg.mask.init, device, which="teacher")
-    cfg.model = replace(
-        stage1_cfg.model,
-        weights=None,
-        mask_head=True,
-        mask_channels=cfg.model.mask_channels,
-        embed_dim=cfg.model.embed_dim,
-    )
+    if init is None:
+        what = (
+            "mask.init: the Stage-1 run" if fresh_mask_head else "constraint.init: the Stage-2 run"
+        )
+        raise XmaskError(f"stage {cfg.stage} needs {what} to start from")
+    earlier, earlier_cfg = load_trained_model(init, device, which="teacher")
+    if fresh_mask_head:
+        cfg.model = replace(
+            earlier_cfg.model,
+            weights=None,
+            mask_head=True,
+            mask_channels=cfg.model.mask_channels,
+            embed_dim=cfg.model.embed_dim,
+        )
+    elif not earlier_cfg.model.mask_head:
+        raise XmaskError(f"{init}: stage {cfg.stage} needs a run with a mask head (Stage 2)")
+    else:
+        cfg.model = replace(earlier_cfg.model, weights=None)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(device)
-    state = {k: v for k, v in stage1.state_dict().items() if not k.startswith("mask_head.")}
-    model.load_state_dict(state, strict=False)
-    log.info("stage 2 starts from the Stage-1 teacher of %s", cfg.mask.init)
+    state = earlier.state_dict()
+    if fresh_mask_head:
+        state = {k: v for k, v in state.items() if not k.startswith("mask_head.")}
+    model.load_state_dict(state, strict=not fresh_mask_head)
+    log.info("stage %d starts from the teacher of %s", cfg.stage, init)
     return model
 
 
-def freeze_except(model: XMaskModel, trainable: list[str]) -> list[nn.Module]:
-    """Freeze every top-level part of ``model`` not named in ``trainable``; returns the
-    frozen modules (to be kept in eval mode)."""
-    unknown = set(trainable) - set(TRAINABLE)
+def freeze_except(
+    model: XMaskModel, trainable: list[str], allowed: tuple[str, ...] = TRAINABLE
+) -> list[nn.Module]:
+    """Freeze every top-level part of ``model`` not named in ``trainable`` (a non-empty subset
+    of ``allowed``); returns the frozen modules (to be kept in eval mode)."""
+    unknown = set(trainable) - set(allowed)
     if unknown or not trainable:
-        raise XmaskError(f"mask.trainable must be a non-empty subset of {TRAINABLE}: {trainable}")
+        raise XmaskError(f"trainable modules must be a non-empty subset of {allowed}: {trainable}")
     frozen = []
     for name in ("backbone", "neck", "count_head", "mask_head"):
         module = getattr(model, name)
@@ -83,6 +110,36 @@ def freeze_except(model: XMaskModel, trainable: list[str]) -> list[nn.Module]:
         if name not in trainable:
             frozen.append(module)
     return frozen
+
+
+@torch.no_grad()
+def teacher_pseudo_masks(
+    out: ModelOutput, size: tuple[int, int], cfg: MaskStageConfig, gate: float | None = None
+) -> list[PseudoMasks]:
+    """Pseudo-masks of a teacher's output on ``B`` weak views of ``size`` (Fig. 5): every cell
+    with ``p >= cfg.p_low`` segmented with ``cfg.pseudo`` (Eq. 11–12, overlaps to the lowest
+    energy), valid where ``p > cfg.p_high``; ``gate``: the density gate
+    (:func:`xmask.segment.instances.pseudo_masks`)."""
+    if out.embedding is None:
+        raise XmaskError("pseudo-masks need a teacher with a mask head")
+    low = math.log(cfg.p_low / (1.0 - cfg.p_low))
+    masks = []
+    for b, found in enumerate(decode_points(out.logits, threshold=low, inclusive=True)):
+        table = smoothed_for_segmentation(out.embedding[b], size, cfg.pseudo)
+        masks.append(
+            pseudo_masks(
+                table, found.points, found.scores, cfg.p_low, cfg.p_high, gate, cfg=cfg.pseudo
+            )
+        )
+    return masks
+
+
+def check_thresholds(cfg: MaskStageConfig) -> None:
+    """``p_low`` in (0, 1) and ``p_high`` in [0, 1)."""
+    if not (0.0 < cfg.p_low < 1.0 and 0.0 <= cfg.p_high < 1.0):
+        raise XmaskError(
+            f"mask.p_low must lie in (0, 1) and mask.p_high in [0, 1): {cfg.p_low}, {cfg.p_high}"
+        )
 
 
 class MaskStep(TeacherStudent):
@@ -95,12 +152,8 @@ class MaskStep(TeacherStudent):
     """
 
     def __init__(self, cfg: TrainConfig, device: torch.device, dist_info: DistInfo) -> None:
-        if not (0.0 < cfg.mask.p_low < 1.0 and 0.0 <= cfg.mask.p_high < 1.0):
-            raise XmaskError(
-                f"mask.p_low must lie in (0, 1) and mask.p_high in [0, 1): "
-                f"{cfg.mask.p_low}, {cfg.mask.p_high}"
-            )
-        student = load_stage1(cfg, device)
+        check_thresholds(cfg.mask)
+        student = load_start(cfg, cfg.mask.init, device, fresh_mask_head=True)
         self.frozen = freeze_except(student, cfg.mask.trainable)
         buffers = "copy" if cfg.teacher.buffers == "own" else cfg.teacher.buffers
         super().__init__(cfg, student, device, dist_info, buffers)
@@ -123,18 +176,15 @@ class MaskStep(TeacherStudent):
         return targets
 
     @torch.no_grad()
-    def pseudo_targets(self, weak: ViewBatch) -> tuple[list[MaskTarget], int]:
-        """Teacher pseudo-masks of the weak views (module docstring); and the centre count."""
+    def pseudo_targets(self, weak: ViewBatch) -> tuple[list[MaskTarget], int, float]:
+        """Teacher pseudo-masks of the weak views (module docstring); the centre count; the
+        seconds spent on the pseudo-masks."""
         cfg = self.cfg.mask
         out = self.teacher.predict(weak.images)
         size = (int(weak.images.shape[-2]), int(weak.images.shape[-1]))
-        low = math.log(cfg.p_low / (1.0 - cfg.p_low))
+        started = time.perf_counter()
         targets, centres = [], 0
-        for b, found in enumerate(decode_points(out.logits, threshold=low, inclusive=True)):
-            table = smoothed_for_segmentation(out.embedding[b], size, cfg.pseudo)
-            pm = pseudo_masks(
-                table, found.points, found.scores, cfg.p_low, cfg.p_high, cfg=cfg.pseudo
-            )
+        for b, pm in enumerate(teacher_pseudo_masks(out, size, cfg)):
             inst = pm.instances
             middle = inst.points[~pm.valid]
             ignore = torch.from_numpy(ignore_disks(middle, size, cfg.ignore_radius))
@@ -149,7 +199,7 @@ class MaskStep(TeacherStudent):
                 )
             )
             centres += len(index)
-        return targets, centres
+        return targets, centres, time.perf_counter() - started
 
     def __call__(
         self,
@@ -175,11 +225,13 @@ class MaskStep(TeacherStudent):
         n_lab = labeled.images.shape[0]
         targets = self.labeled_targets(labeled, out.logits[:n_lab])
         sup = discriminative_loss(smoothed[:n_lab], targets, cfg.mask.loss)
-        loss, semi_value, centres = sup.loss, None, 0
+        loss, semi_value, centres, seconds = sup.loss, None, 0, 0.0
         if semi is not None:
-            semi_targets, centres = semi
+            semi_targets, centres, seconds = semi
             unl = discriminative_loss(smoothed[n_lab:], semi_targets, cfg.mask.loss)
             loss = (loss + weight * unl.loss) / (1.0 + weight)
             semi_value = float(unl.loss.detach())
         self.update(loss, teacher_momentum)
-        return StepStats(float(loss.detach()), float(sup.loss.detach()), semi_value, centres, 0)
+        return StepStats(
+            float(loss.detach()), float(sup.loss.detach()), semi_value, centres, 0, seconds
+        )

@@ -11,7 +11,7 @@ Adam with gradient clipping, rank-0 buffer sync (DDP) and one EMA update of the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -36,6 +36,9 @@ class StepStats:
         semi: the unlabeled P2R loss (None when the branch did not run).
         pseudo_points: teacher points used this step.
         unmatched_points: labeled points that owned no cell (P2R drops them).
+        pseudo_mask_seconds: time spent making the teacher's pseudo-masks (smoothing and
+            Eq. 11–12), the pseudo-label overhead of Stages 2 and 3.
+        extras: other per-step values to log (averaged per epoch in ``metrics.jsonl``).
     """
 
     loss: float
@@ -43,6 +46,8 @@ class StepStats:
     semi: float | None
     pseudo_points: int
     unmatched_points: int
+    pseudo_mask_seconds: float = 0.0
+    extras: dict[str, float] = field(default_factory=dict)
 
 
 class TeacherStudent:
@@ -91,6 +96,43 @@ class TeacherStudent:
         self.teacher.update(self.student, teacher_momentum)
 
 
+def teacher_points(
+    logits: torch.Tensor, valid: torch.Tensor, cfg: TrainConfig
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The P2R pseudo points of a teacher's ``B×1×h×w`` logits: cells with logit >=
+    ``teacher.pseudo_logit`` whose pixel is valid (``B×H×W``, not padding), as ``N_b×2``
+    ``(x, y)``; and their loss weights (1, or 0 where the probability is at most
+    ``teacher.min_confidence``)."""
+    decoded = decode_points(logits, threshold=cfg.teacher.pseudo_logit, inclusive=True)
+    points, weights = [], []
+    h, w = valid.shape[-2:]
+    for b, found in enumerate(decoded):
+        cols = found.points[:, 0].long().clamp(max=w - 1)
+        rows = found.points[:, 1].long().clamp(max=h - 1)
+        keep = valid[b, rows, cols]
+        points.append(found.points[keep])
+        weights.append((found.scores[keep] > cfg.teacher.min_confidence).float())
+    return points, weights
+
+
+def semi_p2r(
+    logits: torch.Tensor,
+    strong: ViewBatch,
+    points: list[torch.Tensor],
+    weights: list[torch.Tensor],
+    cfg: TrainConfig,
+) -> torch.Tensor:
+    """The unlabeled P2R loss of the student's strong-view logits against teacher points
+    (cutout and padding cells excluded; point weights only with ``teacher.min_confidence``)."""
+    return p2r_loss(
+        logits,
+        points,
+        strong.valid,
+        point_weights=weights if cfg.teacher.min_confidence > 0 else None,
+        cfg=cfg.p2r,
+    ).loss
+
+
 class MeanTeacherStep(TeacherStudent):
     """Stage 1: student, teacher and optimizer, and the step that updates them.
 
@@ -106,20 +148,10 @@ class MeanTeacherStep(TeacherStudent):
         super().__init__(cfg, student, device, dist_info, cfg.teacher.buffers)
 
     def pseudo_points(self, weak: ViewBatch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Teacher points on the weak view (outside padding) and their loss weights
-        (1, or 0 where the teacher's probability is at most ``teacher.min_confidence``)."""
+        """Teacher points on the weak view and their loss weights (:func:`teacher_points`)."""
         logits = self.teacher.predict(weak.images).logits
         sync_buffers(self.teacher.model, self.dist)
-        decoded = decode_points(logits, threshold=self.cfg.teacher.pseudo_logit, inclusive=True)
-        points, weights = [], []
-        h, w = weak.valid.shape[-2:]
-        for b, found in enumerate(decoded):
-            cols = found.points[:, 0].long().clamp(max=w - 1)
-            rows = found.points[:, 1].long().clamp(max=h - 1)
-            keep = weak.valid[b, rows, cols]
-            points.append(found.points[keep])
-            weights.append((found.scores[keep] > self.cfg.teacher.min_confidence).float())
-        return points, weights
+        return teacher_points(logits, weak.valid, self.cfg)
 
     def __call__(
         self,
@@ -144,15 +176,9 @@ class MeanTeacherStep(TeacherStudent):
         loss, semi_value, pseudo = sup.loss, None, 0
         if semi_batch is not None:
             strong, points, weights = semi_batch
-            semi = p2r_loss(
-                logits[n_lab:],
-                points,
-                strong.valid,
-                point_weights=weights if cfg.teacher.min_confidence > 0 else None,
-                cfg=cfg.p2r,
-            )
-            loss = (loss + weight * semi.loss) / (1.0 + weight)
-            semi_value, pseudo = float(semi.loss.detach()), sum(len(p) for p in points)
+            semi = semi_p2r(logits[n_lab:], strong, points, weights, cfg)
+            loss = (loss + weight * semi) / (1.0 + weight)
+            semi_value, pseudo = float(semi.detach()), sum(len(p) for p in points)
         self.update(loss, teacher_momentum)
         return StepStats(
             float(loss.detach()), float(sup.loss.detach()), semi_value, pseudo, sup.unmatched_points

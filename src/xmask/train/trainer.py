@@ -1,10 +1,12 @@
-"""Training runs of Stage 1 (the P2R counter with Mean Teacher) and Stage 2 (the XMask mask
-head), REFERENCE.md "Mean Teacher" and "XMask discriminative loss".
+"""Training runs of Stage 1 (the P2R counter with Mean Teacher), Stage 2 (the XMask mask head)
+and Stage 3 (mask-constrained counting), REFERENCE.md "Mean Teacher", "XMask discriminative
+loss" and "Mask-constraint losses".
 
-The trainer owns the data (labeled list, unlabeled pool, held-out validation list, and for
-Stage 2 the label maps of the labeled images), the epochs and the unlabeled-weight ramp,
-checkpoints and metrics; each step is :class:`xmask.train.step.MeanTeacherStep` (``stage: 1``)
-or :class:`xmask.train.mask_step.MaskStep` (``stage: 2``).
+The trainer owns the data (labeled list, unlabeled pool, held-out validation list, and from
+Stage 2 on the label maps of the labeled images), the epochs, the unlabeled-weight ramp and the
+time budget, checkpoints and metrics; each step is :class:`xmask.train.step.MeanTeacherStep`
+(``stage: 1``), :class:`xmask.train.mask_step.MaskStep` (``stage: 2``) or
+:class:`xmask.train.constraint_step.ConstraintStep` (``stage: 3``).
 
 The run folder (``RUN = out/name``) gets the resolved config, a log, ``metrics.jsonl`` and
 checkpoints (:mod:`xmask.train.checkpoint`); ``resume=True`` continues from the latest one.
@@ -38,6 +40,7 @@ from xmask.train.checkpoint import (
     save_checkpoint,
 )
 from xmask.train.config import TrainConfig, to_yaml
+from xmask.train.constraint_step import ConstraintStep
 from xmask.train.data import AugmentedDraws, CachedSamples, epoch_plan, mask_path, step_loader
 from xmask.train.distributed import DistInfo, broadcast_flag, replicas_agree
 from xmask.train.mask_step import MaskStep
@@ -48,11 +51,12 @@ log = logging.getLogger(__name__)
 
 
 def unlabeled_weight(epoch: int, cfg: TrainConfig) -> float:
-    """``w = min((epoch − warmup)·ramp, max_weight)`` from ``warmup`` on, 0 before."""
+    """``w = min(start_weight + (epoch − warmup)·ramp, max_weight)`` from ``warmup`` on, 0
+    before."""
     t = cfg.teacher
     if epoch < t.warmup_epochs:
         return 0.0
-    return min((epoch - t.warmup_epochs) * t.ramp, t.max_weight)
+    return min(t.start_weight + (epoch - t.warmup_epochs) * t.ramp, t.max_weight)
 
 
 @dataclass
@@ -65,6 +69,9 @@ class TrainState:
         step: optimiser steps done in the whole run.
         best: best validation MAE so far (None without validation).
         unmatched_points: points that owned no cell, summed over the run (P2R).
+        seconds: time spent in the training loop (steps and their data) over the run, up to
+            the last checkpoint; ``schedule.time_budget_minutes`` is measured on it.
+        pseudo_mask_seconds: the part of ``seconds`` spent making pseudo-masks.
     """
 
     epoch: int = 0
@@ -72,21 +79,22 @@ class TrainState:
     step: int = 0
     best: float | None = None
     unmatched_points: int = 0
+    seconds: float = 0.0
+    pseudo_mask_seconds: float = 0.0
 
 
 def build_step(
     cfg: TrainConfig, device: torch.device, dist_info: DistInfo
-) -> MeanTeacherStep | MaskStep:
+) -> MeanTeacherStep | MaskStep | ConstraintStep:
     """The step of ``cfg.stage``."""
-    if cfg.stage == 1:
-        return MeanTeacherStep(cfg, device, dist_info)
-    if cfg.stage == 2:
-        return MaskStep(cfg, device, dist_info)
-    raise XmaskError(f"stage must be 1 or 2, got {cfg.stage}")
+    steps = {1: MeanTeacherStep, 2: MaskStep, 3: ConstraintStep}
+    if cfg.stage not in steps:
+        raise XmaskError(f"stage must be 1, 2 or 3, got {cfg.stage}")
+    return steps[cfg.stage](cfg, device, dist_info)
 
 
 class Trainer:
-    """One training run of Stage 1 or Stage 2.
+    """One training run of Stage 1, 2 or 3.
 
     Args:
         cfg: the resolved configuration.
@@ -123,7 +131,7 @@ class Trainer:
         unlabeled = [i for i in pool[cfg.unlabeled_pool] if names[i] not in held_out]
         self.labeled, self.unlabeled = labeled, unlabeled
         self.validation = train.subset([i for i, n in enumerate(names) if n in held_out])
-        masks = self._label_maps(train, labeled) if self.cfg.stage == 2 else None
+        masks = self._label_maps(train, labeled) if self.cfg.stage >= 2 else None
         samples = CachedSamples(train, cfg.cache, masks)
         self.samples = samples
         augmenter = Augmenter(self.cfg.augment)
@@ -235,8 +243,9 @@ class Trainer:
             disable=not self.dist.is_main,
             leave=False,
         )
-        totals = {"loss": 0.0, "sup": 0.0, "semi": 0.0, "pseudo_points": 0.0, "steps": 0}
-        started = time.monotonic()
+        totals: dict[str, float] = {"loss": 0.0, "sup": 0.0, "semi": 0.0, "pseudo_points": 0.0}
+        totals["steps"] = 0
+        started = tick = time.monotonic()
         for batch in lab_iter:
             torch.manual_seed(self.cfg.seed + self.state.step)
             weight = unlabeled_weight(self.state.epoch, self.cfg)
@@ -249,16 +258,27 @@ class Trainer:
             self.state.unmatched_points += stats.unmatched_points
             self.state.step += 1
             self.state.step_in_epoch += 1
+            now = time.monotonic()
+            self.state.seconds += now - tick
+            self.state.pseudo_mask_seconds += stats.pseudo_mask_seconds
+            tick = now
             totals["loss"] += stats.loss
             totals["sup"] += stats.sup
             totals["semi"] += stats.semi or 0.0
             totals["pseudo_points"] += stats.pseudo_points
+            totals["pseudo_mask_seconds"] = (
+                totals.get("pseudo_mask_seconds", 0.0) + stats.pseudo_mask_seconds
+            )
+            for key, value in stats.extras.items():
+                totals[key] = totals.get(key, 0.0) + value
             totals["steps"] += 1
             images = totals["steps"] * self.cfg.schedule.batch_labeled
             bar.set_postfix(
                 loss=f"{stats.loss:.4f}", img_s=f"{images / (time.monotonic() - started):.1f}"
             )
             bar.update()
+            if broadcast_flag(self._budget_spent(), self.dist, self.device):
+                break
             due = time.monotonic() - last_save > 60 * self.cfg.schedule.checkpoint_minutes
             if broadcast_flag(due, self.dist, self.device):
                 self._checkpoint()
@@ -266,6 +286,11 @@ class Trainer:
         bar.close()
         self._end_epoch(totals, time.monotonic() - started)
         return time.monotonic()
+
+    def _budget_spent(self) -> bool:
+        """``schedule.time_budget_minutes`` of training-loop time has been used."""
+        budget = self.cfg.schedule.time_budget_minutes
+        return budget is not None and self.state.seconds >= 60 * budget
 
     def _teacher_follows(self) -> bool:
         """During the labeled-only warm-up the teacher copies the student (config)."""
@@ -284,7 +309,10 @@ class Trainer:
             "unlabeled_weight": unlabeled_weight(self.state.epoch, self.cfg),
             "unmatched_points": self.state.unmatched_points,
             "seconds": seconds,
+            "pseudo_mask_seconds": totals.get("pseudo_mask_seconds", 0.0),
         }
+        logged = {"pseudo_points", "steps", *record}
+        record |= {key: totals[key] / steps for key in sorted(totals) if key not in logged}
         log.info("epoch %d: %s", self.state.epoch + 1, json.dumps(record))
         self.state.epoch += 1
         self.state.step_in_epoch = 0
@@ -295,7 +323,7 @@ class Trainer:
 
     def _validation_due(self) -> bool:
         every = self.cfg.schedule.eval_every
-        last = self.state.epoch == self.cfg.schedule.epochs
+        last = self.state.epoch == self.cfg.schedule.epochs or self._budget_spent()
         return len(self.validation) > 0 and (last or (every > 0 and self.state.epoch % every == 0))
 
     def _validate(self) -> dict:
@@ -319,7 +347,7 @@ class Trainer:
         if self.dist.is_main:
             atomic_write_bytes(self.run.config_path, to_yaml(self.cfg).encode("utf-8"))
         last_save = time.monotonic()
-        while self.state.epoch < self.cfg.schedule.epochs:
+        while self.state.epoch < self.cfg.schedule.epochs and not self._budget_spent():
             last_save = self._epoch(last_save)
         log.info(
             "finished %d epochs (%d steps); %d points owned no cell over the run",
