@@ -219,16 +219,16 @@ class PipelineConfig:
         stage3: layers of Stage 3 (e.g. ``[stage3-cpu]``).
         baseline: also continue Stage 1 alone for the wall time Stages 2 and 3 took
             (``stage1-more``): the equal-budget comparison.
-        evaluate: splits every stage's final teacher is evaluated on at the end (e.g.
-            ``[test]``); reported, never used to select anything.
-        test_masks: annotation folder of the evaluated split (``xmask annotate``): the
-            mask-head stages are also scored against it.
+        evaluate: the split every stage's final teacher is evaluated on at the end (e.g.
+            ``test``), or None; reported, never used to select anything.
+        test_masks: annotation folder of that split (``xmask annotate``): the mask-head
+            stages are also scored against it.
     """
 
     stage2: list[str] = field(default_factory=lambda: ["stage2-cpu"])
     stage3: list[str] = field(default_factory=lambda: ["stage3-cpu"])
     baseline: bool = False
-    evaluate: list[str] = field(default_factory=list)
+    evaluate: str | None = None
     test_masks: str | None = None
 
 

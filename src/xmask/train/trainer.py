@@ -361,8 +361,9 @@ class Trainer:
         return self.state
 
     def _calibrate(self) -> None:
-        """Count thresholds of the final networks (and of ``best/``) on the labeled images."""
-        from xmask.calibration import calibrate_weights
+        """Count thresholds of the final networks (and of ``best/``) on the labeled images;
+        those already stored for these weights (a rerun after a kill) are kept."""
+        from xmask.calibration import calibrate_weights, read_calibration
         from xmask.train.run_folder import load_trained_model
 
         samples = [self.samples[i] for i in self.labeled]
@@ -370,10 +371,12 @@ class Trainer:
             return
         step = self.state.step
         for which, model in (("teacher", self.teacher.model), ("student", self.student)):
+            if read_calibration(self.run.checkpoints, which) is not None:
+                continue
             calibrate_weights(
                 model, samples, self.run.checkpoints, step=step, which=which, device=self.device
             )
-        if self.run.has_best():
+        if self.run.has_best() and read_calibration(self.run.best, "teacher") is None:
             best, _ = load_trained_model(self.run.best, self.device)
             step = latest_step(self.run.best)
             calibrate_weights(

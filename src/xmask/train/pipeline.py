@@ -1,0 +1,302 @@
+"""``xmask train --pipeline``: Stage 1 → annotation of the labeled images → Stage 2 → Stage 3
+(→ the equal-budget Stage-1 baseline → evaluation) in one run folder, resumable at any point.
+
+Layout of ``ROOT = out/name``::
+
+    pipeline.yaml        the resolved pipeline recipe (a rerun must resolve to the same)
+    pipeline.json        per part: wall and training-loop seconds, pseudo-mask seconds, and the
+                         evaluation results; the overhead share (written after every part)
+    stage1/ stage2/ stage3/ stage1-more/   run folders (config.yaml, checkpoints/, metrics.jsonl,
+                         train.log, eval-SPLIT.json); each is a ``--checkpoint`` for
+                         ``xmask evaluate``
+    annotations/         label maps of the labeled images (``xmask annotate`` layout)
+
+Stage ``k``'s config is ``pipeline.yaml`` with the layers ``pipeline.stage<k>`` merged over
+it, then the command's overrides (``stage2.schedule.epochs=5`` applies to Stage 2 only), then
+the links between the stages (``mask.init``, ``constraint.init``, ``mask.masks``).
+
+Every part writes its result before it is marked done in ``pipeline.json`` (written
+atomically) and a done part is never run again; a part cut short resumes from its own latest
+checkpoint. So a SIGKILL at any point, then the same command, finishes the work and recomputes
+nothing already written.
+
+Cost accounting: a training part costs its training-loop seconds summed over resumes (from its
+checkpoints, so work lost to a kill is not counted twice) plus the rest of the wall time of the
+call that finished it (loading, calibration). ``pipeline.baseline`` continues Stage 1 alone
+(``stage1-more``, a copy of ``stage1``) for the training-loop time that annotation, Stage 2
+and Stage 3 cost together: the equal-budget comparison. The overhead is the time outside
+training steps (annotation, pseudo-masks, loading and calibration, evaluation) over the
+pipeline's total.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xmask.data.image_io import atomic_write_bytes
+from xmask.train.config import ConfigError, TrainConfig, load_config, to_yaml
+from xmask.train.run_folder import RunFolder
+
+log = logging.getLogger(__name__)
+
+STAGES = ("stage1", "stage2", "stage3")
+"""The training stages, in order (``stage1-more`` is the optional baseline)."""
+
+UNTIL_BUDGET = 1_000_000
+"""``schedule.epochs`` of the baseline: its time budget, never this, ends it."""
+
+
+@dataclass
+class PartCost:
+    """What one finished part cost.
+
+    Attributes:
+        wall: seconds of the call that finished it.
+        loop: training-loop seconds over every call (0 for annotation and evaluation).
+        pseudo_masks: the part of ``loop`` spent making pseudo-masks.
+        total: the part's cost: ``loop`` plus the finishing call's time outside the loop.
+    """
+
+    wall: float
+    loop: float = 0.0
+    pseudo_masks: float = 0.0
+    total: float = 0.0
+
+
+def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Common overrides, and per-stage ones (``stage2.KEY=VALUE`` → Stage 2's ``KEY=VALUE``)."""
+    common, per_stage = [], {name: [] for name in STAGES}
+    for item in overrides:
+        head, _, rest = item.partition(".")
+        if head in per_stage and rest:
+            per_stage[head].append(rest)
+        else:
+            common.append(item)
+    return common, per_stage
+
+
+class Pipeline:
+    """The stages of one recipe in one folder (module docstring).
+
+    Args:
+        specs: the pipeline recipe(s) (files or shipped names, merged in order).
+        overrides: dotted overrides (``KEY=VALUE`` for every stage, ``stageN.KEY=VALUE``).
+        train: runs one training config, resuming from its checkpoint when asked, and returns
+            the training-loop seconds this call spent (the CLI's runner: threads, log file).
+    """
+
+    def __init__(
+        self,
+        specs: list[str],
+        overrides: list[str],
+        train: Callable[[TrainConfig, bool], float],
+    ) -> None:
+        self.common, self.per_stage = split_overrides(overrides)
+        self.cfg = load_config(specs, self.common)
+        self.root = self.cfg.run_dir
+        self.train = train
+        self.summary: dict[str, Any] = {"parts": {}}
+
+    @property
+    def recipe_path(self) -> Path:
+        """``ROOT/pipeline.yaml``."""
+        return self.root / "pipeline.yaml"
+
+    @property
+    def summary_path(self) -> Path:
+        """``ROOT/pipeline.json``."""
+        return self.root / "pipeline.json"
+
+    def _pin_recipe(self) -> None:
+        """Write ``pipeline.yaml`` once; refuse a rerun that resolves to another recipe."""
+        text = to_yaml(self.cfg)
+        if self.recipe_path.is_file():
+            if self.recipe_path.read_text(encoding="utf-8") != text:
+                raise ConfigError(
+                    f"{self.recipe_path}: this folder holds a pipeline with another recipe or "
+                    "overrides; rerun the same command, or set name=... for a new pipeline"
+                )
+            log.info("continuing the pipeline in %s", self.root)
+        else:
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.recipe_path, text.encode("utf-8"))
+        if self.summary_path.is_file():
+            self.summary = json.loads(self.summary_path.read_text(encoding="utf-8"))
+
+    def stage_config(self, stage: str) -> TrainConfig:
+        """Stage ``stage``'s config (module docstring)."""
+        layers = {
+            "stage1": [],
+            "stage2": self.cfg.pipeline.stage2,
+            "stage3": self.cfg.pipeline.stage3,
+        }
+        links = {
+            "stage1": [],
+            "stage2": [f"mask.init={self.root / 'stage1'}"],
+            "stage3": [f"constraint.init={self.root / 'stage2'}"],
+        }
+        overrides = [*self.common, *self.per_stage[stage], *links[stage]]
+        overrides += [f"name={stage}", f"out={self.root}", f"mask.masks={self.annotations}"]
+        cfg = load_config([self.recipe_path, *layers[stage]], overrides)
+        expected = int(stage[-1])
+        if cfg.stage != expected:
+            raise ConfigError(f"{stage}: its layers set stage={cfg.stage}, expected {expected}")
+        return cfg
+
+    @property
+    def annotations(self) -> Path:
+        """``ROOT/annotations``."""
+        return self.root / "annotations"
+
+    def run(self) -> dict[str, Any]:
+        """Run every part not yet done; returns the summary (also in ``pipeline.json``)."""
+        self._pin_recipe()
+        started = time.monotonic()
+        self._part("stage1", lambda: self._train_part(self.stage_config("stage1")))
+        self._part("annotations", self._annotate)
+        for stage in ("stage2", "stage3"):
+            self._part(stage, lambda stage=stage: self._train_part(self.stage_config(stage)))
+        if self.cfg.pipeline.baseline:
+            self._part("stage1-more", lambda: self._train_part(self._baseline_config()))
+        if self.cfg.pipeline.evaluate:
+            for name in self._trained():
+                self._part(f"evaluate-{name}", lambda name=name: self._evaluate(name))
+        self.summary |= self._overhead()
+        self._write_summary()
+        log.info("pipeline %s done in %.0f s (this call)", self.root, time.monotonic() - started)
+        return self.summary
+
+    def _trained(self) -> list[str]:
+        return [*STAGES, *(["stage1-more"] if self.cfg.pipeline.baseline else [])]
+
+    def _part(self, name: str, work: Callable[[], PartCost | dict[str, Any]]) -> None:
+        """Run ``work`` unless ``name`` is done; record its result and mark it done."""
+        parts = self.summary["parts"]
+        if name in parts:
+            log.info("%s: done already", name)
+            return
+        log.info("%s: running", name)
+        result = work()
+        parts[name] = result if isinstance(result, dict) else vars(result)
+        self._write_summary()
+
+    def _write_summary(self) -> None:
+        text = json.dumps(self.summary, indent=2) + "\n"
+        atomic_write_bytes(self.summary_path, text.encode("utf-8"))
+
+    def _train_part(self, cfg: TrainConfig) -> PartCost:
+        from xmask.train.checkpoint import load_checkpoint
+
+        run = RunFolder(cfg.run_dir)
+        started = time.monotonic()
+        loop_now = self.train(cfg, run.has_checkpoint())
+        wall = time.monotonic() - started
+        state = load_checkpoint(run.checkpoints).state
+        loop = float(state.get("seconds", 0.0))
+        cost = PartCost(
+            wall=wall,
+            loop=loop,
+            pseudo_masks=float(state.get("pseudo_mask_seconds", 0.0)),
+            total=loop + max(wall - loop_now, 0.0),
+        )
+        if cfg.run_dir.name == "stage1-more":
+            cost.loop -= self.summary["parts"]["stage1"]["loop"]
+            cost.total = cost.loop + max(wall - loop_now, 0.0)
+        return cost
+
+    def _annotate(self) -> PartCost:
+        from xmask.annotate.pipeline import annotate_dataset
+        from xmask.data.readers import open_dataset
+        from xmask.data.splits import semi_split
+
+        data = self.cfg.data
+        train = open_dataset(data.dataset, data.root, "train", max_short_side=data.max_short_side)
+        labeled = semi_split(train.names, data.labeled).labeled
+        started = time.monotonic()
+        annotate_dataset(train.subset(labeled), self.annotations, self.cfg.mask.annotate_backend)
+        wall = time.monotonic() - started
+        return PartCost(wall=wall, total=wall)
+
+    def _baseline_config(self) -> TrainConfig:
+        """``stage1-more``: a copy of ``stage1`` resumed with the training-loop budget of Stage 1
+        plus what annotation, Stage 2 and Stage 3 cost."""
+        source, target = self.root / "stage1", self.root / "stage1-more"
+        if not target.is_dir():
+            partial = self.root / ".stage1-more.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(source, partial, ignore=shutil.ignore_patterns("eval-*"))
+            partial.rename(target)
+        parts = self.summary["parts"]
+        extra = sum(parts[name]["total"] for name in ("annotations", "stage2", "stage3"))
+        budget = (parts["stage1"]["loop"] + extra) / 60.0
+        overrides = [
+            *self.common,
+            *self.per_stage["stage1"],
+            f"schedule.epochs={UNTIL_BUDGET}",
+            f"schedule.time_budget_minutes={budget}",
+            "name=stage1-more",
+            f"out={self.root}",
+        ]
+        return load_config([target / "config.yaml"], overrides)
+
+    def _evaluate(self, name: str) -> dict[str, Any]:
+        pipe = self.cfg.pipeline
+        masks = pipe.test_masks if name != "stage1" and name != "stage1-more" else None
+        started = time.monotonic()
+        result = evaluate_run(self.root / name, str(pipe.evaluate), self.cfg.device, masks)
+        result["wall"] = time.monotonic() - started
+        atomic_write_bytes(
+            self.root / name / f"eval-{pipe.evaluate}.json",
+            (json.dumps(result, indent=2) + "\n").encode("utf-8"),
+        )
+        return result
+
+    def _overhead(self) -> dict[str, float]:
+        """Seconds in training steps and outside them, over every part."""
+        parts = self.summary["parts"]
+        total = steps = 0.0
+        for name, part in parts.items():
+            if name.startswith("evaluate-"):
+                total += part["wall"]
+            else:
+                total += part["total"]
+                steps += part["loop"] - part["pseudo_masks"]
+        return {
+            "seconds_total": total,
+            "seconds_in_training_steps": steps,
+            "overhead_share": (total - steps) / total if total > 0 else 0.0,
+        }
+
+
+def evaluate_run(
+    run: Path, split: str, device: str = "auto", masks: str | None = None
+) -> dict[str, Any]:
+    """The final teacher of a run folder on ``split`` of its dataset, with its calibrated count
+    threshold: counting and localisation (:meth:`xmask.evaluation.EvaluationResult.to_dict`),
+    and with ``masks`` (an annotation folder) and a mask head, ``segmentation``
+    (:func:`xmask.segment.scoring.score_segmentation`)."""
+    from xmask.calibration import resolve_count_threshold
+    from xmask.data.readers import open_dataset
+    from xmask.device import resolve_device
+    from xmask.evaluation import evaluate_model
+    from xmask.predictor import Predictor
+    from xmask.segment.scoring import score_segmentation
+    from xmask.train.run_folder import load_trained_model
+
+    where = resolve_device(device)
+    model, cfg = load_trained_model(run, where)
+    threshold = resolve_count_threshold("auto", run, "teacher")
+    data = cfg.data
+    dataset = open_dataset(data.dataset, data.root, split, max_short_side=data.max_short_side)
+    result = evaluate_model(model, dataset, where, count_threshold=threshold).to_dict()
+    if masks is not None and cfg.model.mask_head:
+        predictor = Predictor(model, where, threshold)
+        result["segmentation"] = score_segmentation(predictor, dataset, masks).to_dict()
+    return result

@@ -1,0 +1,119 @@
+"""``xmask train --pipeline``: every stage in one folder, the equal-budget baseline, and a real
+SIGKILL (twice) followed by the same command, which finishes without recomputing anything."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_crowd, tiny_train_overrides
+from xmask.cli import EXIT_ERROR, EXIT_OK, main
+from xmask.train.checkpoint import load_checkpoint
+
+
+def _overrides(root: Path, name: str) -> list[str]:
+    return [
+        *tiny_train_overrides(root, name),
+        "schedule.epochs=2",
+        "schedule.steps_per_epoch=2",
+        "schedule.checkpoint_minutes=0",
+        "stage2.model.mask_channels=8",
+        "pipeline.baseline=true",
+        "pipeline.evaluate=test",
+        f"pipeline.test_masks={root / 'runs' / name / 'annotations'}",
+    ]
+
+
+def _command(root: Path, name: str) -> list[str]:
+    pipeline = ["--pipeline", "shb-40-cpu-pipeline"]
+    return [sys.executable, "-m", "xmask", "train", *pipeline, *_overrides(root, name)]
+
+
+@pytest.fixture(scope="module")
+def crowd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_crowd(tmp_path_factory.mktemp("pipe"), images=5, labeled=2)
+
+
+def _stamps(folder: Path, skip: str = "pipeline.json") -> dict[str, int]:
+    """Modification times of the files under ``folder`` whose name does not start ``skip``."""
+    files = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(skip)]
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in files}
+
+
+def test_pipeline_runs_every_stage_then_a_rerun_does_nothing(crowd: Path) -> None:
+    args = ["train", "--pipeline", "shb-40-cpu-pipeline", *_overrides(crowd, "pipe")]
+    assert main(args) == EXIT_OK
+    root = crowd / "runs" / "pipe"
+    summary = json.loads((root / "pipeline.json").read_text())
+    names = ["stage1", "annotations", "stage2", "stage3", "stage1-more"]
+    assert list(summary["parts"]) == names + [
+        f"evaluate-{n}" for n in ("stage1", "stage2", "stage3", "stage1-more")
+    ]
+    for stage in ("stage1", "stage2", "stage3", "stage1-more"):
+        assert (root / stage / "config.yaml").is_file() and (
+            root / stage / "eval-test.json"
+        ).is_file()
+    assert load_checkpoint(root / "stage3" / "checkpoints").state["step"] == 4
+    parts = summary["parts"]
+    extra = sum(parts[n]["total"] for n in ("annotations", "stage2", "stage3"))
+    more = load_checkpoint(root / "stage1-more" / "checkpoints").state
+    assert more["seconds"] >= parts["stage1"]["loop"] + extra  # trained to the equal budget
+    assert more["step"] > 4
+    assert (
+        "segmentation" in parts["evaluate-stage3"]
+        and "segmentation" not in parts["evaluate-stage1"]
+    )
+    assert 0 < summary["overhead_share"] < 1
+    before = _stamps(root)
+    assert main(args) == EXIT_OK
+    after = _stamps(root)
+    assert after == before  # nothing run again
+    changed = [*_overrides(crowd, "pipe"), "schedule.epochs=3"]
+    assert main(["train", "--pipeline", "shb-40-cpu-pipeline", *changed]) == EXIT_ERROR
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _kill_when(path: Path, victim: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 300
+    while not path.is_file() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert victim.poll() is None, f"the pipeline ended before {path} appeared"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+
+
+def test_sigkill_in_stage2_and_stage3_then_the_same_command_finishes(crowd: Path) -> None:
+    root = crowd / "runs" / "killed"
+    command = _command(crowd, "killed")
+    victim = subprocess.Popen(
+        command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    _kill_when(root / "stage2" / "checkpoints" / "latest.json", victim)
+    stage1 = _stamps(root / "stage1", skip="eval-")
+    annotations = _stamps(root / "annotations")
+    victim = subprocess.Popen(
+        command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    _kill_when(root / "stage3" / "checkpoints" / "latest.json", victim)
+    stage2 = _stamps(root / "stage2" / "checkpoints")
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _stamps(root / "stage1", skip="eval-") == stage1  # nothing trained again
+    assert _stamps(root / "annotations") == annotations
+    assert _stamps(root / "stage2" / "checkpoints") == stage2
+    assert "resumed" in (root / "stage2" / "train.log").read_text()
+    assert "resumed" in (root / "stage3" / "train.log").read_text()
+    summary = json.loads((root / "pipeline.json").read_text())
+    assert "evaluate-stage1-more" in summary["parts"]
+    epochs = [json.loads(x)["epoch"] for x in (root / "stage3" / "metrics.jsonl").open()]
+    assert epochs == [1, 2]
