@@ -151,7 +151,8 @@ def test_the_surrogate_raises_a_missed_head_and_lowers_a_split_one() -> None:
     cells = torch.full((1, 1, 4, 8), -4.0)
     cells[0, 0, 1, 5] = cells[0, 0, 2, 5] = cells[0, 0, 1, 6] = 3.0  # head 2: three cells
     logits = cells.clone().requires_grad_(True)
-    result = mask_constraint_loss(logits, [ConstraintTarget(labels)], ConstraintConfig(lam=0.0))
+    cfg = ConstraintConfig(lam=0.0, unit="cells")
+    result = mask_constraint_loss(logits, [ConstraintTarget(labels)], cfg)
     (grad,) = torch.autograd.grad(result.fg, logits)
     assert grad[0, 0, :, :4].sum() < 0  # head 1 has no positive pixel: push its cells up
     assert grad[0, 0, 1:3, 5:7].sum() > 0  # head 2 has about three cells' worth: push down
