@@ -19,12 +19,15 @@ def test_every_shipped_recipe_loads() -> None:
             assert f"{dataset}-{percent}-cpu" in names
     for name in names:
         cfg = load_config(name)
-        assert cfg.stage == (2 if "stage2" in name else 1)
+        assert cfg.stage == (3 if "stage3" in name else 2 if "stage2" in name else 1)
         assert isinstance(cfg, TrainConfig)
-        if name.endswith("-gpu") and name not in ("paper-gpu", "stage2-gpu"):
+        if name.endswith("-pipeline"):
+            assert cfg.pipeline.stage3 == ["stage3-cpu"] and cfg.pipeline.baseline
+            assert cfg.name == name and cfg.data.labeled == name.removesuffix("-cpu-pipeline")
+        if name.endswith("-gpu") and name not in ("paper-gpu", "stage2-gpu", "stage3-gpu"):
             assert cfg.model.backbone == "vgg16_bn" and cfg.schedule.epochs == 1500
             assert cfg.name == name and cfg.data.labeled == name.removesuffix("-gpu")
-        if name.endswith("-cpu") and name != "stage2-cpu":
+        if name.endswith("-cpu") and name not in ("stage2-cpu", "stage3-cpu", "pipeline-cpu"):
             assert cfg.model.backbone == "efficientnet_lite0" and cfg.name == name
 
 
