@@ -10,7 +10,10 @@ same training-loop time, and every stage's teacher evaluated on the test split (
 localisation, and for the mask-head stages the masks against the superpixel annotation of the
 test images, made first into ``WORK/masks-DATASET-test`` by ``xmask annotate``).
 
-Everything resumes: rerun the same command after an interruption. ``--report-only`` writes
+``--stage1 SETTING=RUN`` starts a setting's pipeline from a finished Stage-1 run of the same
+recipe (copied in as its ``stage1``; its training time is read from its ``metrics.jsonl``)
+instead of training Stage 1 again. Everything resumes: rerun the same command after an
+interruption. ``--report-only`` writes
 the document from the pipelines already finished. Every figure in the document is read from
 the pipelines' ``pipeline.json``; the paper's figures are quoted beside them for reference.
 """
@@ -21,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -75,6 +79,21 @@ def test_masks(work: Path, dataset: str, root: str) -> Path:
     where = ["--dataset", dataset, "--root", root, "--split", "test", "--out", str(folder)]
     run([sys.executable, "-m", "xmask", "annotate", *where, "--backend", "superpixel"])
     return folder
+
+
+def seed_stage1(work: Path, setting: str, run_dir: Path) -> None:
+    """Copy a finished Stage-1 run in as the pipeline's ``stage1`` (before the pipeline
+    starts; never over an existing one)."""
+    target = work / f"{setting}-cpu-pipeline" / "stage1"
+    if target.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(".stage1.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(run_dir, partial, ignore=shutil.ignore_patterns("eval-*", "*.out"))
+    (partial / "seeded-from.txt").write_text(f"{run_dir.resolve()}\n")
+    partial.rename(target)
+    print(f"{setting}: Stage 1 from {run_dir}")
 
 
 def run_setting(work: Path, setting: str, root: str) -> None:
@@ -174,6 +193,12 @@ def report(work: Path, settings: list[str], doc: Path) -> None:
         better = parts["evaluate-stage3"]["mae"] < parts["evaluate-stage1-more"]["mae"]
         wins += better
         lines += [f"## {name}", "", *setting_table(setting, summary), ""]
+        seeded = path.parent / "stage1" / "seeded-from.txt"
+        if seeded.is_file():
+            lines.append(
+                "Stage 1 is an earlier run of the same recipe on this machine, copied in "
+                "(its minutes from its metrics.jsonl), not trained again."
+            )
         lines.append(
             f"Stage 3 {'beats' if better else 'does not beat'} Stage 1 alone at equal budget. "
             f"Pipeline overhead outside training steps: {100 * summary['overhead_share']:.1f} % "
@@ -196,12 +221,22 @@ def main() -> int:
     parser.add_argument("--root", default="../shared/data/shanghaitech")
     parser.add_argument("--doc", type=Path, default=Path("docs/results.md"))
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--stage1",
+        nargs="+",
+        default=[],
+        metavar="SETTING=RUN",
+        help="start a setting from a finished Stage-1 run of its recipe",
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         hardware = {"machine": machine(), "torch": torch.__version__}
         (args.work / "hardware.json").write_text(json.dumps(hardware))
+        seeds = dict(item.split("=", 1) for item in args.stage1)
         for setting in args.settings:
+            if setting in seeds:
+                seed_stage1(args.work, setting, Path(seeds[setting]))
             run_setting(args.work, setting, args.root)
     report(args.work, args.settings, args.doc)
     return 0

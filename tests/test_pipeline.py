@@ -71,6 +71,8 @@ def test_pipeline_runs_every_stage_then_a_rerun_does_nothing(crowd: Path) -> Non
         and "segmentation" not in parts["evaluate-stage1"]
     )
     assert 0 < summary["overhead_share"] < 1
+    for stage in ("stage1", "stage2", "stage3"):
+        assert main(["evaluate", "--checkpoint", str(root / stage), "--split", "test"]) == EXIT_OK
     before = _stamps(root)
     assert main(args) == EXIT_OK
     after = _stamps(root)

@@ -199,17 +199,23 @@ class Pipeline:
         loop_now = self.train(cfg, run.has_checkpoint())
         wall = time.monotonic() - started
         state = load_checkpoint(run.checkpoints).state
-        loop = float(state.get("seconds", 0.0))
-        cost = PartCost(
+        loop = loop_seconds(run)
+        if cfg.run_dir.name == "stage1-more":
+            loop -= self._stage1_checkpoint_seconds()
+        return PartCost(
             wall=wall,
             loop=loop,
             pseudo_masks=float(state.get("pseudo_mask_seconds", 0.0)),
             total=loop + max(wall - loop_now, 0.0),
         )
-        if cfg.run_dir.name == "stage1-more":
-            cost.loop -= self.summary["parts"]["stage1"]["loop"]
-            cost.total = cost.loop + max(wall - loop_now, 0.0)
-        return cost
+
+    def _stage1_checkpoint_seconds(self) -> float:
+        """The training-loop seconds Stage 1's final checkpoint carries (0 for a Stage-1 run
+        made before xmask counted them): where ``stage1-more`` starts its clock."""
+        from xmask.train.checkpoint import load_checkpoint
+
+        state = load_checkpoint(self.root / "stage1" / "checkpoints").state
+        return float(state.get("seconds", 0.0))
 
     def _annotate(self) -> PartCost:
         from xmask.annotate.pipeline import annotate_dataset
@@ -225,8 +231,8 @@ class Pipeline:
         return PartCost(wall=wall, total=wall)
 
     def _baseline_config(self) -> TrainConfig:
-        """``stage1-more``: a copy of ``stage1`` resumed with the training-loop budget of Stage 1
-        plus what annotation, Stage 2 and Stage 3 cost."""
+        """``stage1-more``: a copy of ``stage1`` resumed for the training-loop time that
+        annotation, Stage 2 and Stage 3 cost."""
         source, target = self.root / "stage1", self.root / "stage1-more"
         if not target.is_dir():
             partial = self.root / ".stage1-more.partial"
@@ -235,7 +241,7 @@ class Pipeline:
             partial.rename(target)
         parts = self.summary["parts"]
         extra = sum(parts[name]["total"] for name in ("annotations", "stage2", "stage3"))
-        budget = (parts["stage1"]["loop"] + extra) / 60.0
+        budget = (self._stage1_checkpoint_seconds() + extra) / 60.0
         overrides = [
             *self.common,
             *self.per_stage["stage1"],
@@ -273,6 +279,18 @@ class Pipeline:
             "seconds_in_training_steps": steps,
             "overhead_share": (total - steps) / total if total > 0 else 0.0,
         }
+
+
+def loop_seconds(run: RunFolder) -> float:
+    """A run's training-loop seconds: from its latest checkpoint, or for a run made before
+    xmask counted them, the sum of the epoch times in ``metrics.jsonl``."""
+    from xmask.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(run.checkpoints).state
+    if "seconds" in state:
+        return float(state["seconds"])
+    lines = run.metrics_path.read_text(encoding="utf-8").splitlines()
+    return sum(float(json.loads(line)["seconds"]) for line in lines if line.strip())
 
 
 def evaluate_run(
