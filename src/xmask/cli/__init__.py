@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -37,8 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PASSIVE_WAIT = ("OMP_WAIT_POLICY", "PASSIVE")
+"""Set for the process unless the user set it: OpenMP threads that have no work sleep instead
+of spinning. Measured on 2 cores (EfficientNet-Lite0, 8 crops of 256², forward + backward): one
+2-thread process 0.53 s/step spinning, 0.54 passive; two at once 4.2 s/step each spinning,
+0.93 passive. So a training, an evaluation or a test run can share the machine."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault(*PASSIVE_WAIT)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
