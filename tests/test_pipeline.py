@@ -71,6 +71,13 @@ def test_pipeline_runs_every_stage_then_a_rerun_does_nothing(crowd: Path) -> Non
         and "segmentation" not in parts["evaluate-stage1"]
     )
     assert 0 < summary["overhead_share"] < 1
+    thresholds = [
+        json.loads((root / stage / "checkpoints" / "calibration.json").read_text())
+        for stage in ("stage1", "stage2")
+    ]
+    assert thresholds[1]["teacher"]["threshold"] == thresholds[0]["teacher"]["threshold"]
+    assert thresholds[1]["student"]["threshold"] == thresholds[0]["teacher"]["threshold"]
+    assert thresholds[1]["teacher"]["step"] == 4  # the counter is Stage 1's, at Stage 2's step
     for stage in ("stage1", "stage2", "stage3"):
         assert main(["evaluate", "--checkpoint", str(root / stage), "--split", "test"]) == EXIT_OK
     before = _stamps(root)

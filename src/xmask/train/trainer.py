@@ -18,8 +18,9 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed
@@ -46,6 +47,9 @@ from xmask.train.distributed import DistInfo, broadcast_flag, replicas_agree
 from xmask.train.mask_step import MaskStep
 from xmask.train.run_folder import RunFolder
 from xmask.train.step import MeanTeacherStep
+
+if TYPE_CHECKING:
+    from xmask.calibration import CountCalibration
 
 log = logging.getLogger(__name__)
 
@@ -363,15 +367,25 @@ class Trainer:
     def _calibrate(self) -> None:
         """Count thresholds of the final networks (and of ``best/``) on the labeled images;
         those already stored for these weights (a rerun after a kill) are kept."""
-        from xmask.calibration import calibrate_weights, read_calibration
+        from xmask.calibration import calibrate_weights, read_calibration, write_calibration
         from xmask.train.run_folder import load_trained_model
 
         samples = [self.samples[i] for i in self.labeled]
         if not samples:
             return
         step = self.state.step
+        inherited = self._inherited_calibration()
         for which, model in (("teacher", self.teacher.model), ("student", self.student)):
             if read_calibration(self.run.checkpoints, which) is not None:
+                continue
+            if inherited is not None:
+                write_calibration(self.run.checkpoints, replace(inherited, step=step, which=which))
+                log.info(
+                    "%s count threshold %+.2f kept from %s (the counter did not train)",
+                    which,
+                    inherited.threshold,
+                    self.cfg.mask.init,
+                )
                 continue
             calibrate_weights(
                 model, samples, self.run.checkpoints, step=step, which=which, device=self.device
@@ -382,6 +396,16 @@ class Trainer:
             calibrate_weights(
                 best, samples, self.run.best, step=step, which="teacher", device=self.device
             )
+
+    def _inherited_calibration(self) -> CountCalibration | None:
+        """Stage 2 with backbone, neck and count head frozen leaves the counter of its Stage-1
+        run (``mask.init``) exactly as it was: that run's teacher threshold, if stored."""
+        from xmask.calibration import read_calibration
+
+        counter = {"backbone", "neck", "count_head"}
+        if self.cfg.stage != 2 or counter & set(self.cfg.mask.trainable) or not self.cfg.mask.init:
+            return None
+        return read_calibration(self.cfg.mask.init, "teacher")
 
     def _check_replicas(self) -> None:
         """In a distributed run, fail loudly if the ranks' student or teacher weights differ."""
