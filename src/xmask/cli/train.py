@@ -131,7 +131,14 @@ def _run_pipeline(specs: list[str], overrides: list[str]) -> int:
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise XmaskError("--pipeline runs in one process; under torchrun train stage by stage")
-    summary = Pipeline(specs, overrides, train_config).run()
+    pipeline = Pipeline(specs, overrides, train_config)
+    pipeline.root.mkdir(parents=True, exist_ok=True)
+    handler = _add_file_log(str(pipeline.root / "pipeline.log"))
+    try:
+        summary = pipeline.run()
+    finally:
+        logging.getLogger("xmask").removeHandler(handler)
+        handler.close()
     parts = summary["parts"]
     for name, part in parts.items():
         if name.startswith("evaluate-"):

@@ -4,6 +4,7 @@
 Layout of ``ROOT = out/name``::
 
     pipeline.yaml        the resolved pipeline recipe (a rerun must resolve to the same)
+    pipeline.log         the log of every call (each stage also logs to its train.log)
     pipeline.json        per part: wall and training-loop seconds, pseudo-mask seconds, and the
                          evaluation results; the overhead share (written after every part)
     stage1/ stage2/ stage3/ stage1-more/   run folders (config.yaml, checkpoints/, metrics.jsonl,
