@@ -27,7 +27,6 @@ def _overrides(root: Path, name: str) -> list[str]:
         "stage2.model.mask_channels=8",
         "pipeline.baseline=true",
         "pipeline.evaluate=test",
-        f"pipeline.test_masks={root / 'runs' / name / 'annotations'}",
     ]
 
 
@@ -53,7 +52,7 @@ def test_pipeline_runs_every_stage_then_a_rerun_does_nothing(crowd: Path) -> Non
     root = crowd / "runs" / "pipe"
     summary = json.loads((root / "pipeline.json").read_text())
     names = ["stage1", "annotations", "stage2", "stage3", "stage1-more"]
-    assert list(summary["parts"]) == names + [
+    assert list(summary["parts"]) == [*names, "annotations-test"] + [
         f"evaluate-{n}" for n in ("stage1", "stage2", "stage3", "stage1-more")
     ]
     for stage in ("stage1", "stage2", "stage3", "stage1-more"):
@@ -84,6 +83,9 @@ def test_pipeline_runs_every_stage_then_a_rerun_does_nothing(crowd: Path) -> Non
     assert main(args) == EXIT_OK
     after = _stamps(root)
     assert after == before  # nothing run again
+    recipe = root / "pipeline.yaml"  # as written by an xmask without the key test_masks:
+    recipe.write_text(recipe.read_text().replace("  test_masks: null\n", ""))
+    assert main(args) == EXIT_OK
     changed = [*_overrides(crowd, "pipe"), "schedule.epochs=3"]
     assert main(["train", "--pipeline", "shb-40-cpu-pipeline", *changed]) == EXIT_ERROR
 

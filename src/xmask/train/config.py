@@ -221,8 +221,9 @@ class PipelineConfig:
             (``stage1-more``): the equal-budget comparison.
         evaluate: the split every stage's final teacher is evaluated on at the end (e.g.
             ``test``), or None; reported, never used to select anything.
-        test_masks: annotation folder of that split (``xmask annotate``): the mask-head
-            stages are also scored against it.
+        test_masks: annotation folder of that split (``xmask annotate``) the mask-head stages
+            are scored against; None: the pipeline annotates the split itself with
+            ``mask.annotate_backend`` into ``ROOT/annotations-SPLIT``.
     """
 
     stage2: list[str] = field(default_factory=lambda: ["stage2-cpu"])

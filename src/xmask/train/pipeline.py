@@ -11,6 +11,8 @@ Layout of ``ROOT = out/name``::
                          train.log, eval-SPLIT.json); each is a ``--checkpoint`` for
                          ``xmask evaluate``
     annotations/         label maps of the labeled images (``xmask annotate`` layout)
+    annotations-SPLIT/   label maps of the evaluated split, the reference of the mask scores
+                         (unless ``pipeline.test_masks`` names one)
 
 Stage ``k``'s config is ``pipeline.yaml`` with the layers ``pipeline.stage<k>`` merged over
 it, then the command's overrides (``stage2.schedule.epochs=5`` applies to Stage 2 only), then
@@ -39,11 +41,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xmask.data.image_io import atomic_write_bytes
-from xmask.train.config import ConfigError, TrainConfig, load_config, to_yaml
+from xmask.train.config import (
+    ConfigError,
+    TrainConfig,
+    config_from_yaml_text,
+    load_config,
+    to_yaml,
+)
 from xmask.train.run_folder import RunFolder
+
+if TYPE_CHECKING:
+    from xmask.data.readers import CrowdDataset
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +130,8 @@ class Pipeline:
         """Write ``pipeline.yaml`` once; refuse a rerun that resolves to another recipe."""
         text = to_yaml(self.cfg)
         if self.recipe_path.is_file():
-            if self.recipe_path.read_text(encoding="utf-8") != text:
+            saved = self.recipe_path.read_text(encoding="utf-8")
+            if to_yaml(config_from_yaml_text(saved, self.recipe_path)) != text:
                 raise ConfigError(
                     f"{self.recipe_path}: this folder holds a pipeline with another recipe or "
                     "overrides; rerun the same command, or set name=... for a new pipeline"
@@ -167,6 +179,8 @@ class Pipeline:
         if self.cfg.pipeline.baseline:
             self._part("stage1-more", lambda: self._train_part(self._baseline_config()))
         if self.cfg.pipeline.evaluate:
+            if self.cfg.pipeline.test_masks is None:
+                self._part(f"annotations-{self.cfg.pipeline.evaluate}", self._annotate_evaluated)
             for name in self._trained():
                 self._part(f"evaluate-{name}", lambda name=name: self._evaluate(name))
         self.summary |= self._overhead()
@@ -219,15 +233,31 @@ class Pipeline:
         return float(state.get("seconds", 0.0))
 
     def _annotate(self) -> PartCost:
-        from xmask.annotate.pipeline import annotate_dataset
-        from xmask.data.readers import open_dataset
+        """The labeled training images, into ``annotations/``."""
         from xmask.data.splits import semi_split
 
+        train = self._dataset("train")
+        labeled = semi_split(train.names, self.cfg.data.labeled).labeled
+        return self._annotate_into(train.subset(labeled), self.annotations)
+
+    def _annotate_evaluated(self) -> dict[str, Any]:
+        """The evaluated split, into ``annotations-SPLIT/`` (the reference masks of the
+        evaluation when ``pipeline.test_masks`` is None); evaluation time, not training."""
+        split = str(self.cfg.pipeline.evaluate)
+        cost = self._annotate_into(self._dataset(split), self.root / f"annotations-{split}")
+        return {"wall": cost.wall}
+
+    def _dataset(self, split: str) -> CrowdDataset:
+        from xmask.data.readers import open_dataset
+
         data = self.cfg.data
-        train = open_dataset(data.dataset, data.root, "train", max_short_side=data.max_short_side)
-        labeled = semi_split(train.names, data.labeled).labeled
+        return open_dataset(data.dataset, data.root, split, max_short_side=data.max_short_side)
+
+    def _annotate_into(self, dataset: CrowdDataset, folder: Path) -> PartCost:
+        from xmask.annotate.pipeline import annotate_dataset
+
         started = time.monotonic()
-        annotate_dataset(train.subset(labeled), self.annotations, self.cfg.mask.annotate_backend)
+        annotate_dataset(dataset, folder, self.cfg.mask.annotate_backend)
         wall = time.monotonic() - started
         return PartCost(wall=wall, total=wall)
 
@@ -255,7 +285,9 @@ class Pipeline:
 
     def _evaluate(self, name: str) -> dict[str, Any]:
         pipe = self.cfg.pipeline
-        masks = pipe.test_masks if name != "stage1" and name != "stage1-more" else None
+        masks = pipe.test_masks or str(self.root / f"annotations-{pipe.evaluate}")
+        if name in ("stage1", "stage1-more"):
+            masks = None
         started = time.monotonic()
         result = evaluate_run(self.root / name, str(pipe.evaluate), self.cfg.device, masks)
         result["wall"] = time.monotonic() - started
@@ -270,7 +302,7 @@ class Pipeline:
         parts = self.summary["parts"]
         total = steps = 0.0
         for name, part in parts.items():
-            if name.startswith("evaluate-"):
+            if name.startswith(("evaluate-", "annotations-")):
                 total += part["wall"]
             else:
                 total += part["total"]
