@@ -40,33 +40,41 @@ def literal_fhat(cells: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def literal_terms(
     cells: torch.Tensor, target: ConstraintTarget, cfg: ConstraintConfig
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, float | None]:
-    """Eq. 13 and Eq. 14 (surrogate and literal) of one image, pixel by pixel."""
+    """Eq. 13 and Eq. 14 (surrogate and literal) of one image, pixel by pixel (or cell by
+    cell, each read at the pixel holding its centre ``(4j + 2, 4i + 2)``)."""
     size = tuple(target.labels.shape)
-    f = literal_fhat(cells, size)
-    unit = 1 / 16 if cfg.unit == "cells" else 1.0
+    if cfg.sample == "pixels":
+        f = literal_fhat(cells, size)
+        where = [(y, x, y, x) for y in range(size[0]) for x in range(size[1])]
+    else:
+        f = cells
+        where = [
+            (i, j, min(4 * i + 2, size[0] - 1), min(4 * j + 2, size[1] - 1))
+            for i in range(cells.shape[0])
+            for j in range(cells.shape[1])
+        ]
     background = []
     regions: dict[int, list[tuple[int, int]]] = {}
     spoiled = set()
-    for y in range(size[0]):
-        for x in range(size[1]):
-            label = int(target.labels[y, x])
-            if target.ignore is not None and bool(target.ignore[y, x]):
-                spoiled.add(label)
-                continue
-            if label == 0:
-                background.append(f[y, x].clamp(min=0))
-            else:
-                regions.setdefault(label, []).append((y, x))
+    for fy, fx, y, x in where:
+        label = int(target.labels[y, x])
+        if target.ignore is not None and bool(target.ignore[y, x]):
+            spoiled.add(label)
+            continue
+        if label == 0:
+            background.append(f[fy, fx].clamp(min=0))
+        else:
+            regions.setdefault(label, []).append((fy, fx))
     bg = torch.stack(background).mean() if background else None
     per, per_literal = [], []
     for k, pixels in sorted(regions.items()):
         if k in spoiled or (target.valid is not None and not bool(target.valid[k - 1])):
             continue
         values = torch.stack([f[y, x] for y, x in pixels])
-        s_k = unit * values.clamp(min=0).sum()
-        n_literal = unit * float((values > 0).sum())
-        soft = unit * torch.sigmoid(values / cfg.temperature).sum()
-        n_k = n_literal + soft - soft.detach() if cfg.count == "straight_through" else soft
+        s_k = values.clamp(min=0).sum()
+        n_literal = float((values > 0).sum())
+        soft = torch.sigmoid(values / cfg.temperature).sum()
+        n_k = n_literal + (soft - soft.detach()) if cfg.count == "straight_through" else soft
         per.append((n_k - 1).abs() + cfg.lam * (s_k - 1).abs())
         per_literal.append(abs(n_literal - 1) + cfg.lam * abs(float(s_k.detach()) - 1))
     if not per:
@@ -92,9 +100,9 @@ def _image(seed: int, size: tuple[int, int] = (22, 27)) -> tuple[torch.Tensor, C
 
 
 @pytest.mark.parametrize("count", ["straight_through", "sigmoid"])
-@pytest.mark.parametrize("unit", ["cells", "pixels"])
-def test_values_and_gradients_match_the_literal_reference(count: str, unit: str) -> None:
-    cfg = ConstraintConfig(count=count, unit=unit, lam=0.7, temperature=0.8)  # type: ignore[arg-type]
+@pytest.mark.parametrize("sample", ["cells", "pixels"])
+def test_values_and_gradients_match_the_literal_reference(count: str, sample: str) -> None:
+    cfg = ConstraintConfig(count=count, sample=sample, lam=0.7, temperature=0.8)  # type: ignore[arg-type]
     images = [_image(seed) for seed in range(3)]
     logits = torch.stack([c for c, _ in images])[:, None].clone().requires_grad_(True)
     result = mask_constraint_loss(logits, [t for _, t in images], cfg)
@@ -144,17 +152,32 @@ def test_a_batch_averages_only_the_images_where_a_term_is_defined() -> None:
     assert both.background == alone.background + int((t1.labels[~t1.ignore] == 0).sum())
 
 
-def test_the_surrogate_raises_a_missed_head_and_lowers_a_split_one() -> None:
+@pytest.mark.parametrize("sample", ["cells", "pixels"])
+def test_the_surrogate_raises_a_missed_head_and_lowers_a_split_one(sample: str) -> None:
     labels = torch.zeros(16, 32, dtype=torch.int32)
     labels[:, :16] = 1
     labels[:, 16:] = 2
     cells = torch.full((1, 1, 4, 8), -4.0)
     cells[0, 0, 1, 5] = cells[0, 0, 2, 5] = cells[0, 0, 1, 6] = 3.0  # head 2: three cells
     logits = cells.clone().requires_grad_(True)
-    cfg = ConstraintConfig(lam=0.0, unit="cells")
+    cfg = ConstraintConfig(lam=0.0, sample=sample)  # type: ignore[arg-type]
     result = mask_constraint_loss(logits, [ConstraintTarget(labels)], cfg)
     (grad,) = torch.autograd.grad(result.fg, logits)
-    assert grad[0, 0, :, :4].sum() < 0  # head 1 has no positive pixel: push its cells up
-    assert grad[0, 0, 1:3, 5:7].sum() > 0  # head 2 has about three cells' worth: push down
-    split = torch.count_nonzero(upsample_logits(cells, (16, 32))[0, :, 16:] > 0).item() / 16
-    assert float(result.positives) == pytest.approx(split / 2) and split > 2
+    assert grad[0, 0, :, :4].sum() < 0  # head 1 has nothing positive: push its cells up
+    assert grad[0, 0, 1:3, 5:7].sum() > 0  # head 2 has too much: push down
+    if sample == "cells":
+        assert float(result.positives) == 1.5  # (0 + 3) / 2 heads: the counter's own count
+    else:
+        split = torch.count_nonzero(upsample_logits(cells, (16, 32))[0, :, 16:] > 0).item()
+        assert float(result.positives) == pytest.approx(split / 2) and split > 3
+
+
+def test_a_head_with_exactly_one_positive_cell_gets_no_count_gradient() -> None:
+    labels = torch.ones(16, 16, dtype=torch.int32)
+    cells = torch.full((1, 1, 4, 4), -2.0)
+    cells[0, 0, 1, 2] = 0.3
+    logits = cells.clone().requires_grad_(True)
+    cfg = ConstraintConfig(lam=0.0, sample="cells")
+    result = mask_constraint_loss(logits, [ConstraintTarget(labels)], cfg)
+    (grad,) = torch.autograd.grad(result.fg, logits)
+    assert float(result.fg_literal) == 0.0 and torch.count_nonzero(grad) == 0

@@ -6,20 +6,20 @@ With ``M`` an instance label map, ``Ω_0 = {M = 0}`` and ``Ω_k = {M = k}``:
 
 - background penalty (Eq. 13): ``L_bg = mean_{p ∈ Ω_0} max(0, f̂(p))``;
 - foreground constraint (Eq. 14–15): ``L_fg = mean_{k ∈ K_v} |N_k⁺ − 1| + λ·|S_k − 1|`` with
-  ``S_k = u·Σ_{Ω_k} max(0, f̂)`` and ``N_k⁺ = u·#{p ∈ Ω_k : f̂(p) > 0}``.
+  ``S_k = Σ_{Ω_k} max(0, f̂)`` and ``N_k⁺ = #{p ∈ Ω_k : f̂(p) > 0}``.
 
-``u`` is the unit of ``S_k`` and ``N_k⁺``: ``"pixels"`` (``u = 1``, Eq. 15 as printed, the
-default) or ``"cells"`` (``u = 1/16``: one stride-4 cell's worth of pixels counts 1, near the
-authors' code, which rescales ``f̂`` to the positive mass of the stride-4 map). A P2R counter's
-positive cells are narrow peaks whose upsampled positive area is a few pixels: on ShanghaiTech
-B labeled images a Stage-1 CPU model has ``N_k⁺`` about 1 pixel and ``S_k`` about 1.2 on
-average per annotated head, so in pixels both targets sit where the counter already is and
-the terms push missed heads up and split ones down; in cells nearly every head reads as
-missed.
+Where ``f̂`` is read (``sample``): ``"pixels"`` (every pixel, Eq. 13–15 as printed, the
+default) or ``"cells"``: at the cell centres only, where ``f̂`` equals the stride-4 logits, so
+``Ω_k`` is the cells whose centre lies in instance ``k`` (the pixel ``(4i + 2, 4j + 2)``,
+clamped to the image), ``N_k⁺`` counts exactly the heads the counter counts in that instance
+and ``S_k`` is the positive logit mass there (the authors' code also measures ``S_k`` in
+stride-4 mass). A P2R counter's positive cells are narrow peaks, about 1 positive pixel each
+when upsampled, so per pixel the gradients of ``S_k`` dwarf the P2R loss (a mean over every
+cell) at the authors' weights; per cell they are of the same size.
 
 ``N_k⁺`` as printed has no gradient. The loss uses a surrogate (``count``):
 ``"straight_through"`` (default): the value is the literal count, the gradient that of the
-soft count ``u·Σ_{Ω_k} σ(f̂/T)``, so ``|N_k⁺ − 1|`` has the literal value and pushes every pixel
+soft count ``Σ_{Ω_k} σ(f̂/T)``, so ``|N_k⁺ − 1|`` has the literal value and pushes every pixel
 of ``Ω_k`` up when the head has no positive pixel and down when it has too many;
 ``"sigmoid"``: the soft count itself, value and gradient. The literal ``N_k⁺`` and the literal
 ``L_fg`` are always returned for logging.
@@ -42,7 +42,7 @@ from torch.nn import functional as nnf
 from xmask.models.count_head import COUNT_STRIDE as STRIDE
 
 CountSurrogate = Literal["straight_through", "sigmoid"]
-Unit = Literal["cells", "pixels"]
+Sampling = Literal["pixels", "cells"]
 
 
 @dataclass
@@ -55,7 +55,7 @@ class ConstraintConfig:
         lam: ``λ`` of Eq. 14.
         count: surrogate of ``N_k⁺`` (module docstring).
         temperature: ``T`` of the soft count ``σ(f̂/T)``.
-        unit: ``"cells"`` or ``"pixels"`` (module docstring).
+        sample: where ``f̂`` is read: ``"pixels"`` or ``"cells"`` (module docstring).
     """
 
     bg_weight: float = 0.1
@@ -63,20 +63,15 @@ class ConstraintConfig:
     lam: float = 1.0
     count: CountSurrogate = "straight_through"
     temperature: float = 1.0
-    unit: Unit = "pixels"
+    sample: Sampling = "pixels"
 
     def __post_init__(self) -> None:
         if self.count not in ("straight_through", "sigmoid"):
             raise ValueError(f"count must be straight_through or sigmoid, got {self.count!r}")
-        if self.unit not in ("cells", "pixels"):
-            raise ValueError(f"unit must be cells or pixels, got {self.unit!r}")
+        if self.sample not in ("cells", "pixels"):
+            raise ValueError(f"sample must be cells or pixels, got {self.sample!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
-
-    @property
-    def scale(self) -> float:
-        """``u``: pixels → the unit of ``S_k`` and ``N_k⁺``."""
-        return 1.0 / (STRIDE * STRIDE) if self.unit == "cells" else 1.0
 
 
 @dataclass
@@ -130,6 +125,17 @@ def upsample_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
     return full[:, 0, : size[0], : size[1]]
 
 
+def at_cell_centres(target: ConstraintTarget, grid: tuple[int, int]) -> ConstraintTarget:
+    """``target`` read at the centres of a ``grid = (h, w)`` of stride-4 cells: the pixel
+    ``(4i + 2, 4j + 2)`` of each cell, clamped to the image."""
+    height, width = target.labels.shape
+    device = target.labels.device
+    rows = (STRIDE * torch.arange(grid[0], device=device) + STRIDE // 2).clamp(max=height - 1)
+    cols = (STRIDE * torch.arange(grid[1], device=device) + STRIDE // 2).clamp(max=width - 1)
+    ignore = None if target.ignore is None else target.ignore[rows][:, cols]
+    return ConstraintTarget(target.labels[rows][:, cols], target.valid, ignore)
+
+
 def mask_constraint_loss(
     logits: Tensor,
     targets: list[ConstraintTarget],
@@ -146,7 +152,11 @@ def mask_constraint_loss(
     if len(targets) != logits.shape[0]:
         raise ValueError(f"{len(targets)} targets for a batch of {logits.shape[0]}")
     size = (int(targets[0].labels.shape[0]), int(targets[0].labels.shape[1]))
-    f = upsample_logits(logits, size)
+    if cfg.sample == "cells":
+        f = logits[:, 0].float()
+        targets = [at_cell_centres(t, (int(f.shape[1]), int(f.shape[2]))) for t in targets]
+    else:
+        f = upsample_logits(logits, size)
     terms = [_image_terms(f[b], t, cfg) for b, t in enumerate(targets)]
     anchor = 0.0 * logits.sum()
     bg = [t.bg for t in terms if t.bg is not None]
@@ -173,7 +183,8 @@ class _ImageTerms:
 
 
 def _image_terms(f: Tensor, target: ConstraintTarget, cfg: ConstraintConfig) -> _ImageTerms:
-    """Eq. 13–15 of one image (``f``: ``H×W`` upsampled logits)."""
+    """Eq. 13–15 of one image (``f``: upsampled logits, or the logits at cell centres, with a
+    ``target`` of the same shape)."""
     if tuple(target.labels.shape) != tuple(f.shape):
         raise ValueError(f"label map {tuple(target.labels.shape)} does not match {tuple(f.shape)}")
     labels = target.labels.to(f.device).long().reshape(-1)
@@ -195,13 +206,12 @@ def _image_terms(f: Tensor, target: ConstraintTarget, cfg: ConstraintConfig) -> 
     if ignore is not None:
         touched = torch.zeros(k + 1, device=f.device).index_add_(0, labels, ignore.float())
         valid &= touched == 0
-    u = cfg.scale
-    mass = u * torch.zeros(k + 1, device=f.device).index_add(0, labels, relu)
-    literal = u * torch.zeros(k + 1, device=f.device).index_add_(0, labels, (flat > 0).float())
-    soft = u * torch.zeros(k + 1, device=f.device).index_add(
+    mass = torch.zeros(k + 1, device=f.device).index_add(0, labels, relu)
+    literal = torch.zeros(k + 1, device=f.device).index_add_(0, labels, (flat > 0).float())
+    soft = torch.zeros(k + 1, device=f.device).index_add(
         0, labels, torch.sigmoid(flat / cfg.temperature)
     )
-    count = literal + soft - soft.detach() if cfg.count == "straight_through" else soft
+    count = literal + (soft - soft.detach()) if cfg.count == "straight_through" else soft
     keep = valid.nonzero().squeeze(1)
     per = (count[keep] - 1).abs() + cfg.lam * (mass[keep] - 1).abs()
     per_literal = (literal[keep] - 1).abs() + cfg.lam * (mass[keep].detach() - 1).abs()
