@@ -145,8 +145,9 @@ def test_an_image_without_valid_instances_gives_zero_fg_attached_to_the_graph() 
 def test_a_batch_averages_only_the_images_where_a_term_is_defined() -> None:
     (c0, t0), (c1, t1) = _image(1), _image(2)
     empty = ConstraintTarget(t1.labels, torch.zeros(6, dtype=torch.bool), t1.ignore)
-    both = mask_constraint_loss(torch.stack([c0, c1])[:, None], [t0, empty])
-    alone = mask_constraint_loss(c0[None, None], [t0])
+    cfg = ConstraintConfig(sample="pixels")
+    both = mask_constraint_loss(torch.stack([c0, c1])[:, None], [t0, empty], cfg)
+    alone = mask_constraint_loss(c0[None, None], [t0], cfg)
     torch.testing.assert_close(both.fg, alone.fg)
     assert both.instances == alone.instances > 0
     assert both.background == alone.background + int((t1.labels[~t1.ignore] == 0).sum())
