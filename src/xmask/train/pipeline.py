@@ -3,7 +3,8 @@
 
 Layout of ``ROOT = out/name``::
 
-    pipeline.yaml        the resolved pipeline recipe (a rerun must resolve to the same)
+    pipeline-command.json  the recipes and overrides that started it (a rerun must repeat them)
+    pipeline.yaml        the pipeline recipe as resolved by the latest call
     pipeline.log         the log of every call (each stage also logs to its train.log)
     pipeline.json        per part: wall and training-loop seconds, pseudo-mask seconds, and the
                          evaluation results; the overhead share (written after every part)
@@ -44,13 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xmask.data.image_io import atomic_write_bytes
-from xmask.train.config import (
-    ConfigError,
-    TrainConfig,
-    config_from_yaml_text,
-    load_config,
-    to_yaml,
-)
+from xmask.train.config import ConfigError, TrainConfig, load_config, to_yaml
 from xmask.train.run_folder import RunFolder
 
 if TYPE_CHECKING:
@@ -110,6 +105,7 @@ class Pipeline:
         overrides: list[str],
         train: Callable[[TrainConfig, bool], float],
     ) -> None:
+        self.specs, self.overrides = [str(spec) for spec in specs], list(overrides)
         self.common, self.per_stage = split_overrides(overrides)
         self.cfg = load_config(specs, self.common)
         self.root = self.cfg.run_dir
@@ -126,20 +122,27 @@ class Pipeline:
         """``ROOT/pipeline.json``."""
         return self.root / "pipeline.json"
 
-    def _pin_recipe(self) -> None:
-        """Write ``pipeline.yaml`` once; refuse a rerun that resolves to another recipe."""
-        text = to_yaml(self.cfg)
-        if self.recipe_path.is_file():
-            saved = self.recipe_path.read_text(encoding="utf-8")
-            if to_yaml(config_from_yaml_text(saved, self.recipe_path)) != text:
+    @property
+    def command_path(self) -> Path:
+        """``ROOT/pipeline-command.json``: the recipes and overrides that started it."""
+        return self.root / "pipeline-command.json"
+
+    def _pin_command(self) -> None:
+        """Record the recipes and overrides once and refuse a rerun with others; write the
+        resolved recipe as this call sees it (``pipeline.yaml``)."""
+        command = {"recipes": self.specs, "overrides": self.overrides}
+        if self.command_path.is_file():
+            if json.loads(self.command_path.read_text(encoding="utf-8")) != command:
                 raise ConfigError(
-                    f"{self.recipe_path}: this folder holds a pipeline with another recipe or "
-                    "overrides; rerun the same command, or set name=... for a new pipeline"
+                    f"{self.command_path}: this folder holds a pipeline started with other "
+                    "recipes or overrides; rerun the same command, or set name=... for a new one"
                 )
             log.info("continuing the pipeline in %s", self.root)
         else:
             self.root.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.recipe_path, text.encode("utf-8"))
+            text = json.dumps(command, indent=2) + "\n"
+            atomic_write_bytes(self.command_path, text.encode("utf-8"))
+        atomic_write_bytes(self.recipe_path, to_yaml(self.cfg).encode("utf-8"))
         if self.summary_path.is_file():
             self.summary = json.loads(self.summary_path.read_text(encoding="utf-8"))
 
@@ -170,7 +173,7 @@ class Pipeline:
 
     def run(self) -> dict[str, Any]:
         """Run every part not yet done; returns the summary (also in ``pipeline.json``)."""
-        self._pin_recipe()
+        self._pin_command()
         started = time.monotonic()
         self._part("stage1", lambda: self._train_part(self.stage_config("stage1")))
         self._part("annotations", self._annotate)
