@@ -150,6 +150,23 @@ def setting_table(setting: str, summary: dict) -> list[str]:
     return lines
 
 
+def schedules(root: Path) -> str:
+    """One line: each stage's backbone, threads, epochs × steps and trainable part."""
+    from xmask.train.run_folder import RunFolder
+
+    parts = []
+    for stage in ("stage1", "stage2", "stage3"):
+        cfg = RunFolder(root / stage).load_config()
+        sched = cfg.schedule
+        parts.append(
+            f"{stage}: {sched.epochs} epochs × {sched.steps_per_epoch} steps, batch "
+            f"{sched.batch_labeled} + {sched.batch_unlabeled}, lr {cfg.optim.lr:g}"
+        )
+    stage1 = RunFolder(root / "stage1").load_config()
+    head = f"Schedules ({stage1.model.backbone}, {stage1.threads} threads): "
+    return head + "; ".join(parts) + "."
+
+
 def report(work: Path, settings: list[str], doc: Path) -> None:
     """Write ``doc`` from the finished pipelines."""
     hardware = (
@@ -163,10 +180,10 @@ def report(work: Path, settings: list[str], doc: Path) -> None:
         "Written by `python benchmarks/equal_budget.py` from the pipelines' `pipeline.json` "
         f"(generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC); do not edit by hand.",
         "",
-        f"Hardware: {hardware.get('machine', 'unknown')}; torch {hardware.get('torch', '?')} "
-        "(the recipes set 2 threads). Each setting ran `xmask train --pipeline "
-        "SETTING-cpu-pipeline` (the CPU recipes: EfficientNet-Lite0, Stage 1 55 epochs of 50 "
-        "steps, Stage 2 20 epochs, Stage 3 15 epochs), one setting at a time.",
+        f"Hardware: {hardware.get('machine', 'unknown')}; torch {hardware.get('torch', '?')}. "
+        "Each setting ran `xmask train --pipeline SETTING-cpu-pipeline` (the CPU recipes), one "
+        "setting at a time; the schedules under each table are read from the stages' "
+        "`config.yaml`.",
         "",
         "The budget: Stage 1 continued alone trains for the training-loop time that annotation, "
         "Stage 2 and Stage 3 cost together (their loop time plus loading and calibration). "
@@ -199,6 +216,7 @@ def report(work: Path, settings: list[str], doc: Path) -> None:
                 "Stage 1 is an earlier run of the same recipe on this machine, copied in "
                 "(its minutes from its metrics.jsonl), not trained again."
             )
+        lines.append(schedules(path.parent))
         lines.append(
             f"Stage 3 {'beats' if better else 'does not beat'} Stage 1 alone at equal budget. "
             f"Pipeline overhead outside training steps: {100 * summary['overhead_share']:.1f} % "
