@@ -129,3 +129,13 @@ def test_sigkill_in_stage2_and_stage3_then_the_same_command_finishes(crowd: Path
     assert "evaluate-stage1-more" in summary["parts"]
     epochs = [json.loads(x)["epoch"] for x in (root / "stage3" / "metrics.jsonl").open()]
     assert epochs == [1, 2]
+
+
+def test_a_time_budget_ends_training_after_the_step_that_spends_it(crowd: Path) -> None:
+    overrides = [*tiny_train_overrides(crowd, "budget"), "schedule.epochs=50"]
+    overrides += ["schedule.steps_per_epoch=3", "schedule.time_budget_minutes=1e-6"]
+    assert main(["train", *overrides, "calibrate=false"]) == EXIT_OK
+    state = load_checkpoint(crowd / "runs" / "budget" / "checkpoints").state
+    assert state["step"] == 1 and state["epoch"] == 1 and state["seconds"] > 0
+    assert main(["train", *overrides, "calibrate=false", "--resume"]) == EXIT_OK
+    assert load_checkpoint(crowd / "runs" / "budget" / "checkpoints").state["step"] == 1
