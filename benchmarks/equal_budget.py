@@ -96,8 +96,18 @@ def seed_stage1(work: Path, setting: str, run_dir: Path) -> None:
     print(f"{setting}: Stage 1 from {run_dir}")
 
 
+def finished(folder: Path) -> bool:
+    """The pipeline in ``folder`` has run every part, its evaluations included."""
+    path = folder / "pipeline.json"
+    return path.is_file() and "evaluate-stage1-more" in json.loads(path.read_text())["parts"]
+
+
 def run_setting(work: Path, setting: str, root: str) -> None:
-    """One setting's pipeline (resumes when started before)."""
+    """One setting's pipeline (resumes when started before; a finished one, e.g. a pipeline
+    run elsewhere and linked in as ``WORK/SETTING-cpu-pipeline``, is left as it is)."""
+    if finished(work / f"{setting}-cpu-pipeline"):
+        print(f"{setting}: finished already")
+        return
     dataset = setting.split("-")[0]
     masks = test_masks(work, dataset, root)
     overrides = [f"out={work}", f"data.root={root}", f"pipeline.test_masks={masks}"]
