@@ -41,6 +41,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,7 +80,8 @@ class PartCost:
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
     """Common overrides, and per-stage ones (``stage2.KEY=VALUE`` → Stage 2's ``KEY=VALUE``)."""
-    common, per_stage = [], {name: [] for name in STAGES}
+    common: list[str] = []
+    per_stage: dict[str, list[str]] = {name: [] for name in STAGES}
     for item in overrides:
         head, _, rest = item.partition(".")
         if head in per_stage and rest:
@@ -175,17 +177,17 @@ class Pipeline:
         """Run every part not yet done; returns the summary (also in ``pipeline.json``)."""
         self._pin_command()
         started = time.monotonic()
-        self._part("stage1", lambda: self._train_part(self.stage_config("stage1")))
+        self._part("stage1", partial(self._train_stage, "stage1"))
         self._part("annotations", self._annotate)
         for stage in ("stage2", "stage3"):
-            self._part(stage, lambda stage=stage: self._train_part(self.stage_config(stage)))
+            self._part(stage, partial(self._train_stage, stage))
         if self.cfg.pipeline.baseline:
             self._part("stage1-more", lambda: self._train_part(self._baseline_config()))
         if self.cfg.pipeline.evaluate:
             if self.cfg.pipeline.test_masks is None:
                 self._part(f"annotations-{self.cfg.pipeline.evaluate}", self._annotate_evaluated)
             for name in self._trained():
-                self._part(f"evaluate-{name}", lambda name=name: self._evaluate(name))
+                self._part(f"evaluate-{name}", partial(self._evaluate, name))
         self.summary |= self._overhead()
         self._write_summary()
         log.info("pipeline %s done in %.0f s (this call)", self.root, time.monotonic() - started)
@@ -208,6 +210,9 @@ class Pipeline:
     def _write_summary(self) -> None:
         text = json.dumps(self.summary, indent=2) + "\n"
         atomic_write_bytes(self.summary_path, text.encode("utf-8"))
+
+    def _train_stage(self, stage: str) -> PartCost:
+        return self._train_part(self.stage_config(stage))
 
     def _train_part(self, cfg: TrainConfig) -> PartCost:
         from xmask.train.checkpoint import load_checkpoint
@@ -288,7 +293,7 @@ class Pipeline:
 
     def _evaluate(self, name: str) -> dict[str, Any]:
         pipe = self.cfg.pipeline
-        masks = pipe.test_masks or str(self.root / f"annotations-{pipe.evaluate}")
+        masks: str | None = pipe.test_masks or str(self.root / f"annotations-{pipe.evaluate}")
         if name in ("stage1", "stage1-more"):
             masks = None
         started = time.monotonic()

@@ -91,7 +91,11 @@ def build_step(
     cfg: TrainConfig, device: torch.device, dist_info: DistInfo
 ) -> MeanTeacherStep | MaskStep | ConstraintStep:
     """The step of ``cfg.stage``."""
-    steps = {1: MeanTeacherStep, 2: MaskStep, 3: ConstraintStep}
+    steps: dict[int, type[MeanTeacherStep | MaskStep | ConstraintStep]] = {
+        1: MeanTeacherStep,
+        2: MaskStep,
+        3: ConstraintStep,
+    }
     if cfg.stage not in steps:
         raise XmaskError(f"stage must be 1, 2 or 3, got {cfg.stage}")
     return steps[cfg.stage](cfg, device, dist_info)
