@@ -129,11 +129,17 @@ def latest_step(folder: str | Path) -> int:
     return int(_read_json(folder / "latest.json")["step"])
 
 
+def checkpoint_state(folder: str | Path) -> dict[str, Any]:
+    """The state (counters) of the checkpoint ``latest.json`` of ``folder`` points at, without
+    reading its tensors."""
+    folder = Path(folder)
+    return _read_json(folder / f"step-{latest_step(folder):08d}.json")
+
+
 def load_checkpoint(folder: str | Path) -> Checkpoint:
     """The checkpoint ``latest.json`` of ``folder`` points at."""
     folder = Path(folder)
-    step = latest_step(folder)
-    stem = f"step-{step:08d}"
+    stem = f"step-{latest_step(folder):08d}"
     state = _read_json(folder / f"{stem}.json")
     return Checkpoint(tensors=load_tensors(folder / f"{stem}.safetensors"), state=state)
 

@@ -47,9 +47,10 @@ class ConstraintStep(TeacherStudent):
     def __init__(self, cfg: TrainConfig, device: torch.device, dist_info: DistInfo) -> None:
         check_thresholds(cfg.mask)
         student = load_start(cfg, cfg.constraint.init, device, fresh_mask_head=False)
-        self.frozen = freeze_except(student, cfg.constraint.trainable, TRAINABLE)
+        frozen = freeze_except(student, cfg.constraint.trainable, TRAINABLE)
         buffers = "copy" if cfg.teacher.buffers == "own" else cfg.teacher.buffers
         super().__init__(cfg, student, device, dist_info, buffers)
+        self.frozen = frozen
 
     @torch.no_grad()
     def pseudo_labels(
@@ -81,9 +82,7 @@ class ConstraintStep(TeacherStudent):
     ) -> StepStats:
         """One optimiser step (same contract as :class:`xmask.train.step.MeanTeacherStep`)."""
         cfg = self.cfg
-        self.student.train()
-        for module in self.frozen:
-            module.eval()
+        self.train_mode()
         labeled = labeled.to(self.device)
         if labeled.labels is None:
             raise XmaskError(f"labeled images without label maps: {labeled.names}")

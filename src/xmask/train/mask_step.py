@@ -154,9 +154,10 @@ class MaskStep(TeacherStudent):
     def __init__(self, cfg: TrainConfig, device: torch.device, dist_info: DistInfo) -> None:
         check_thresholds(cfg.mask)
         student = load_start(cfg, cfg.mask.init, device, fresh_mask_head=True)
-        self.frozen = freeze_except(student, cfg.mask.trainable)
+        frozen = freeze_except(student, cfg.mask.trainable)
         buffers = "copy" if cfg.teacher.buffers == "own" else cfg.teacher.buffers
         super().__init__(cfg, student, device, dist_info, buffers)
+        self.frozen = frozen
         dim = cfg.model.embed_dim
         self.smoothing = GaussianSmoothing(dim, cfg.mask.kernel, cfg.mask.sigma).to(device)
 
@@ -210,9 +211,7 @@ class MaskStep(TeacherStudent):
     ) -> StepStats:
         """One optimiser step (same contract as :class:`xmask.train.step.MeanTeacherStep`)."""
         cfg = self.cfg
-        self.student.train()
-        for module in self.frozen:
-            module.eval()
+        self.train_mode()
         labeled = labeled.to(self.device)
         images, semi = labeled.images, None
         if unlabeled is not None and weight > 0:

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xmask.data.image_io import atomic_write_bytes
+from xmask.train.checkpoint import checkpoint_state
 from xmask.train.config import ConfigError, TrainConfig, load_config, to_yaml
 from xmask.train.run_folder import RunFolder
 
@@ -215,14 +216,12 @@ class Pipeline:
         return self._train_part(self.stage_config(stage))
 
     def _train_part(self, cfg: TrainConfig) -> PartCost:
-        from xmask.train.checkpoint import load_checkpoint
-
         run = RunFolder(cfg.run_dir)
         started = time.monotonic()
         loop_now = self.train(cfg, run.has_checkpoint())
         wall = time.monotonic() - started
-        state = load_checkpoint(run.checkpoints).state
-        loop = loop_seconds(run)
+        state = checkpoint_state(run.checkpoints)
+        loop = loop_seconds(run, state)
         if cfg.run_dir.name == "stage1-more":
             loop -= self._stage1_checkpoint_seconds()
         return PartCost(
@@ -235,9 +234,7 @@ class Pipeline:
     def _stage1_checkpoint_seconds(self) -> float:
         """The training-loop seconds Stage 1's final checkpoint carries (0 for a Stage-1 run
         made before xmask counted them): where ``stage1-more`` starts its clock."""
-        from xmask.train.checkpoint import load_checkpoint
-
-        state = load_checkpoint(self.root / "stage1" / "checkpoints").state
+        state = checkpoint_state(self.root / "stage1" / "checkpoints")
         return float(state.get("seconds", 0.0))
 
     def _annotate(self) -> PartCost:
@@ -322,12 +319,9 @@ class Pipeline:
         }
 
 
-def loop_seconds(run: RunFolder) -> float:
-    """A run's training-loop seconds: from its latest checkpoint, or for a run made before
-    xmask counted them, the sum of the epoch times in ``metrics.jsonl``."""
-    from xmask.train.checkpoint import load_checkpoint
-
-    state = load_checkpoint(run.checkpoints).state
+def loop_seconds(run: RunFolder, state: dict[str, Any]) -> float:
+    """A run's training-loop seconds: from its latest checkpoint's ``state``, or for a run made
+    before xmask counted them, the sum of the epoch times in ``metrics.jsonl``."""
     if "seconds" in state:
         return float(state["seconds"])
     lines = run.metrics_path.read_text(encoding="utf-8").splitlines()

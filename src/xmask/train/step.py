@@ -79,10 +79,18 @@ class TeacherStudent:
             param_groups(student, cfg.optim.lr, cfg.optim.backbone_lr),
             weight_decay=cfg.optim.weight_decay,
         )
+        self.frozen: list[nn.Module] = []
         self.network: nn.Module = student
         if dist_info.enabled:
             ids = [device.index] if device.type == "cuda" else None
             self.network = DistributedDataParallel(student, device_ids=ids)
+
+    def train_mode(self) -> None:
+        """The student in training mode, except its ``frozen`` modules (eval mode: fixed
+        BatchNorm statistics)."""
+        self.student.train()
+        for module in self.frozen:
+            module.eval()
 
     def update(self, loss: torch.Tensor, teacher_momentum: float | None) -> None:
         """Backward, clip, Adam step, rank-0 buffer sync and one EMA step of the teacher
