@@ -187,7 +187,7 @@ def disc_backend(fraction: float, sam: SamConfig) -> Backend:
 
 def xmask_backend(checkpoint: str, device: str) -> Backend:
     """The Stage-2 teacher of ``checkpoint`` segmenting the given heads (Eq. 11–12)."""
-    predictor = Predictor.from_checkpoint(checkpoint, device=device)
+    predictor = Predictor.load(checkpoint, device=device)
     if not predictor.has_masks:
         raise UsageError(f"{checkpoint}: the model has no mask head")
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from xmask.models import XMaskModel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,6 +47,44 @@ def tiny_crowd(root: Path, images: int, labeled: int, size: tuple[int, int] = (8
     names = "".join(f"syn_{i:04d}.png\n" for i in range(labeled))
     (root / "labeled.txt").write_text(names)
     return root
+
+
+TINY = {"weights": None, "neck_channels": 32, "head_channels": 32, "mask_channels": 16}
+"""A small architecture for inference tests."""
+
+
+def tiny_model(mask_head: bool = True) -> XMaskModel:
+    """A small randomly initialised model (seeded)."""
+    from xmask.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    return build_model(ModelConfig(**TINY, mask_head=mask_head)).eval()
+
+
+def make_run(
+    root: Path, mask_head: bool = True, threshold: float | None = None, crowd: Path | None = None
+) -> Path:
+    """A run folder holding :func:`tiny_model`'s teacher weights (step 1), optionally
+    calibrated, trained (says its config) on ``crowd`` (a :func:`tiny_crowd`) or on a dataset
+    that is not there."""
+    from xmask.calibration import CountCalibration, write_calibration
+    from xmask.models import ModelConfig
+    from xmask.train.checkpoint import Checkpoint, save_checkpoint
+    from xmask.train.config import DataConfig, TrainConfig, to_yaml
+
+    run = root / ("run" if mask_head else "run-stage1")
+    run.mkdir(parents=True)
+    data = DataConfig(root=str(root / "no-data"))
+    if crowd is not None:
+        data = DataConfig(dataset="folder", root=str(crowd), labeled=str(crowd / "labeled.txt"))
+    config = TrainConfig(model=ModelConfig(**TINY, mask_head=mask_head), data=data)
+    (run / "config.yaml").write_text(to_yaml(config))
+    tensors = {f"teacher.{k}": v for k, v in tiny_model(mask_head).state_dict().items()}
+    save_checkpoint(run / "checkpoints", Checkpoint(tensors, {"step": 1, "epoch": 1}))
+    if threshold is not None:
+        calibration = CountCalibration(threshold, 1.0, 2.0, 3, step=1, which="teacher")
+        write_calibration(run / "checkpoints", calibration)
+    return run
 
 
 def tiny_train_overrides(root: Path, name: str) -> list[str]:

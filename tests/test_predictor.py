@@ -11,44 +11,20 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from xmask.calibration import CountCalibration, resolve_count_threshold, write_calibration
+from conftest import make_run, tiny_model
+from xmask.calibration import resolve_count_threshold
 from xmask.data.synthetic import make_crowd
 from xmask.errors import UsageError, XmaskError
 from xmask.evaluation import image_tensor, tiled_outputs
 from xmask.geometry import pixel_of
-from xmask.models import ModelConfig, XMaskModel, build_model
+from xmask.models import XMaskModel
 from xmask.predictor import (
     DOT_COLOUR,
     Prediction,
     Predictor,
     inside_points,
 )
-from xmask.train.checkpoint import Checkpoint, save_checkpoint
-from xmask.train.config import TrainConfig, to_yaml
 from xmask.types import Sample
-
-TINY = {"weights": None, "neck_channels": 32, "head_channels": 32, "mask_channels": 16}
-
-
-def tiny_model(mask_head: bool = True) -> XMaskModel:
-    """A small randomly initialised model (seeded)."""
-    torch.manual_seed(0)
-    return build_model(ModelConfig(**TINY, mask_head=mask_head)).eval()
-
-
-def make_run(root: Path, mask_head: bool = True, threshold: float | None = None) -> Path:
-    """A run folder holding a tiny model's teacher weights (step 1), optionally calibrated."""
-    run = root / ("run" if mask_head else "run-stage1")
-    run.mkdir(parents=True)
-    config = TrainConfig(model=ModelConfig(**TINY, mask_head=mask_head))
-    (run / "config.yaml").write_text(to_yaml(config))
-    model = tiny_model(mask_head)
-    tensors = {f"teacher.{k}": v for k, v in model.state_dict().items()}
-    save_checkpoint(run / "checkpoints", Checkpoint(tensors, {"step": 1, "epoch": 1}))
-    if threshold is not None:
-        calibration = CountCalibration(threshold, 1.0, 2.0, 3, step=1, which="teacher")
-        write_calibration(run / "checkpoints", calibration)
-    return run
 
 
 @pytest.fixture(scope="module")
@@ -146,14 +122,17 @@ def test_coco_export_decodes_to_the_label_map(model: XMaskModel, crowd: Sample) 
 
 def test_overlay_colours_instances_and_dots_points(model: XMaskModel, crowd: Sample) -> None:
     prediction = Predictor(model, "cpu")(crowd.image)
-    overlay = prediction.overlay()
+    overlay = prediction.overlay(caption=False)
     assert overlay.shape == (70, 98, 3) and overlay.dtype == np.uint8
     cols, rows = pixel_of(prediction.points, prediction.size).T
     assert (overlay[rows, cols] == DOT_COLOUR).all()
     assert prediction.labels is not None
     background = prediction.labels == 0
-    plain = prediction.overlay(dot_radius=0)
+    plain = prediction.overlay(dot_radius=0, caption=False)
     np.testing.assert_array_equal(plain[background], crowd.image[background])
+    captioned = prediction.overlay(dot_radius=0)
+    changed = (captioned != plain).any(axis=2)
+    assert changed[:8, :20].any() and not changed[40:].any()  # a caption box in the corner
 
 
 def test_points_of_border_cells_lie_inside_the_image() -> None:
@@ -176,11 +155,11 @@ def test_tiles_and_bands_match_the_one_shot_paths(model: XMaskModel, crowd: Samp
     _check_every_head_has_its_mask(prediction)
 
 
-def test_from_checkpoint_reads_the_stored_threshold(
+def test_load_reads_the_stored_threshold_of_a_run(
     tmp_path: Path, model: XMaskModel, crowd: Sample
 ) -> None:
     run = make_run(tmp_path, threshold=0.25)
-    predictor = Predictor.from_checkpoint(run, device="cpu")
+    predictor = Predictor.load(run, device="cpu")
     assert predictor.count_threshold == 0.25 and predictor.has_masks
     assert resolve_count_threshold(-1.0, run, "teacher") == -1.0
     with pytest.raises(XmaskError, match="--threshold"):

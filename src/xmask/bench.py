@@ -209,7 +209,7 @@ def build_predictor(cfg: BenchConfig) -> tuple[Predictor, str]:
         UsageError: a checkpoint whose model has no mask head.
     """
     if cfg.checkpoint is not None:
-        predictor = Predictor.from_checkpoint(cfg.checkpoint, cfg.which, "auto", cfg.device)
+        predictor = Predictor.load(cfg.checkpoint, cfg.device, cfg.which)
         if not predictor.has_masks:
             raise UsageError(f"{cfg.checkpoint}: the model has no mask head")
         return predictor, f"{cfg.checkpoint} ({cfg.which})"

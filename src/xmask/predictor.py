@@ -26,14 +26,12 @@ Large images
     tiles of :mod:`xmask.evaluation` (its tiling rule): logits *and* embedding are assembled
     from the same tiles, each cell decided by exactly one tile, so network memory is bounded by
     the tile size. (The mask head's CoordConv channels then span each tile rather than the
-    whole image, as they spanned each training crop.) The smoothed embedding ``Ẽ``
-    (:func:`~xmask.segment.instances.smoothed_for_segmentation`) is built in one compiled pass
-    per axis into a buffer the predictor reuses; its only other buffer is a quarter of it.
-
-    **Remaining limit:** ``Ẽ`` itself is an ``H×W×D float32`` table, ``4·D = 64`` bytes per pixel
-    (0.27 GB at 2048×2048, 3.4 GB for a 54 MP image), on the model's device; the label map
-    and the circle pixels of Eq. 11 add ``O(H·W + Σ r_i²)``. Shrink very large images first
-    (the readers' ``max_short_side``).
+    whole image, as they spanned each training crop.) Heads are then segmented window by
+    window (:mod:`xmask.segment.windows`, cores of ``core`` = 2048 px): the smoothed embedding
+    ``Ẽ`` (``4·D`` = 64 bytes per pixel) exists for one window at a time, in a buffer the
+    predictor reuses, and each pixel is labelled from exactly one window, with the same result
+    as the whole image at once. What grows with the image is its ``H×W int32`` label map, the
+    stride-4 outputs (``4·(D + 1)/16`` bytes per pixel) and the ``1×3×H×W`` input.
 
 Timing
     ``network_s`` and ``post_s`` are wall-clock seconds of the two phases of each call (the
@@ -69,12 +67,8 @@ from xmask.evaluation import (
     predict_outputs,
 )
 from xmask.models.count_head import COUNT_STRIDE, decode_points
-from xmask.segment.instances import (
-    INFERENCE,
-    SegmentConfig,
-    segment_instances,
-    smoothed_for_segmentation,
-)
+from xmask.segment.instances import INFERENCE, SegmentConfig
+from xmask.segment.windows import CORE, TableBuffer, segment_in_windows
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +79,9 @@ ImageInput = np.ndarray | PIL.Image.Image | str | Path
 
 DOT_COLOUR = (255, 32, 32)
 """Colour of the head-point dots of :meth:`Prediction.overlay`."""
+
+ROI_COLOUR = (255, 220, 0)
+"""Colour of the region outline of :meth:`Prediction.overlay`."""
 
 
 @dataclass
@@ -105,6 +102,8 @@ class Prediction:
         tiles: network tiles run (1: the whole image at once).
         areas: ``N int64`` pixels of each head's mask, or None without labels.
         image: the ``H×W×3 uint8`` RGB input (for :meth:`overlay`).
+        roi: ``K×2`` ``(x, y)`` vertices of the region the heads were restricted to
+            (:func:`xmask.roi.restrict`), or None.
     """
 
     count: int
@@ -117,6 +116,7 @@ class Prediction:
     tiles: int = 1
     areas: np.ndarray | None = None
     image: np.ndarray | None = field(default=None, repr=False)
+    roi: np.ndarray | None = None
 
     def to_coco(self, image_id: int = 1, file_name: str = "image.png") -> dict[str, Any]:
         """COCO instances of this image (:func:`xmask.annotate.coco.label_maps_to_coco`: RLE
@@ -133,12 +133,14 @@ class Prediction:
             annotation["image_id"] = image_id
         return coco
 
-    def overlay(self, alpha: float = 0.5, dot_radius: int = 2) -> np.ndarray:
-        """The image with a translucent colour per instance and a dot on every head point.
+    def overlay(self, alpha: float = 0.5, dot_radius: int = 2, caption: bool = True) -> np.ndarray:
+        """The image with a translucent colour per instance, a dot on every head point, the
+        region's outline (if any) and the count written in the top-left corner.
 
         Args:
             alpha: opacity of the instance colours.
             dot_radius: radius of the point dots in pixels (0: no dots).
+            caption: write ``"N heads"`` (``"N heads in region"``) on the image.
 
         Returns:
             ``H×W×3 uint8`` RGB.
@@ -156,7 +158,10 @@ class Prediction:
             out[inside] = (1.0 - alpha) * out[inside] + alpha * tint
         out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
         draw_dots(out, self.points, dot_radius, DOT_COLOUR)
-        return out
+        if self.roi is None and not caption:
+            return out
+        text = f"{self.count:,} heads" + (" in region" if self.roi is not None else "")
+        return draw_annotations(out, self.roi, text if caption else None)
 
 
 def instance_colours(n: int, seed: int = 0) -> np.ndarray:
@@ -183,6 +188,24 @@ def draw_dots(image: np.ndarray, points: np.ndarray, radius: int, colour: tuple[
     rows = np.floor(points[:, 1]).astype(np.int64)[:, None] + dy[disc][None]
     ok = (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)
     image[rows[ok], cols[ok]] = colour
+
+
+def draw_annotations(image: np.ndarray, roi: np.ndarray | None, text: str | None) -> np.ndarray:
+    """``image`` with the region's outline and a caption box in the top-left corner, sized
+    to the image (a copy, ``H×W×3 uint8``)."""
+    from PIL import ImageDraw, ImageFont
+
+    canvas = PIL.Image.fromarray(image)
+    draw = ImageDraw.Draw(canvas)
+    scale = max(1, round(min(image.shape[:2]) / 400))
+    if roi is not None:
+        draw.polygon([tuple(v) for v in roi.tolist()], outline=ROI_COLOUR, width=2 * scale)
+    if text is not None:
+        font = ImageFont.load_default(size=14 * scale)
+        *_, right, bottom = draw.textbbox((6 * scale, 4 * scale), text, font=font)
+        draw.rectangle((0, 0, right + 6 * scale, bottom + 4 * scale), fill=(0, 0, 0))
+        draw.text((6 * scale, 4 * scale), text, fill=(255, 255, 255), font=font)
+    return np.asarray(canvas)
 
 
 def as_rgb_array(image: ImageInput) -> np.ndarray:
@@ -227,6 +250,8 @@ class Predictor:
         max_pixels: images with more pixels run in tiles (None: never).
         tile: tile side in pixels (a multiple of 16).
         overlap: least overlap of neighbouring tiles (a multiple of 16).
+        core: side of the windows heads are segmented in (a multiple of 4;
+            :mod:`xmask.segment.windows`).
 
     Raises:
         ValueError: bad tiling arguments.
@@ -243,8 +268,11 @@ class Predictor:
         max_pixels: int | None = MAX_PIXELS,
         tile: int = TILE,
         overlap: int = OVERLAP,
+        core: int = CORE,
     ) -> None:
         check_tiling(tile, overlap)
+        if core <= 0 or core % COUNT_STRIDE:
+            raise ValueError(f"core must be a positive multiple of {COUNT_STRIDE}, got {core}")
         if not math.isfinite(count_threshold):
             raise ValueError(f"count_threshold must be finite, got {count_threshold}")
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
@@ -252,40 +280,45 @@ class Predictor:
         self.count_threshold = float(count_threshold)
         self.segment = segment
         self.max_pixels, self.tile, self.overlap = max_pixels, tile, overlap
-        self._table: np.ndarray | None = None
+        self.core = core
+        self._buffer = TableBuffer()
+        self.source: Path | None = None
+        """The model folder or run it was loaded from (:meth:`load`), else None."""
 
     @classmethod
-    def from_checkpoint(
+    def load(
         cls,
-        path: str | Path,
+        model: str | Path | None = None,
+        device: str | torch.device = "auto",
         which: str = "teacher",
         threshold: str | float = "auto",
-        device: str | torch.device = "auto",
         **kwargs: Any,
     ) -> Predictor:
-        """A predictor for the trained network of a run.
+        """A predictor for a model folder, a registered model name or a training run
+        (:func:`xmask.model_folder.load_inference_model`).
 
         Args:
-            path: a run folder, its ``checkpoints/`` or ``best/`` folder, or a
-                ``.safetensors`` file in a run.
-            which: ``"teacher"`` or ``"student"``.
-            threshold: a logit, or ``"auto"``: the calibration stored for these weights, else
-                0 (:func:`xmask.calibration.resolve_count_threshold`).
+            model: a model folder or name (None: the shipped default model), or a run folder,
+                its ``checkpoints/`` or ``best/`` folder, or a ``.safetensors`` file in a run.
             device: where the network runs.
-            kwargs: the other arguments of :class:`Predictor`.
+            which: ``"teacher"`` or ``"student"`` (runs only).
+            threshold: a logit, or ``"auto"``: the model folder's threshold, or the
+                calibration stored for a run's weights, else 0.
+            kwargs: the other arguments of :class:`Predictor` (``segment`` defaults to the
+                model folder's).
 
         Raises:
-            CheckpointError: missing, corrupt or foreign files.
+            CheckpointError: missing, corrupt, tampered or foreign files.
             XmaskError: a bad threshold or device.
         """
-        from xmask.train.run_folder import load_trained_model
+        from xmask.model_folder import load_inference_model
 
         resolved = device if isinstance(device, torch.device) else resolve_device(device)
-        model, _ = load_trained_model(path, resolved, which=which)
-        from xmask.calibration import resolve_count_threshold
-
-        count_threshold = resolve_count_threshold(threshold, path, which)
-        return cls(model, resolved, count_threshold, **kwargs)
+        loaded = load_inference_model(model, resolved, which, threshold)
+        kwargs.setdefault("segment", loaded.segment)
+        predictor = cls(loaded.model, resolved, loaded.count_threshold, **kwargs)
+        predictor.source = loaded.source
+        return predictor
 
     @property
     def has_masks(self) -> bool:
@@ -344,9 +377,9 @@ class Predictor:
                 points, scores = heads
             labels = areas = None
             if out.embedding is not None:
-                table = self._table_buffer(size, out.embedding)
-                smoothed = smoothed_for_segmentation(out.embedding[0], size, self.segment, table)
-                instances = segment_instances(smoothed, points, scores, self.segment)
+                instances = segment_in_windows(
+                    out.embedding[0], size, points, scores, self.segment, self.core, self._buffer
+                )
                 labels, areas = instances.labels, instances.area
             post = time.perf_counter() - middle
         return Prediction(
@@ -361,17 +394,6 @@ class Predictor:
             areas=areas,
             image=image,
         )
-
-    def _table_buffer(self, size: tuple[int, int], embedding: torch.Tensor) -> np.ndarray:
-        """An ``H×W×D`` array for the smoothed embedding: a view of one flat buffer kept from
-        image to image and grown by a quarter when too small (a fresh table of a 1024×768
-        image costs milliseconds of page faults alone)."""
-        shape = (*size, int(embedding.shape[1]))
-        dtype = torch.empty(0, dtype=embedding.dtype).numpy().dtype
-        needed = math.prod(shape)
-        if self._table is None or self._table.dtype != dtype or self._table.size < needed:
-            self._table = np.empty(needed + needed // 4, dtype=dtype)
-        return self._table[:needed].reshape(shape)
 
     def _synchronize(self) -> None:
         if self.device.type == "cuda":

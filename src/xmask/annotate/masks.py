@@ -160,7 +160,16 @@ def head_circles(
         lone: radius of a point alone in the image, as a fraction of ``min(H, W)``.
     """
     pts = check_points(points, size)
-    radii = nnec_radii(pts, size, r_min=r_min, duplicates=duplicates, lone=lone)
+    return circles_of(
+        pts, nnec_radii(pts, size, r_min=r_min, duplicates=duplicates, lone=lone), size
+    )
+
+
+def circles_of(points: np.ndarray, radii: np.ndarray, size: tuple[int, int]) -> HeadCircles:
+    """The circles of heads whose radii are already known (``N×2 float32`` ``(x, y)`` points
+    inside the image, ``N`` radii; e.g. one window of a large image, radii from the whole)."""
+    pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+    radii = np.asarray(radii, dtype=np.float32).reshape(-1)
     pixels = circle_pixels(pts, radii, size)
     cell = pixel_of(pts, size)
     point_pixel = cell[:, 1] * size[1] + cell[:, 0]

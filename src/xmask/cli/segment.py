@@ -274,9 +274,7 @@ def run_segment(args: argparse.Namespace) -> int:
         sources = image_sources(args.source)
     if not sources:
         raise UsageError(f"{args.source or args.root}: no images to segment")
-    predictor = Predictor.from_checkpoint(
-        args.checkpoint, which=args.which, threshold=args.threshold, device=args.device
-    )
+    predictor = Predictor.load(args.checkpoint, args.device, args.which, args.threshold)
     if not predictor.has_masks:
         raise UsageError(
             f"{args.checkpoint}: this model has no mask head (a Stage-1 run); `xmask evaluate` "

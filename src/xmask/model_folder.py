@@ -1,0 +1,414 @@
+"""Model folders: a trained network that describes itself, and the names they are found by.
+
+A model folder ``MODEL/`` holds two files:
+
+- ``model.json``: ``format`` (:data:`FORMAT`), ``name``, ``description``, ``architecture``
+  (:class:`~xmask.models.model.ModelConfig`), ``count_threshold`` (logit), ``segment``
+  (:class:`~xmask.segment.instances.SegmentConfig`, Eq. 11–12 at inference), ``training``
+  (dataset, labeled list, label fraction, images, recipe, run, step, seconds), ``metrics``
+  (``"DATASET-SPLIT"`` → the figures of ``xmask evaluate --record``), ``weights`` (file name,
+  SHA-256, dtype, tensor count), ``xmask_version`` and ``created``;
+- ``weights.safetensors``: the network's tensors (never a pickle).
+
+Loading checks the format, every required key, the weights' SHA-256 (a changed or truncated
+file is refused as tampered) and that the tensors fit the architecture exactly.
+
+Names: ``xmask predict --model NAME`` looks for ``NAME/`` in the user's model folder
+(``$XMASK_MODELS``, default ``~/.local/share/xmask/models``; ``xmask model export RUN NAME``
+writes there) and then among the models shipped inside the package (``xmask/pretrained/``).
+:data:`DEFAULT_MODEL` is the shipped model used when no model is named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from xmask.errors import XmaskError
+from xmask.models.model import ModelConfig
+from xmask.segment.instances import INFERENCE, SegmentConfig
+from xmask.train.checkpoint import CheckpointError, load_tensors, write_json
+
+log = logging.getLogger(__name__)
+
+FORMAT = "xmask-model-1"
+CARD_FILE = "model.json"
+WEIGHTS_FILE = "weights.safetensors"
+DEFAULT_MODEL = "shanghaitech-lite0"
+"""The shipped model used when none is named."""
+MODELS_ENV = "XMASK_MODELS"
+WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+REQUIRED_KEYS = ("format", "name", "architecture", "count_threshold", "segment", "weights")
+
+
+@dataclass
+class ModelCard:
+    """What ``model.json`` says about a model (module docstring).
+
+    Attributes:
+        name: the model's name (its folder name when registered).
+        architecture: the network, built without backbone weights (they are in the file).
+        count_threshold: cells whose logit is above it are heads.
+        segment: constants of Eq. 11–12 and of the smoothing at inference.
+        description: one line for people.
+        training: how it was trained (dataset, labeled list, label fraction, ...).
+        metrics: ``"DATASET-SPLIT"`` → figures measured on the shipped weights.
+        weights: ``file``, ``sha256``, ``dtype``, ``tensors``.
+        xmask_version: the xmask that wrote the folder.
+        created: UTC time of writing, ISO 8601.
+    """
+
+    name: str
+    architecture: ModelConfig
+    count_threshold: float
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    description: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, Any] = field(default_factory=dict)
+    xmask_version: str = ""
+    created: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON content of ``model.json``."""
+        content = dataclasses.asdict(self)
+        return {"format": FORMAT, **content}
+
+
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_model_folder(
+    folder: str | Path, model: nn.Module, card: ModelCard, dtype: str = "float32"
+) -> Path:
+    """Write ``model``'s weights and ``card`` as a model folder (both files atomically; the
+    card, which names the weights' checksum, last).
+
+    Args:
+        folder: created if needed; an existing model there is replaced.
+        model: the network (its ``state_dict`` is saved).
+        card: the description; ``weights``, ``xmask_version`` and ``created`` are filled in.
+        dtype: ``"float32"`` or ``"float16"`` (half the size; loaded back as float32).
+
+    Returns:
+        The folder.
+    """
+    from safetensors.torch import save_file
+
+    from xmask import __version__
+
+    if dtype not in WEIGHT_DTYPES:
+        raise XmaskError(f"weights dtype must be one of {sorted(WEIGHT_DTYPES)}, got {dtype!r}")
+    folder = Path(folder).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        k: v.detach().to("cpu", WEIGHT_DTYPES[dtype] if v.is_floating_point() else v.dtype)
+        for k, v in model.state_dict().items()
+    }
+    weights = folder / WEIGHTS_FILE
+    tmp = folder / f".{WEIGHTS_FILE}.tmp"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"format": FORMAT})
+    os.replace(tmp, weights)
+    card.weights = {
+        "file": WEIGHTS_FILE,
+        "sha256": sha256_of(weights),
+        "dtype": dtype,
+        "tensors": len(tensors),
+    }
+    card.xmask_version = __version__
+    card.created = card.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json(folder / CARD_FILE, card.to_dict())
+    log.info("wrote model %s to %s", card.name, folder)
+    return folder
+
+
+def is_model_folder(path: str | Path) -> bool:
+    """``path`` is a folder with a ``model.json``."""
+    return (Path(path) / CARD_FILE).is_file()
+
+
+def read_model_card(folder: str | Path) -> ModelCard:
+    """The card of a model folder, checked.
+
+    Raises:
+        CheckpointError: no ``model.json``, unreadable JSON, another format (an older or
+            newer xmask, or not xmask's), a missing key or a bad value.
+    """
+    path = Path(folder).expanduser() / CARD_FILE
+    if not path.is_file():
+        raise CheckpointError(path.parent, f"not an xmask model folder (no {CARD_FILE})")
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(path, f"corrupt JSON ({err})") from err
+    if not isinstance(content, dict):
+        raise CheckpointError(path, "not a JSON object")
+    found = content.get("format")
+    if found != FORMAT:
+        raise CheckpointError(
+            path, f"model format {found!r} is not {FORMAT!r} (written by another xmask or tool)"
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in content]
+    if missing:
+        raise CheckpointError(path, f"incomplete: missing {', '.join(missing)}")
+    try:
+        card = ModelCard(
+            name=str(content["name"]),
+            architecture=ModelConfig(**{**content["architecture"], "weights": None}),
+            count_threshold=float(content["count_threshold"]),
+            segment=SegmentConfig(**content["segment"]),
+            description=str(content.get("description", "")),
+            training=dict(content.get("training", {})),
+            metrics=dict(content.get("metrics", {})),
+            weights=dict(content["weights"]),
+            xmask_version=str(content.get("xmask_version", "")),
+            created=str(content.get("created", "")),
+        )
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(path, f"bad value ({err})") from err
+    if card.weights.get("dtype") not in WEIGHT_DTYPES or "sha256" not in card.weights:
+        raise CheckpointError(path, "bad 'weights' entry (needs sha256 and dtype)")
+    return card
+
+
+def load_model_folder(
+    folder: str | Path, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, ModelCard]:
+    """The network of a model folder (float32, eval mode, on ``device``) and its card.
+
+    Raises:
+        CheckpointError: a bad card (:func:`read_model_card`), missing weights, weights whose
+            checksum differs from the card's (changed or truncated), a file that is not
+            safetensors, or tensors that do not fit the architecture.
+    """
+    from xmask.models.model import build_model
+
+    folder = Path(folder).expanduser()
+    card = read_model_card(folder)
+    weights = folder / str(card.weights.get("file", WEIGHTS_FILE))
+    if not weights.is_file():
+        raise CheckpointError(weights, "weights file not found (incomplete model folder)")
+    if sha256_of(weights) != card.weights["sha256"]:
+        raise CheckpointError(
+            weights, f"checksum differs from {CARD_FILE}: the file was changed or truncated"
+        )
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_tensors(weights).items()}
+    model = build_model(dataclasses.replace(card.architecture, weights=None))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(weights, f"weights do not fit the architecture ({err})") from err
+    return model.to(device).eval(), card
+
+
+def record_metrics(folder: str | Path, key: str, metrics: dict[str, Any]) -> None:
+    """Add (or replace) ``metrics[key]`` in a model folder's card (atomically)."""
+    folder = Path(folder).expanduser()
+    read_model_card(folder)
+    path = folder / CARD_FILE
+    content = json.loads(path.read_text(encoding="utf-8"))
+    content.setdefault("metrics", {})[key] = metrics
+    write_json(path, content)
+
+
+def user_models_dir() -> Path:
+    """Where ``xmask model export`` registers models: ``$XMASK_MODELS`` or
+    ``~/.local/share/xmask/models``."""
+    configured = os.environ.get(MODELS_ENV)
+    return (
+        Path(configured).expanduser() if configured else Path.home() / ".local/share/xmask/models"
+    )
+
+
+def shipped_models_dir() -> Path:
+    """The models inside the package (``xmask/pretrained/``)."""
+    return Path(str(resources.files("xmask") / "pretrained"))
+
+
+def registered_models() -> dict[str, Path]:
+    """Every model found by name: the user's, then the shipped ones (a user model hides a
+    shipped one of the same name)."""
+    found: dict[str, Path] = {}
+    for base in (shipped_models_dir(), user_models_dir()):
+        if base.is_dir():
+            found.update({p.name: p for p in sorted(base.iterdir()) if is_model_folder(p)})
+    return found
+
+
+def resolve_model(spec: str | Path | None) -> Path:
+    """The folder a model argument names: an existing path as it is, else a registered name;
+    None is :data:`DEFAULT_MODEL`.
+
+    Raises:
+        CheckpointError: neither an existing path nor a registered name.
+    """
+    spec = DEFAULT_MODEL if spec is None else spec
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    models = registered_models()
+    if str(spec) in models:
+        return models[str(spec)]
+    names = ", ".join(models) or "none"
+    raise CheckpointError(path, f"no such file, folder or registered model (registered: {names})")
+
+
+@dataclass
+class InferenceModel:
+    """A network ready for inference and where it came from.
+
+    Attributes:
+        model: the network, eval mode, on its device.
+        count_threshold: the logit above which a cell is a head.
+        segment: constants of Eq. 11–12 at inference.
+        source: the model folder or run path it was loaded from.
+        card: the model folder's card (None for a run).
+        dataset: ``(dataset, root, max_short_side)`` it was trained on, where known.
+    """
+
+    model: nn.Module
+    count_threshold: float
+    segment: SegmentConfig
+    source: Path
+    card: ModelCard | None
+    dataset: tuple[str, str, int | None] | None
+
+
+def load_inference_model(
+    spec: str | Path | None,
+    device: torch.device,
+    which: str = "teacher",
+    threshold: str | float = "auto",
+) -> InferenceModel:
+    """Load what a ``--model`` / ``--checkpoint`` argument names: a registered name or a model
+    folder (:func:`resolve_model`; None is the shipped default), or a training run (a run
+    folder, its ``checkpoints/`` or ``best/``, a ``.safetensors`` file in it).
+
+    Args:
+        which: the network of a run (``"teacher"`` or ``"student"``); a model folder has one.
+        threshold: ``"auto"`` (the card's threshold, or the calibration stored for a run's
+            weights, else 0) or a logit.
+
+    Raises:
+        CheckpointError: nothing loadable there.
+        XmaskError: a bad threshold.
+    """
+    from xmask.calibration import resolve_count_threshold
+
+    path = resolve_model(spec)
+    if is_model_folder(path):
+        model, card = load_model_folder(path, device)
+        value = card.count_threshold if threshold == "auto" else threshold
+        training = card.training
+        dataset = None
+        if "dataset" in training:
+            dataset = (
+                training["dataset"],
+                training.get("root", ""),
+                training.get("max_short_side"),
+            )
+        return InferenceModel(
+            model, resolve_count_threshold(value, path, which), card.segment, path, card, dataset
+        )
+    from xmask.train.run_folder import load_trained_model
+
+    model, cfg = load_trained_model(path, device, which=which)
+    data = cfg.data
+    return InferenceModel(
+        model,
+        resolve_count_threshold(threshold, path, which),
+        INFERENCE,
+        path,
+        None,
+        (data.dataset, data.root, data.max_short_side),
+    )
+
+
+def training_summary(run_path: Path, which: str) -> dict[str, Any]:
+    """What ``model.json`` records about the training run behind ``run_path``: dataset, root,
+    resize rule, labeled list and its size, training images and label fraction (where the
+    dataset is on this machine), recipe(s), stage, network, step and training seconds."""
+    from xmask.data.readers import open_dataset
+    from xmask.data.splits import read_labeled_list
+    from xmask.train.checkpoint import checkpoint_state
+    from xmask.train.run_folder import find_run_folder, weights_folder
+
+    run = find_run_folder(run_path)
+    cfg = run.load_config()
+    state = checkpoint_state(weights_folder(Path(run_path)))
+    labeled = len(read_labeled_list(cfg.data.labeled))
+    summary: dict[str, Any] = {
+        "dataset": cfg.data.dataset,
+        "root": cfg.data.root,
+        "max_short_side": cfg.data.max_short_side,
+        "labeled": cfg.data.labeled,
+        "labeled_images": labeled,
+        "unlabeled_pool": cfg.data.unlabeled_pool,
+    }
+    try:
+        images = len(open_dataset(cfg.data.dataset, cfg.data.root, "train").names)
+        summary |= {"train_images": images, "label_fraction": round(labeled / images, 4)}
+    except XmaskError as err:
+        log.warning("label fraction not recorded: %s", err)
+    command = run.root.parent / "pipeline-command.json"
+    recipes = json.loads(command.read_text("utf-8"))["recipes"] if command.is_file() else []
+    return summary | {
+        "recipes": recipes or [cfg.name],
+        "run": str(run.root.resolve()),
+        "stage": cfg.stage,
+        "network": which,
+        "step": int(state["step"]),
+        "seconds": round(float(state.get("seconds", 0.0)), 1),
+    }
+
+
+def export_run(
+    run_path: str | Path,
+    out: str | Path,
+    name: str | None = None,
+    description: str = "",
+    which: str = "teacher",
+    dtype: str = "float32",
+) -> Path:
+    """Write the ``which`` network of a training run as a model folder, with the count
+    threshold calibrated for it (else 0) and :func:`training_summary`.
+
+    Args:
+        run_path: a run folder, its ``checkpoints/`` or ``best/``, or a weights file in it.
+        out: the model folder to write.
+        name: the model's name (default: ``out``'s folder name).
+
+    Raises:
+        CheckpointError: not a loadable run.
+    """
+    from xmask.calibration import resolve_count_threshold
+    from xmask.train.run_folder import load_trained_model
+
+    run_path, out = Path(run_path).expanduser(), Path(out).expanduser()
+    model, cfg = load_trained_model(run_path, "cpu", which=which)
+    card = ModelCard(
+        name=name or out.name,
+        architecture=dataclasses.replace(cfg.model, weights=None),
+        count_threshold=resolve_count_threshold("auto", run_path, which),
+        segment=INFERENCE,
+        description=description,
+        training=training_summary(run_path, which),
+    )
+    return write_model_folder(out, model, card, dtype)

@@ -1,0 +1,160 @@
+"""Model folders: export from a run, load back, names, and refusal of bad folders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_run, tiny_crowd, tiny_model
+from xmask.data.synthetic import make_crowd
+from xmask.model_folder import (
+    CARD_FILE,
+    FORMAT,
+    MODELS_ENV,
+    WEIGHTS_FILE,
+    export_run,
+    load_inference_model,
+    load_model_folder,
+    read_model_card,
+    record_metrics,
+    registered_models,
+    resolve_model,
+)
+from xmask.predictor import Predictor
+from xmask.train.checkpoint import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("export")
+    crowd = tiny_crowd(root / "crowd", images=5, labeled=2)
+    run = make_run(root, threshold=0.3, crowd=crowd)
+    return export_run(run, root / "tiny-model", description="a test model")
+
+
+def _copy(folder: Path, dest: Path) -> Path:
+    dest.mkdir()
+    for name in (CARD_FILE, WEIGHTS_FILE):
+        (dest / name).write_bytes((folder / name).read_bytes())
+    return dest
+
+
+def test_export_describes_the_run(exported: Path) -> None:
+    card = read_model_card(exported)
+    assert card.name == "tiny-model" and card.description == "a test model"
+    assert card.count_threshold == pytest.approx(0.3)
+    assert card.architecture.mask_head and card.architecture.weights is None
+    training = card.training
+    assert training["dataset"] == "folder" and training["labeled_images"] == 2
+    assert training["train_images"] == 5 and training["label_fraction"] == pytest.approx(0.4)
+    assert training["step"] == 1 and training["network"] == "teacher"
+    content = json.loads((exported / CARD_FILE).read_text())
+    assert content["format"] == FORMAT and len(content["weights"]["sha256"]) == 64
+
+
+def test_loaded_model_predicts_like_the_original(exported: Path) -> None:
+    model, _ = load_model_folder(exported)
+    original = tiny_model()
+    for (name, a), b in zip(
+        model.state_dict().items(), original.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    image = make_crowd(64, 80, 10, seed=2).image
+    predictor = Predictor.load(exported, device="cpu")
+    assert predictor.count_threshold == pytest.approx(0.3) and predictor.source == exported
+    reference = Predictor(original, "cpu", count_threshold=0.3)(image)
+    np.testing.assert_array_equal(predictor(image).labels, reference.labels)
+    assert Predictor.load(exported, device="cpu", threshold=-1.0).count_threshold == -1.0
+
+
+def test_half_precision_folder_is_smaller_and_close(exported: Path, tmp_path: Path) -> None:
+    run = read_model_card(exported).training["run"]
+    half = export_run(run, tmp_path / "half", dtype="float16")
+    assert (half / WEIGHTS_FILE).stat().st_size < 0.6 * (exported / WEIGHTS_FILE).stat().st_size
+    model, _ = load_model_folder(half)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    image = torch.rand(1, 3, 64, 64)
+    full, _ = load_model_folder(exported)
+    with torch.no_grad():
+        diff = (model(image).logits - full(image).logits).abs().max()
+    assert diff < 0.05
+
+
+def test_names_resolve_through_the_user_folder(
+    exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(MODELS_ENV, str(tmp_path))
+    _copy(exported, tmp_path / "mine")
+    assert resolve_model("mine") == tmp_path / "mine"
+    assert "mine" in registered_models()
+    loaded = load_inference_model("mine", torch.device("cpu"))
+    assert loaded.card is not None and loaded.dataset is not None
+    with pytest.raises(CheckpointError, match=r"registered: .*mine"):
+        resolve_model("nobody")
+
+
+def test_tampered_weights_are_refused(exported: Path, tmp_path: Path) -> None:
+    folder = _copy(exported, tmp_path / "tampered")
+    data = bytearray((folder / WEIGHTS_FILE).read_bytes())
+    data[-100] ^= 0xFF
+    (folder / WEIGHTS_FILE).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum differs"):
+        load_model_folder(folder)
+
+
+def test_incomplete_folders_are_refused(exported: Path, tmp_path: Path) -> None:
+    no_weights = _copy(exported, tmp_path / "no-weights")
+    (no_weights / WEIGHTS_FILE).unlink()
+    with pytest.raises(CheckpointError, match="weights file not found"):
+        load_model_folder(no_weights)
+    no_key = _copy(exported, tmp_path / "no-key")
+    content = json.loads((no_key / CARD_FILE).read_text())
+    del content["count_threshold"]
+    (no_key / CARD_FILE).write_text(json.dumps(content))
+    with pytest.raises(CheckpointError, match="missing count_threshold"):
+        load_model_folder(no_key)
+    with pytest.raises(CheckpointError, match="not an xmask model folder"):
+        read_model_card(tmp_path)
+
+
+def test_old_foreign_and_pickled_files_are_refused(exported: Path, tmp_path: Path) -> None:
+    old = _copy(exported, tmp_path / "old")
+    content = json.loads((old / CARD_FILE).read_text())
+    (old / CARD_FILE).write_text(json.dumps(content | {"format": "xmask-model-0"}))
+    with pytest.raises(CheckpointError, match="xmask-model-0"):
+        load_model_folder(old)
+    (tmp_path / "bad-json" / CARD_FILE).parent.mkdir()
+    (tmp_path / "bad-json" / CARD_FILE).write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt JSON"):
+        load_model_folder(tmp_path / "bad-json")
+    pickled = _copy(exported, tmp_path / "pickled")
+    torch.save(tiny_model().state_dict(), pickled / WEIGHTS_FILE)
+    content = json.loads((pickled / CARD_FILE).read_text())
+    content["weights"]["sha256"] = hashlib.sha256((pickled / WEIGHTS_FILE).read_bytes()).hexdigest()
+    (pickled / CARD_FILE).write_text(json.dumps(content))
+    with pytest.raises(CheckpointError, match="pickled checkpoints are refused"):
+        load_model_folder(pickled)
+    torch.save({"x": 1}, tmp_path / "model.pth")
+    with pytest.raises(CheckpointError):
+        load_inference_model(tmp_path / "model.pth", torch.device("cpu"))
+
+
+def test_weights_of_another_architecture_are_refused(exported: Path, tmp_path: Path) -> None:
+    other = _copy(exported, tmp_path / "other")
+    content = json.loads((other / CARD_FILE).read_text())
+    content["architecture"]["neck_channels"] = 48
+    (other / CARD_FILE).write_text(json.dumps(content))
+    with pytest.raises(CheckpointError, match="do not fit the architecture"):
+        load_model_folder(other)
+
+
+def test_metrics_are_recorded(exported: Path, tmp_path: Path) -> None:
+    folder = _copy(exported, tmp_path / "scored")
+    record_metrics(folder, "shb-test", {"mae": 9.5})
+    assert read_model_card(folder).metrics == {"shb-test": {"mae": 9.5}}
+    load_model_folder(folder)  # the weights' checksum is unaffected
