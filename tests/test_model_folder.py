@@ -158,3 +158,29 @@ def test_metrics_are_recorded(exported: Path, tmp_path: Path) -> None:
     record_metrics(folder, "shb-test", {"mae": 9.5})
     assert read_model_card(folder).metrics == {"shb-test": {"mae": 9.5}}
     load_model_folder(folder)  # the weights' checksum is unaffected
+
+
+def test_cli_export_list_info_predict_and_record(
+    exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from xmask.cli import EXIT_OK, main
+
+    monkeypatch.setenv(MODELS_ENV, str(tmp_path / "models"))
+    run = read_model_card(exported).training["run"]
+    assert main(["model", "export", run, "tiny", "--description", "tiny test", "--half"]) == 0
+    assert read_model_card(tmp_path / "models" / "tiny").weights["dtype"] == "float16"
+    capsys.readouterr()
+    assert main(["model", "list"]) == EXIT_OK
+    assert "tiny: tiny test" in capsys.readouterr().out
+    assert main(["model", "info", "tiny"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["name"] == "tiny"
+    monkeypatch.chdir(tmp_path)
+    args = ["evaluate", "--model", "tiny", "--split", "train", "--device", "cpu", "--record"]
+    assert main(args) == EXIT_OK
+    recorded = read_model_card(tmp_path / "models" / "tiny").metrics["folder-train"]
+    assert recorded["images"] == 5 and recorded["mae"] >= 0
+    assert (tmp_path / "eval-tiny-folder-train.csv").is_file()
+    crowd = read_model_card(exported).training["root"]
+    assert main(["predict", crowd, "--model", "tiny", "--out", "p", "--device", "cpu"]) == 0
+    record = json.loads(next((tmp_path / "p" / "predictions").iterdir()).read_text())
+    assert record["model"] == str(tmp_path / "models" / "tiny")

@@ -266,8 +266,8 @@ def resolve_model(spec: str | Path | None) -> Path:
     models = registered_models()
     if str(spec) in models:
         return models[str(spec)]
-    names = ", ".join(models) or "none"
-    raise CheckpointError(path, f"no such file, folder or registered model (registered: {names})")
+    names = "registered: " + (", ".join(models) or "none")
+    raise CheckpointError(path, f"not found: no such file, folder or registered model ({names})")
 
 
 @dataclass

@@ -19,7 +19,7 @@ EXIT_SKIPPED = 3
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, one sub-parser per sub-command."""
-    from xmask.cli import annotate, bench, calibrate, data, evaluate, segment, train
+    from xmask.cli import annotate, bench, calibrate, data, evaluate, model, predict, train
 
     parser = argparse.ArgumentParser(
         prog="xmask",
@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_parser(sub)
     data.add_parser(sub)
     evaluate.add_parser(sub)
-    segment.add_parser(sub)
+    model.add_parser(sub)
+    predict.add_parser(sub)
     train.add_parser(sub)
     return parser
 

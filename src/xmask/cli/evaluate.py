@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import torch
 
     from xmask.data.readers import CrowdDataset
+    from xmask.model_folder import InferenceModel
     from xmask.segment.scoring import SegmentationScores
 
 log = logging.getLogger("xmask")
@@ -30,16 +31,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         f"image. Bad items are reported and skipped (exit code {EXIT_SKIPPED}).",
     )
     parser.add_argument(
+        "--model",
         "--checkpoint",
-        required=True,
-        metavar="RUN_OR_FILE",
-        help="run folder, its checkpoints/ or best/ folder, or a .safetensors file in a run",
+        dest="model",
+        metavar="MODEL",
+        help="a model name, a model folder, or a training run (its folder, checkpoints/ or "
+        "best/, or a .safetensors file in it); default: the model shipped with xmask",
     )
     parser.add_argument(
         "--which", choices=("teacher", "student"), default="teacher", help="network to evaluate"
     )
-    parser.add_argument("--dataset", help="sha, shb, ucf, jhu or folder (default: the run's)")
-    parser.add_argument("--root", help="dataset folder (default: the run's)")
+    parser.add_argument(
+        "--dataset", help="sha, shb, ucf, jhu or folder (default: the model's training data)"
+    )
+    parser.add_argument("--root", help="dataset folder (default: the model's training data)")
     parser.add_argument("--split", default="test", help="train, test (jhu: also val)")
     parser.add_argument(
         "--max-short-side",
@@ -77,7 +82,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print JSON on stdout")
     parser.add_argument(
-        "--csv", metavar="FILE", help="per-image CSV (default: RUN/eval-DATASET-SPLIT.csv)"
+        "--record",
+        action="store_true",
+        help="store the figures in the model folder's model.json under 'DATASET-SPLIT' "
+        "(model folders only)",
+    )
+    parser.add_argument(
+        "--csv",
+        metavar="FILE",
+        help="per-image CSV (default: RUN/eval-DATASET-SPLIT.csv for a run, else "
+        "eval-MODEL-DATASET-SPLIT.csv here)",
     )
     parser.add_argument(
         "--sigma",
@@ -101,7 +115,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """``xmask evaluate``."""
-    from xmask.calibration import resolve_count_threshold
     from xmask.data.readers import open_dataset
     from xmask.data.splits import semi_split
     from xmask.device import resolve_device
@@ -115,7 +128,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         format_result,
     )
     from xmask.metrics import DEFAULT_THRESHOLDS
-    from xmask.train.run_folder import find_run_folder, load_trained_model
+    from xmask.model_folder import load_inference_model
 
     tile = TILE if args.tile is None else args.tile
     overlap = OVERLAP if args.overlap is None else args.overlap
@@ -128,15 +141,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if max_pixels < 1 or min(thresholds) <= 0:
         raise XmaskError("--max-pixels and --sigma must be positive")
 
-    checkpoint = Path(args.checkpoint).expanduser()
     device = resolve_device(args.device)
-    model, cfg = load_trained_model(checkpoint, device, which=args.which)
-    count_threshold = resolve_count_threshold(args.threshold, checkpoint, args.which)
-    dataset_name = args.dataset or cfg.data.dataset
-    root = args.root or cfg.data.root
+    loaded = load_inference_model(args.model, device, args.which, args.threshold)
+    model, count_threshold, source = loaded.model, loaded.count_threshold, loaded.source
+    trained = loaded.dataset or (None, None, None)
+    dataset_name = args.dataset or trained[0]
+    root = args.root or trained[1]
+    if dataset_name is None or not root:
+        raise XmaskError(f"{source}: the model does not say its data; give --dataset and --root")
     max_short_side = args.max_short_side
-    if max_short_side is None and dataset_name == cfg.data.dataset:
-        max_short_side = cfg.data.max_short_side
+    if max_short_side is None and dataset_name == trained[0]:
+        max_short_side = trained[2]
     dataset = open_dataset(dataset_name, root, args.split, max_short_side=max_short_side)
     if args.labeled or args.unlabeled:
         part = semi_split(dataset.names, args.labeled or args.unlabeled)
@@ -153,10 +168,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         tile=tile,
         overlap=overlap,
     )
-    if args.csv:
-        csv_path = Path(args.csv).expanduser()
-    else:
-        csv_path = find_run_folder(checkpoint).root / f"eval-{dataset_name}-{args.split}.csv"
+    csv_path = Path(args.csv) if args.csv else _default_csv(loaded, dataset_name, args.split)
     result.write_csv(csv_path)
     log.info("wrote per-image results to %s", csv_path)
     segmentation = None
@@ -166,7 +178,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         )
     if args.json:
         header = {
-            "checkpoint": str(checkpoint),
+            "model": str(source),
             "which": args.which,
             "dataset": dataset_name,
             "root": str(root),
@@ -177,7 +189,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         extra = {} if segmentation is None else {"segmentation": segmentation.to_dict()}
         print(json.dumps(header | result.to_dict() | extra, indent=2))
     else:
-        print(f"{checkpoint} ({args.which}) on {dataset_name} {args.split} ({root})")
+        print(f"{source} ({args.which}) on {dataset_name} {args.split} ({root})")
         print(format_result(result))
         if segmentation is not None:
             for name in ("predicted", "given"):
@@ -187,8 +199,37 @@ def run_evaluate(args: argparse.Namespace) -> int:
                     f"{counts.precision:.3f}/{counts.recall:.3f}/{counts.f1:.3f}"
                 )
         print(f"per-image results: {csv_path}")
+    if args.record:
+        _record(loaded, f"{dataset_name}-{args.split}", result.to_dict(), segmentation)
     skipped = result.skipped or (segmentation is not None and segmentation.skipped)
     return EXIT_SKIPPED if skipped else EXIT_OK
+
+
+def _default_csv(loaded: InferenceModel, dataset: str, split: str) -> Path:
+    """``RUN/eval-DATASET-SPLIT.csv`` for a run, ``eval-MODEL-DATASET-SPLIT.csv`` here for a
+    model folder (which may be read-only, inside the package)."""
+    from xmask.train.run_folder import find_run_folder
+
+    if loaded.card is None:
+        return find_run_folder(loaded.source).root / f"eval-{dataset}-{split}.csv"
+    return Path(f"eval-{loaded.card.name}-{dataset}-{split}.csv")
+
+
+def _record(
+    loaded: InferenceModel,
+    key: str,
+    figures: dict,
+    segmentation: SegmentationScores | None,
+) -> None:
+    """``--record``: the figures into the model folder's card."""
+    from xmask.errors import XmaskError
+    from xmask.model_folder import record_metrics
+
+    if loaded.card is None:
+        raise XmaskError(f"{loaded.source}: --record needs a model folder, not a run")
+    extra = {} if segmentation is None else {"segmentation": segmentation.to_dict()}
+    record_metrics(loaded.source, key, figures | extra)
+    log.info("recorded %s in %s", key, loaded.source / "model.json")
 
 
 def _score_masks(

@@ -1,0 +1,84 @@
+"""``xmask model``: list, describe and export model folders (:mod:`xmask.model_folder`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from xmask.cli import EXIT_OK
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``xmask model`` and its sub-commands."""
+    parser = sub.add_parser("model", help="list, describe and export model folders")
+    model_sub = parser.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    listing = model_sub.add_parser(
+        "list",
+        help="the models found by name (yours, then the shipped ones)",
+        description="Models found by name: $XMASK_MODELS (default "
+        "~/.local/share/xmask/models), then the models shipped with xmask.",
+    )
+    listing.set_defaults(run=run_list)
+    info = model_sub.add_parser("info", help="print a model's model.json")
+    info.add_argument("model", nargs="?", metavar="MODEL", help="name or folder (default: shipped)")
+    info.set_defaults(run=run_info)
+    export = model_sub.add_parser(
+        "export",
+        help="write a training run's network as a model folder",
+        description="Write the network of a training run (its final teacher by default) as a "
+        "model folder: model.json (architecture, count threshold, training data and label "
+        "fraction, metrics) and weights.safetensors. DEST is a folder path, or a plain name: "
+        "the model is then registered in $XMASK_MODELS and usable as `--model NAME`.",
+    )
+    export.add_argument(
+        "source", metavar="RUN", help="run folder, checkpoints/ or best/, or a file in it"
+    )
+    export.add_argument("dest", metavar="DEST", help="model folder, or a name to register")
+    export.add_argument("--description", default="", help="one line for people")
+    export.add_argument(
+        "--which", choices=("teacher", "student"), default="teacher", help="network to export"
+    )
+    export.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
+    export.set_defaults(run=run_export)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """``xmask model list``."""
+    from xmask.model_folder import DEFAULT_MODEL, read_model_card, registered_models
+
+    models = registered_models()
+    if not models:
+        print("no models found")
+    for name, folder in models.items():
+        card = read_model_card(folder)
+        mark = " (default)" if name == DEFAULT_MODEL else ""
+        scores = ", ".join(f"{k} MAE {v['mae']:.2f}" for k, v in card.metrics.items() if "mae" in v)
+        print(f"{name}{mark}: {card.description or '-'}" + (f" [{scores}]" if scores else ""))
+        print(f"    {folder}")
+    return EXIT_OK
+
+
+def run_info(args: argparse.Namespace) -> int:
+    """``xmask model info``."""
+    from xmask.model_folder import CARD_FILE, read_model_card, resolve_model
+
+    folder = resolve_model(args.model)
+    read_model_card(folder)
+    print(json.dumps(json.loads((folder / CARD_FILE).read_text("utf-8")), indent=2))
+    return EXIT_OK
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``xmask model export``."""
+    from xmask.model_folder import export_run, user_models_dir
+
+    dest = Path(args.dest).expanduser()
+    if len(dest.parts) == 1 and not dest.exists():
+        dest = user_models_dir() / dest
+    dtype = "float16" if args.half else "float32"
+    folder = export_run(
+        args.source, dest, description=args.description, which=args.which, dtype=dtype
+    )
+    print(f"wrote {folder}")
+    return EXIT_OK

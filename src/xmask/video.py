@@ -1,0 +1,212 @@
+"""Prediction on a video: an annotated video, a per-frame count table and a count plot.
+
+For ``OUT/videos/`` and a video ``NAME.mp4``:
+
+- ``NAME.mp4``: every predicted frame drawn as :meth:`xmask.predictor.Prediction.overlay`
+  (instances, head dots, the count), H.264 at the source rate divided by ``every``;
+- ``NAME.csv``: ``frame,time_s,count`` per predicted frame, written last (a video is done when
+  it exists; an interrupted video is redone from its start);
+- ``NAME-counts.png``: the count over time.
+
+Needs PyAV (``pip install 'xmask[video]'``), and matplotlib for the plot.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from xmask.errors import DataError, UsageError
+
+if TYPE_CHECKING:
+    from xmask.batch import Source
+    from xmask.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+CODEC = "libx264"
+
+
+@dataclass
+class VideoResult:
+    """One video's predictions.
+
+    Attributes:
+        frames: frame indices predicted (every ``every``-th decoded frame, from 0).
+        times: their presentation times in seconds.
+        counts: their head counts.
+        network_s: seconds in the network over all frames.
+        post_s: seconds after the network over all frames.
+    """
+
+    frames: list[int]
+    times: list[float]
+    counts: list[int]
+    network_s: float = 0.0
+    post_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class VideoOutputs:
+    """The files of one video in an output folder."""
+
+    out: Path
+    stem: str
+
+    @property
+    def video(self) -> Path:
+        """``videos/STEM.mp4``."""
+        return self.out / "videos" / f"{self.stem}.mp4"
+
+    @property
+    def table(self) -> Path:
+        """``videos/STEM.csv``, written last."""
+        return self.out / "videos" / f"{self.stem}.csv"
+
+    @property
+    def plot(self) -> Path:
+        """``videos/STEM-counts.png``."""
+        return self.out / "videos" / f"{self.stem}-counts.png"
+
+
+def _import_av() -> Any:
+    try:
+        import av
+    except ImportError as err:
+        raise UsageError("video input needs PyAV: pip install 'xmask[video]'") from err
+    return av
+
+
+def predict_video(
+    predictor: Predictor,
+    source: Source,
+    out: str | Path,
+    *,
+    every: int = 1,
+    roi: np.ndarray | None = None,
+    progress: bool = True,
+) -> VideoResult | None:
+    """Predict every ``every``-th frame of a video and write its outputs (module docstring).
+
+    Returns:
+        The result, or None when the video was already done.
+
+    Raises:
+        DataError: an unreadable video or one without a video stream.
+        UsageError: PyAV is missing, or ``every < 1``.
+    """
+    if every < 1:
+        raise UsageError(f"--every must be at least 1, got {every}")
+    files = VideoOutputs(Path(out), Path(source.name).stem)
+    if files.table.is_file():
+        return None
+    av = _import_av()
+    files.video.parent.mkdir(parents=True, exist_ok=True)
+    partial = files.video.with_name(f".{files.video.name}.part")
+    try:
+        result = _run(av, predictor, source.path, partial, every, roi, progress)
+    except (av.error.FFmpegError, UnicodeDecodeError) as err:
+        partial.unlink(missing_ok=True)
+        raise DataError(source.path, f"unreadable video ({err})") from err
+    os.replace(partial, files.video)
+    _write_plot(files.plot, result, source.name)
+    _write_table(files.table, result)
+    return result
+
+
+def _run(
+    av: Any,
+    predictor: Predictor,
+    path: Path,
+    partial: Path,
+    every: int,
+    roi: np.ndarray | None,
+    progress: bool,
+) -> VideoResult:
+    from fractions import Fraction
+
+    from tqdm.auto import tqdm
+
+    from xmask.roi import restrict
+
+    result = VideoResult([], [], [])
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise DataError(path, "no video stream")
+        stream = container.streams.video[0]
+        rate = Fraction(stream.average_rate or 25) / every
+        total = (stream.frames or 0) // every or None
+        with av.open(str(partial), "w", format="mp4") as output:
+            encoder = None
+            bar = tqdm(total=total, desc=path.name, unit="frame", disable=not progress)
+            for index, frame in enumerate(container.decode(stream)):
+                if index % every:
+                    continue
+                prediction = predictor(frame.to_ndarray(format="rgb24"))
+                if roi is not None:
+                    prediction = restrict(prediction, roi)
+                picture = prediction.overlay()
+                if encoder is None:
+                    encoder = _encoder(output, rate, picture.shape)
+                even = picture[: encoder.height, : encoder.width]
+                for packet in encoder.encode(av.VideoFrame.from_ndarray(even, format="rgb24")):
+                    output.mux(packet)
+                result.frames.append(index)
+                result.times.append(float(frame.time or index / float(rate * every)))
+                result.counts.append(prediction.count)
+                result.network_s += prediction.network_s
+                result.post_s += prediction.post_s
+                bar.update()
+                bar.set_postfix(count=prediction.count, refresh=False)
+            bar.close()
+            if encoder is None:
+                raise DataError(path, "no frame could be decoded")
+            for packet in encoder.encode():
+                output.mux(packet)
+    return result
+
+
+def _encoder(output: Any, rate: Any, shape: tuple[int, ...]) -> Any:
+    """An H.264 stream for frames of ``shape`` (cropped to even sides, as yuv420p needs)."""
+    stream = output.add_stream(CODEC, rate=rate)
+    stream.width, stream.height = shape[1] - shape[1] % 2, shape[0] - shape[0] % 2
+    stream.pix_fmt = "yuv420p"
+    return stream
+
+
+def _write_table(path: Path, result: VideoResult) -> None:
+    from xmask.data.image_io import atomic_write_bytes
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["frame", "time_s", "count"])
+    for row in zip(result.frames, result.times, result.counts, strict=True):
+        writer.writerow([row[0], f"{row[1]:.3f}", row[2]])
+    atomic_write_bytes(path, text.getvalue().encode("utf-8"))
+
+
+def _write_plot(path: Path, result: VideoResult, title: str) -> None:
+    """The count over time as a PNG (skipped, with a warning, without matplotlib)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        log.warning("matplotlib is not installed: no count plot (pip install 'xmask[video]')")
+        return
+    from xmask.data.image_io import atomic_write_bytes
+
+    figure = Figure(figsize=(8, 3), dpi=100)
+    axis = figure.subplots()
+    axis.plot(result.times, result.counts, color="tab:red")
+    axis.set(xlabel="time (s)", ylabel="heads", title=title)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
