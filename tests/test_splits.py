@@ -55,3 +55,8 @@ def test_standard_splits_on_real_data(shanghaitech: Path, dataset: str) -> None:
         assert not set(split.labeled) & set(split.unlabeled)
         labeled = open_dataset(dataset, shanghaitech, "train").subset(split.labeled)
         assert labeled.names == read_labeled_list(f"{dataset}-{percent}")
+
+
+def test_all_labels_every_image() -> None:
+    split = semi_split(["b.jpg", "a.jpg", "c.jpg"], "all")
+    assert split.labeled == [0, 1, 2] and split.unlabeled == []

@@ -346,27 +346,30 @@ def training_summary(run_path: Path, which: str) -> dict[str, Any]:
     resize rule, labeled list and its size, training images and label fraction (where the
     dataset is on this machine), recipe(s), stage, network, step and training seconds."""
     from xmask.data.readers import open_dataset
-    from xmask.data.splits import read_labeled_list
+    from xmask.data.splits import semi_split
     from xmask.train.checkpoint import checkpoint_state
     from xmask.train.run_folder import find_run_folder, weights_folder
 
     run = find_run_folder(run_path)
     cfg = run.load_config()
     state = checkpoint_state(weights_folder(Path(run_path)))
-    labeled = len(read_labeled_list(cfg.data.labeled))
     summary: dict[str, Any] = {
         "dataset": cfg.data.dataset,
         "root": cfg.data.root,
         "max_short_side": cfg.data.max_short_side,
         "labeled": cfg.data.labeled,
-        "labeled_images": labeled,
         "unlabeled_pool": cfg.data.unlabeled_pool,
     }
     try:
-        images = len(open_dataset(cfg.data.dataset, cfg.data.root, "train").names)
-        summary |= {"train_images": images, "label_fraction": round(labeled / images, 4)}
+        names = open_dataset(cfg.data.dataset, cfg.data.root, "train").names
+        labeled = len(semi_split(names, cfg.data.labeled).labeled)
+        summary |= {
+            "labeled_images": labeled,
+            "train_images": len(names),
+            "label_fraction": round(labeled / len(names), 4),
+        }
     except XmaskError as err:
-        log.warning("label fraction not recorded: %s", err)
+        log.warning("labeled images not recorded: %s", err)
     command = run.root.parent / "pipeline-command.json"
     recipes = json.loads(command.read_text("utf-8"))["recipes"] if command.is_file() else []
     return summary | {

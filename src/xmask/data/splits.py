@@ -4,6 +4,7 @@ The standard labeled lists of the semi-supervised crowd counting literature ship
 (``sha``, ``shb``, ``ucf``, ``jhu`` × 5 / 10 / 40 %: 15 / 30 / 120 images of ShanghaiTech A,
 20 / 40 / 160 of B). A split is named ``DATASET-PERCENT`` (``sha-40``) or given as a path to a
 text file with one image file name per line; the rest of the training set is the unlabeled pool.
+``all`` labels every training image.
 """
 
 from __future__ import annotations
@@ -71,13 +72,18 @@ class SemiSplit:
     unlabeled: list[int]
 
 
+ALL = "all"
+"""The labeled list that labels every training image (fully supervised labels)."""
+
+
 def semi_split(names: list[str], spec: str | Path) -> SemiSplit:
-    """Divide a training set (its image ``names``, in order) by a labeled list.
+    """Divide a training set (its image ``names``, in order) by a labeled list, or label every
+    image (``spec`` :data:`ALL`).
 
     Raises:
         DataError: the list names images that the training set lacks.
     """
-    labeled_names = read_labeled_list(spec)
+    labeled_names = list(names) if str(spec) == ALL else read_labeled_list(spec)
     index = {name: i for i, name in enumerate(names)}
     missing = [name for name in labeled_names if name not in index]
     if missing:

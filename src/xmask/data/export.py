@@ -1,0 +1,93 @@
+"""Writing any dataset split in the plain folder format (to merge datasets, or to correct
+labels with other tools).
+
+Each readable image becomes ``OUT/PREFIX + NAME`` (a hard link to the original file where the
+file system allows, else a copy; an image the folder reader would decode differently, because
+of its EXIF orientation, is re-encoded as PNG) and its points ``OUT/PREFIX + STEM.txt``, as the
+source reader gives them (points outside the image dropped). Unreadable items are reported and
+skipped; files already there are kept, so an interrupted export resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from xmask.data.image_io import atomic_write_bytes, load_image
+from xmask.data.points_io import write_points_txt
+from xmask.data.readers import CrowdDataset
+from xmask.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExportSummary:
+    """What an export did."""
+
+    written: int = 0
+    already_done: int = 0
+    points: int = 0
+    reencoded: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    Path(tmp).unlink()
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_folder(
+    dataset: CrowdDataset, out: str | Path, prefix: str = "", progress: bool = True
+) -> ExportSummary:
+    """Write ``dataset`` into ``out`` in the folder format (module docstring).
+
+    Args:
+        dataset: an opened split (any reader; its resize rule is not applied).
+        out: the output folder (created).
+        prefix: prepended to every file name (``sha_`` keeps ShanghaiTech A and B apart).
+        progress: show a tqdm bar.
+    """
+    from xmask.batch import png_bytes
+
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    summary = ExportSummary()
+    for item in tqdm(dataset.items, desc="export", unit="img", disable=not progress):
+        name = prefix + item.name
+        points_file = out / f"{Path(name).stem}.txt"
+        if points_file.is_file():
+            summary.already_done += 1
+            continue
+        try:
+            sample = dataset.load(item)
+            as_folder_reads = load_image(item.image, apply_exif=True)
+        except DataError as err:
+            log.warning("skipped %s: %s", item.name, err)
+            summary.skipped.append({"name": item.name, "problem": str(err)})
+            continue
+        if as_folder_reads.exif_rotated and not dataset.apply_exif:
+            atomic_write_bytes(out / f"{Path(name).stem}.png", png_bytes(sample.image))
+            summary.reencoded += 1
+        else:
+            _link_or_copy(item.image, out / name)
+        write_points_txt(points_file, sample.points)
+        summary.written += 1
+        summary.points += sample.count
+    return summary
