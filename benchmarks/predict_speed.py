@@ -1,0 +1,161 @@
+"""Wall time of ``xmask predict`` as a user runs it, and its memory on a huge image.
+
+    python benchmarks/predict_speed.py [--model NAME_OR_PATH] [--images DIR] [--work DIR]
+
+Three measurements, each a fresh ``xmask predict`` process (start-up included: Python, torch,
+the model; PyTorch's own thread count, the CLI's default):
+
+1. **One image**: one 1024×768 image (the first ShanghaiTech B test image when ``--images``
+   points at ``part_B/test_data/images``, else a synthetic crowd of 150 heads), wall time of
+   the whole command.
+2. **A folder of 50** such images (the first 50 of ``--images``, else synthetic): wall time
+   of the command, and the per-image time after start-up two ways: the mean of
+   ``summary.json``'s per-image seconds (reading the file to writing its last output), and
+   ``(wall(50) − wall(1)) / 49``.
+3. **A huge image**: a synthetic 6000×4000 crowd of 5,000 heads, ``xmask predict`` on it (the
+   model's own heads, network in tiles, segmentation window by window) and, in a second
+   process, :meth:`xmask.predictor.Predictor.segment_points` with the 5,000 drawn heads. For
+   both: wall time and the peak resident memory of the process (its own ``ru_maxrss``).
+
+Prints one JSON object; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PREDICT = """
+import resource, sys
+from xmask.cli import main
+code = main(sys.argv[1:])
+print("PEAK_RSS_MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+sys.exit(code)
+"""
+
+SEGMENT_GIVEN = """
+import json, resource, sys, time
+import numpy as np
+from xmask.data.image_io import load_image
+from xmask.predictor import Predictor
+model, image_path, points_path = sys.argv[1:4]
+start = time.perf_counter()
+predictor = Predictor.load(None if model == "default" else model, device="cpu")
+image = load_image(image_path).array
+points = np.loadtxt(points_path, dtype=np.float32).reshape(-1, 2)
+prediction = predictor.segment_points(image, points)
+print(json.dumps({
+    "seconds": time.perf_counter() - start,
+    "heads": len(points),
+    "segmented": int((prediction.areas > 0).sum()),
+    "network_s": prediction.network_s,
+    "post_s": prediction.post_s,
+    "tiles": prediction.tiles,
+    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+}))
+"""
+
+
+def _child(args: list[str]) -> tuple[float, str]:
+    """Run a child process; returns (wall seconds, stdout)."""
+    start = time.perf_counter()
+    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if done.returncode not in (0, 3):
+        raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr[-2000:]}")
+    return wall, done.stdout
+
+
+def _predict(model: str, source: Path, out: Path) -> tuple[float, float]:
+    """``xmask predict SOURCE --out OUT`` in a child: (wall seconds, its peak RSS in MiB)."""
+    command = [sys.executable, "-c", PREDICT, "predict", str(source), "--out", str(out)]
+    wall, stdout = _child(command + ([] if model == "default" else ["--model", model]))
+    peak = next(line for line in stdout.splitlines() if line.startswith("PEAK_RSS_MB"))
+    return wall, float(peak.split()[1])
+
+
+def _images(source: Path | None, work: Path, count: int) -> list[Path]:
+    """``count`` 1024×768 images: the first of ``source`` or synthetic ones written to work."""
+    if source is not None:
+        files = sorted(p for p in source.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+        if len(files) >= count:
+            return files[:count]
+    from PIL import Image
+
+    from xmask.data.synthetic import make_crowd
+
+    folder = work / "synthetic"
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"crowd_{i:02d}.png"
+        Image.fromarray(make_crowd(768, 1024, 150, seed=i).image).save(path)
+        paths.append(path)
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="default", help="model name or path (default: shipped)")
+    parser.add_argument("--images", type=Path, help="folder of 1024×768 images (≥ 50)")
+    parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--huge-heads", type=int, default=5000)
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="xmask-predict-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    result: dict = {"model": args.model, "cpus": os.cpu_count()}
+
+    images = _images(args.images, work, 50)
+    wall_one, rss_one = _predict(args.model, images[0], work / "one")
+    result["one_image"] = {"image": str(images[0]), "wall_s": wall_one, "peak_rss_mb": rss_one}
+
+    folder = work / "fifty"
+    folder.mkdir(exist_ok=True)
+    for path in images:
+        target = folder / path.name
+        if not target.exists():
+            shutil.copyfile(path, target)
+    wall_fifty, rss_fifty = _predict(args.model, folder, work / "fifty-out")
+    summary = json.loads((work / "fifty-out" / "summary.json").read_text())
+    result["fifty_images"] = {
+        "wall_s": wall_fifty,
+        "per_image_s_from_summary": summary["seconds"] / summary["images"],
+        "per_image_s_after_startup": (wall_fifty - wall_one) / 49,
+        "heads": summary["heads"],
+        "peak_rss_mb": rss_fifty,
+    }
+
+    from PIL import Image
+
+    from xmask.data.points_io import write_points_txt
+    from xmask.data.synthetic import make_crowd
+
+    crowd = make_crowd(4000, 6000, args.huge_heads, seed=0)
+    Image.fromarray(crowd.image).save(work / "huge.png")
+    write_points_txt(work / "huge.txt", crowd.points)
+    del crowd
+    wall_huge, rss_huge = _predict(args.model, work / "huge.png", work / "huge-out")
+    record = json.loads((work / "huge-out" / "predictions" / "huge.json").read_text())
+    result["huge_predict"] = {
+        "size": "6000x4000",
+        "wall_s": wall_huge,
+        "predicted_heads": record["count"],
+        "peak_rss_mb": rss_huge,
+    }
+    script = [sys.executable, "-c", SEGMENT_GIVEN, args.model, str(work / "huge.png")]
+    _, out = _child([*script, str(work / "huge.txt")])
+    result["huge_given_heads"] = json.loads(out.strip().splitlines()[-1])
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
