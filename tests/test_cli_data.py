@@ -75,7 +75,7 @@ def test_bad_items_are_reported_and_skipped(
     assert stats["greyscale_names"] == ["grey.png"]
     skipped = {s["name"]: s["problem"] for s in stats["skipped"]}
     assert set(skipped) == {"broken.png", "nogt.png"}
-    assert "broken.png" in skipped["broken.png"] and "not found" in skipped["nogt.png"]
+    assert "broken.png" in skipped["broken.png"] and "no point file" in skipped["nogt.png"]
 
 
 def test_human_readable_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -96,7 +96,7 @@ def test_folder_csv_and_missing_ground_truth(tmp_path: Path) -> None:
     ds = open_dataset("folder", tmp_path / "csv")
     assert [s.count for s in ds] == [2, 0]
     _image(tmp_path / "nogt" / "z.png")
-    with pytest.raises(DataError, match=r"z\.txt: ground-truth file not found"):
+    with pytest.raises(DataError, match=r"z\.png: no point file"):
         open_dataset("folder", tmp_path / "nogt")[0]
 
 

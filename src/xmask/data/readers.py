@@ -16,6 +16,8 @@ Layouts (``root`` is the dataset folder):
   ``images/`` sub-folder); points per image in ``STEM.txt`` (``x y`` lines) or ``STEM.json``
   beside the image or in ``points/``, or all of them in one ``points.csv`` (``image,x,y``);
   optional instance label maps in ``masks/STEM.png`` (16-bit, 0 background, k = k-th point).
+  An image without a point file is an unlabeled image: training draws it for Mean Teacher;
+  reading its points (evaluation, statistics, annotation, a labeled list) is an error.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ class Item:
     Attributes:
         name: image file name (the key of split lists).
         image: image file.
-        points: ground-truth point file (``None``: the points come from ``preset_points``).
+        points: ground-truth point file (``None``: the points come from ``preset_points``, or
+            the image has none: an unlabeled image of the folder format).
         labels: optional instance label map file.
         preset_points: points already read (one CSV for many images).
     """
@@ -64,6 +67,11 @@ class Item:
     points: Path | None
     labels: Path | None = None
     preset_points: np.ndarray | None = None
+
+    @property
+    def annotated(self) -> bool:
+        """The image has ground-truth points (a file, or a row set of a CSV)."""
+        return self.points is not None or self.preset_points is not None
 
 
 def natural_key(name: str) -> list[object]:
@@ -162,13 +170,25 @@ class CrowdDataset(ABC):
         image = load_image(item.image, apply_exif=self.apply_exif)
         return RawSample(image=image, points=self.read_points(item), item=item)
 
-    def load(self, item: Item) -> Sample:
+    def load(self, item: Item, points_optional: bool = False) -> Sample:
         """Decode and validate one item; resize by ``max_short_side`` if set.
+
+        Args:
+            item: one of :attr:`items`.
+            points_optional: an image without ground truth gives no points instead of an
+                error (unlabeled training images, whose points are never read).
 
         Raises:
             DataError: the image or its ground truth is missing or unusable.
         """
-        raw = self.read_raw(item)
+        if not item.annotated and points_optional:
+            image = load_image(item.image, apply_exif=self.apply_exif)
+            empty = np.zeros((0, 2), dtype=np.float64)
+            return self._sample(RawSample(image=image, points=empty, item=item))
+        return self._sample(self.read_raw(item))
+
+    def _sample(self, raw: RawSample) -> Sample:
+        item = raw.item
         size = raw.image.size
         points, dropped = clean_points(raw.points, size, item.points or item.image)
         labels = load_label_map(item.labels, size) if item.labels is not None else None
@@ -325,13 +345,18 @@ class FolderDataset(CrowdDataset):
             for folder in (image.parent, base / "points")
             for suffix in (".txt", ".json")
         ]
-        found = next((c for c in candidates if c.is_file()), candidates[0])
+        found = next((c for c in candidates if c.is_file()), None)
         return Item(image.name, image, found, labels)
 
     def read_points(self, item: Item) -> np.ndarray:
         if item.preset_points is not None:
             return item.preset_points
-        assert item.points is not None
+        if item.points is None:
+            raise DataError(
+                item.image,
+                "no point file (NAME.txt or NAME.json beside the image or in points/); "
+                "only unlabeled training images may go without",
+            )
         if item.points.suffix == ".json":
             return read_json_points(item.points)
         return read_txt_points(item.points)

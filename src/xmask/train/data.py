@@ -89,7 +89,9 @@ def epoch_plan(
 
 
 class CachedSamples:
-    """Samples of a dataset, decoded once and kept in memory when ``cache`` is set.
+    """Samples of a dataset, decoded once and kept in memory when ``cache`` is set. An image
+    without ground truth (an unlabeled image of the folder format) has no points; the trainer
+    has checked that every labeled image has them.
 
     Args:
         dataset: the training images.
@@ -109,7 +111,7 @@ class CachedSamples:
     def __getitem__(self, index: int) -> Sample:
         if index in self._store:
             return self._store[index]
-        sample = self.dataset[index]
+        sample = self.dataset.load(self.dataset.items[index], points_optional=True)
         if self.masks is not None and sample.labels is None:
             sample = with_label_map(sample, self.masks)
         if self.cache:

@@ -31,7 +31,7 @@ from xmask.data.image_io import atomic_write_bytes
 from xmask.data.readers import CrowdDataset, open_dataset
 from xmask.data.splits import read_labeled_list, semi_split
 from xmask.device import resolve_device
-from xmask.errors import XmaskError
+from xmask.errors import DataError, XmaskError
 from xmask.train.checkpoint import (
     Checkpoint,
     latest_step,
@@ -133,6 +133,13 @@ class Trainer:
         if held_out & {names[i] for i in split.labeled}:
             raise XmaskError(f"{cfg.validation}: validation images are also labeled images")
         labeled = split.labeled
+        needed = {names[i] for i in labeled} | held_out
+        bare = [item.name for item in train.items if item.name in needed and not item.annotated]
+        if bare:
+            shown = ", ".join(bare[:5]) + (" ..." if len(bare) > 5 else "")
+            raise DataError(
+                cfg.root, f"{len(bare)} labeled or validation image(s) have no points: {shown}"
+            )
         pool = {"all": range(len(names)), "rest": split.unlabeled, "none": []}
         if cfg.unlabeled_pool not in pool:
             raise XmaskError(f"data.unlabeled_pool must be all, rest or none: {cfg.unlabeled_pool}")
