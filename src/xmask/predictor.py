@@ -150,13 +150,13 @@ class Prediction:
         """
         if self.image is None:
             raise UsageError("this prediction holds no image to draw on")
-        out = self.image.astype(np.float32)
+        out = self.image.copy()
         if self.labels is not None:
             colours = instance_colours(len(self.points))
             inside = self.labels > 0
             tint = colours[self.labels[inside] - 1]
-            out[inside] = (1.0 - alpha) * out[inside] + alpha * tint
-        out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+            mixed = (1.0 - alpha) * out[inside] + alpha * tint
+            out[inside] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
         draw_dots(out, self.points, dot_radius, DOT_COLOUR)
         if self.roi is None and not caption:
             return out
