@@ -258,9 +258,10 @@ def main() -> int:
     )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    if not args.report_only:
+    if not args.report_only or not (args.work / "hardware.json").is_file():
         hardware = {"machine": machine(), "torch": torch.__version__}
         (args.work / "hardware.json").write_text(json.dumps(hardware))
+    if not args.report_only:
         seeds = dict(item.split("=", 1) for item in args.stage1)
         for setting in args.settings:
             if setting in seeds:
