@@ -53,6 +53,11 @@ def _link_or_copy(source: Path, target: Path) -> None:
         raise
 
 
+def _exif_rotated(path: Path) -> bool:
+    """The folder reader, which applies EXIF orientation, would rotate this image."""
+    return load_image(path, apply_exif=True).exif_rotated
+
+
 def export_folder(
     dataset: CrowdDataset, out: str | Path, prefix: str = "", progress: bool = True
 ) -> ExportSummary:
@@ -77,12 +82,12 @@ def export_folder(
             continue
         try:
             sample = dataset.load(item)
-            as_folder_reads = load_image(item.image, apply_exif=True)
+            rotated = not dataset.apply_exif and _exif_rotated(item.image)
         except DataError as err:
             log.warning("skipped %s: %s", item.name, err)
             summary.skipped.append({"name": item.name, "problem": str(err)})
             continue
-        if as_folder_reads.exif_rotated and not dataset.apply_exif:
+        if rotated:
             atomic_write_bytes(out / f"{Path(name).stem}.png", png_bytes(sample.image))
             summary.reencoded += 1
         else:
