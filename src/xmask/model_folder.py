@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from xmask.errors import XmaskError
+from xmask.models.fusion import prepare_for_inference
 from xmask.models.model import ModelConfig
 from xmask.segment.instances import INFERENCE, SegmentConfig
 from xmask.train.checkpoint import CheckpointError, load_tensors, write_json
@@ -306,6 +307,10 @@ def load_inference_model(
         threshold: ``"auto"`` (the card's threshold, or the calibration stored for a run's
             weights, else 0) or a logit.
 
+    The network comes in eval mode, prepared for inference
+    (:func:`xmask.models.fusion.prepare_for_inference`: BatchNorm folded, channels-last): it
+    is not for training or for saving.
+
     Raises:
         CheckpointError: nothing loadable there.
         XmaskError: a bad threshold.
@@ -325,14 +330,19 @@ def load_inference_model(
                 training.get("max_short_side"),
             )
         return InferenceModel(
-            model, resolve_count_threshold(value, path, which), card.segment, path, card, dataset
+            prepare_for_inference(model),
+            resolve_count_threshold(value, path, which),
+            card.segment,
+            path,
+            card,
+            dataset,
         )
     from xmask.train.run_folder import load_trained_model
 
     model, cfg = load_trained_model(path, device, which=which)
     data = cfg.data
     return InferenceModel(
-        model,
+        prepare_for_inference(model),
         resolve_count_threshold(threshold, path, which),
         INFERENCE,
         path,

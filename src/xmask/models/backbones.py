@@ -321,7 +321,8 @@ def _round_filters(channels: int, width: float, divisor: int = 8) -> int:
 
 
 class SameConv2d(nn.Conv2d):
-    """Bias-free convolution with TensorFlow "SAME" padding for any input size.
+    """Convolution with TensorFlow "SAME" padding for any input size, built without a bias
+    (one appears only when :func:`xmask.models.fusion.fold_batchnorm` folds a BatchNorm in).
 
     Output size ``ceil(size / stride)``; a stride-2 convolution pads less before than after,
     as TensorFlow does (this is what the EfficientNet-Lite weights were trained with).
@@ -343,7 +344,7 @@ class SameConv2d(nn.Conv2d):
             padding = (pads[2], pads[0])
         else:
             x, padding = nnf.pad(x, pads), (0, 0)
-        return nnf.conv2d(x, self.weight, None, self.stride, padding, 1, self.groups)
+        return nnf.conv2d(x, self.weight, self.bias, self.stride, padding, 1, self.groups)
 
 
 class MBConvBlock(nn.Module):
@@ -352,6 +353,8 @@ class MBConvBlock(nn.Module):
     Parameter names follow ``efficientnet_lite_pytorch`` (``_expand_conv``, ``_bn0``,
     ``_depthwise_conv``, ``_bn1``, ``_project_conv``, ``_bn2``). No stochastic depth.
     """
+
+    CONV_BN = (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"))
 
     def __init__(
         self, in_channels: int, out_channels: int, kernel: int, stride: int, expand: int
@@ -395,6 +398,7 @@ class EfficientNetLite(Backbone):
 
     mean = LITE_MEAN
     std = LITE_STD
+    CONV_BN = (("_conv_stem", "_bn0"),)
 
     def __init__(self, width: float = 1.0, depth: float = 1.0) -> None:
         super().__init__()

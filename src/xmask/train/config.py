@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from xmask.data.augment import AugmentConfig
+from xmask.data.augment_config import AugmentConfig
 from xmask.errors import XmaskError
 from xmask.losses.discriminative import DiscriminativeConfig
 from xmask.losses.mask_constraint import ConstraintConfig
