@@ -131,7 +131,7 @@ def test_storage_round_trip_and_step_check(
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tiny_crowd(tmp_path_factory.mktemp("cal"), images=5, labeled=3)
     overrides = [*tiny_train_overrides(root, "cal"), "schedule.epochs=2"]
-    overrides += ["schedule.steps_per_epoch=2"]
+    overrides += ["schedule.steps_per_epoch=2", "calibrate_student=true"]
     assert main(["train", *overrides]) == EXIT_OK
     return root / "runs" / "cal"
 

@@ -75,7 +75,12 @@ def test_pipeline_runs_every_stage_then_a_rerun_does_nothing(crowd: Path) -> Non
         for stage in ("stage1", "stage2")
     ]
     assert thresholds[1]["teacher"]["threshold"] == thresholds[0]["teacher"]["threshold"]
-    assert thresholds[1]["student"]["threshold"] == thresholds[0]["teacher"]["threshold"]
+    assert set(thresholds[0]) == {"teacher"}  # the student is calibrated only when asked
+    stage2 = parts["evaluate-stage2"]  # Stage 2's counter is Stage 1's: its counts are reused
+    assert stage2["counting_from"] == "stage1" and "segmentation" in stage2
+    assert {k: v for k, v in stage2.items() if k not in ("wall", "segmentation", "counting_from")}
+    for key in ("mae", "rmse", "localisation"):
+        assert stage2[key] == parts["evaluate-stage1"][key]
     assert thresholds[1]["teacher"]["step"] == 4  # the counter is Stage 1's, at Stage 2's step
     for stage in ("stage1", "stage2", "stage3"):
         assert main(["evaluate", "--checkpoint", str(root / stage), "--split", "test"]) == EXIT_OK

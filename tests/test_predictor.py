@@ -106,6 +106,20 @@ def test_given_points_all_get_a_mask(model: XMaskModel, crowd: Sample) -> None:
         predictor.segment_points(crowd.image, crowd.points + np.float32(100.0))
 
 
+def test_one_pass_equals_the_two_calls(model: XMaskModel, crowd: Sample) -> None:
+    predictor = Predictor(model, "cpu")
+    own, given = predictor.predict_and_segment_points(crowd.image, crowd.points)
+    for got, expected in (
+        (own, predictor(crowd.image)),
+        (given, predictor.segment_points(crowd.image, crowd.points)),
+    ):
+        assert got.count == expected.count
+        np.testing.assert_array_equal(got.points, expected.points)
+        np.testing.assert_array_equal(got.scores, expected.scores)
+        np.testing.assert_array_equal(got.labels, expected.labels)
+    assert own.network_s == given.network_s
+
+
 def test_coco_export_decodes_to_the_label_map(model: XMaskModel, crowd: Sample) -> None:
     prediction = Predictor(model, "cpu")(crowd.image)
     coco = prediction.to_coco(image_id=7, file_name="crowd.png")

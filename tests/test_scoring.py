@@ -27,16 +27,16 @@ class _Echo:
         from xmask.data.image_io import load_label_map
 
         self.calls += 1
-        name = f"syn_{(self.calls - 1) // 2:04d}.png"
+        name = f"syn_{self.calls - 1:04d}.png"
         labels = load_label_map(self.root / "masks" / name)
         assert labels.shape == image.shape[:2]
         return labels if self.perfect else np.zeros_like(labels)
 
-    def __call__(self, image: np.ndarray) -> _Prediction:
-        return _Prediction(self._labels(image))
-
-    def segment_points(self, image: np.ndarray, points: np.ndarray) -> _Prediction:
-        return _Prediction(self._labels(image))
+    def predict_and_segment_points(
+        self, image: np.ndarray, points: np.ndarray
+    ) -> tuple[_Prediction, _Prediction]:
+        labels = self._labels(image)
+        return _Prediction(labels), _Prediction(labels)
 
 
 def test_perfect_and_empty_masks(tmp_path: Path) -> None:

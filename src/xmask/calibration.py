@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from xmask.errors import XmaskError
 from xmask.evaluation import MAX_PIXELS, image_tensor, predict_outputs
+from xmask.models.fusion import inference_copy
 from xmask.train.checkpoint import CheckpointError, latest_step, write_json
 from xmask.train.run_folder import weights_folder
 from xmask.types import Sample
@@ -119,7 +120,8 @@ def calibrate_count_threshold(
     """The count threshold that minimises the MAE over ``samples`` (full images, batch 1).
 
     Args:
-        model: the counter, on ``device``; run in eval mode (its mode is restored).
+        model: the counter, on ``device`` (an
+            :func:`~xmask.models.fusion.inference_copy` of it runs; it is untouched).
         samples: labeled images (never test images).
         step: optimiser step of the model's weights (stored with the result).
         which: ``"teacher"`` or ``"student"`` (stored with the result).
@@ -133,18 +135,14 @@ def calibrate_count_threshold(
         raise ValueError("the candidate thresholds must include 0")
     counts: list[Tensor] = []
     true_counts: list[int] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for sample in tqdm(samples, desc="calibrate", unit="img", disable=not progress):
-                out, _ = predict_outputs(
-                    model, image_tensor(sample.image, device), max_pixels=max_pixels
-                )
-                counts.append(counts_above(out.logits.cpu(), thresholds))
-                true_counts.append(sample.count)
-    finally:
-        model.train(was_training)
+    network = inference_copy(model)
+    with torch.inference_mode():
+        for sample in tqdm(samples, desc="calibrate", unit="img", disable=not progress):
+            out, _ = predict_outputs(
+                network, image_tensor(sample.image, device), max_pixels=max_pixels
+            )
+            counts.append(counts_above(out.logits.cpu(), thresholds))
+            true_counts.append(sample.count)
     maes = threshold_maes(torch.stack(counts), true_counts)
     index = pick_threshold(maes, thresholds)
     zero = int((thresholds == 0).nonzero()[0])

@@ -54,6 +54,7 @@ from xmask.metrics.localisation import (
     threshold_key,
 )
 from xmask.models.count_head import COUNT_STRIDE, decode_points
+from xmask.models.fusion import inference_copy
 from xmask.models.model import PAD_MULTIPLE
 from xmask.types import ModelOutput, Sample
 
@@ -392,9 +393,10 @@ def evaluate_model(
 ) -> EvaluationResult:
     """Evaluate ``model`` on every image of ``dataset``, one full image at a time.
 
-    The model runs in eval mode under ``torch.inference_mode`` (its train/eval mode is restored
-    afterwards); it must already be on ``device``. Items the dataset cannot read
-    (:class:`~xmask.errors.DataError`) are logged, listed in ``skipped`` and left out.
+    An :func:`~xmask.models.fusion.inference_copy` of the model runs under
+    ``torch.inference_mode`` (the model itself is untouched); it must already be on
+    ``device``. Items the dataset cannot read (:class:`~xmask.errors.DataError`) are logged,
+    listed in ``skipped`` and left out.
 
     Args:
         model: maps ``1×3×H×W`` float RGB in ``[0, 1]`` to :class:`~xmask.types.ModelOutput`
@@ -424,8 +426,7 @@ def evaluate_model(
     result = EvaluationResult(rows=[], thresholds=thresholds, count_threshold=count_threshold)
     start = time.perf_counter()
     abs_sum = 0
-    was_training = model.training
-    model.eval()
+    network = inference_copy(model)
     bar = tqdm(range(len(dataset)), desc="evaluate", unit="img", disable=not progress)
     try:
         with torch.inference_mode():
@@ -438,7 +439,7 @@ def evaluate_model(
                     result.skipped.append({"name": name, "problem": str(err)})
                     continue
                 row = evaluate_sample(
-                    model,
+                    network,
                     sample,
                     device,
                     thresholds=thresholds,
@@ -452,7 +453,6 @@ def evaluate_model(
                 bar.set_postfix(mae=f"{abs_sum / result.images:.2f}", refresh=False)
     finally:
         bar.close()
-        model.train(was_training)
     result.seconds = time.perf_counter() - start
     log.info(
         "evaluated %d images (%d skipped): MAE %.2f, RMSE %.2f",

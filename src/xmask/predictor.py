@@ -327,7 +327,7 @@ class Predictor:
 
     def __call__(self, image: ImageInput) -> Prediction:
         """Count, points and (with a mask head) masks of the predicted heads of one image."""
-        return self._predict(as_rgb_array(image), None)
+        return self._predict(as_rgb_array(image), [None])[0]
 
     def segment_points(
         self, image: ImageInput, points: np.ndarray, scores: np.ndarray | None = None
@@ -344,18 +344,39 @@ class Predictor:
             UsageError: the model has no mask head.
             ValueError: points not ``N×2``, not finite, or outside the image.
         """
+        array = as_rgb_array(image)
+        return self._predict(array, [self._given_heads(array, points, scores)])[0]
+
+    def predict_and_segment_points(
+        self, image: ImageInput, points: np.ndarray
+    ) -> tuple[Prediction, Prediction]:
+        """``(self(image), self.segment_points(image, points))`` from one network pass.
+
+        Raises:
+            UsageError: the model has no mask head.
+            ValueError: bad ``points`` (as :meth:`segment_points`).
+        """
+        array = as_rgb_array(image)
+        own, given = self._predict(array, [None, self._given_heads(array, points, None)])
+        return own, given
+
+    def _given_heads(
+        self, image: np.ndarray, points: np.ndarray, scores: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Checked ``N×2`` points and their ``N`` scores (default 1) for ``image``."""
         if not self.has_masks:
             raise UsageError("segmenting given points needs a model with a mask head")
-        array = as_rgb_array(image)
         if np.ndim(points) != 2 or np.shape(points)[1] != 2:
             raise ValueError(f"points must be N×2 (x, y), got shape {np.shape(points)}")
-        pts = check_points(points, array.shape[:2])
+        pts = check_points(points, image.shape[:2])
         given = np.ones(len(pts), np.float32) if scores is None else np.asarray(scores, np.float32)
-        return self._predict(array, (pts, given.reshape(len(pts))))
+        return pts, given.reshape(len(pts))
 
     def _predict(
-        self, image: np.ndarray, heads: tuple[np.ndarray, np.ndarray] | None
-    ) -> Prediction:
+        self, image: np.ndarray, head_sets: list[tuple[np.ndarray, np.ndarray] | None]
+    ) -> list[Prediction]:
+        """One network pass, then one :class:`Prediction` per head set: None for the
+        predicted heads, else ``(points N×2 (x, y), scores N)``."""
         size = (int(image.shape[0]), int(image.shape[1]))
         with torch.inference_mode():
             start = time.perf_counter()
@@ -367,33 +388,43 @@ class Predictor:
                 overlap=self.overlap,
             )
             self._synchronize()
-            middle = time.perf_counter()
+            network_s = time.perf_counter() - start
             decoded = decode_points(out.logits, self.count_threshold)[0]
-            count = len(decoded)
-            if heads is None:
-                points = inside_points(decoded.points.cpu().numpy(), size)
-                scores = decoded.scores.cpu().numpy().astype(np.float32)
-            else:
-                points, scores = heads
-            labels = areas = None
-            if out.embedding is not None:
-                instances = segment_in_windows(
-                    out.embedding[0], size, points, scores, self.segment, self.core, self._buffer
+            results = []
+            for heads in head_sets:
+                middle = time.perf_counter()
+                if heads is None:
+                    points = inside_points(decoded.points.cpu().numpy(), size)
+                    scores = decoded.scores.cpu().numpy().astype(np.float32)
+                else:
+                    points, scores = heads
+                labels = areas = None
+                if out.embedding is not None:
+                    instances = segment_in_windows(
+                        out.embedding[0],
+                        size,
+                        points,
+                        scores,
+                        self.segment,
+                        self.core,
+                        self._buffer,
+                    )
+                    labels, areas = instances.labels, instances.area
+                results.append(
+                    Prediction(
+                        count=len(decoded),
+                        points=points,
+                        scores=scores,
+                        labels=labels,
+                        size=size,
+                        network_s=network_s,
+                        post_s=time.perf_counter() - middle,
+                        tiles=tiles,
+                        areas=areas,
+                        image=image,
+                    )
                 )
-                labels, areas = instances.labels, instances.area
-            post = time.perf_counter() - middle
-        return Prediction(
-            count=count,
-            points=points,
-            scores=scores,
-            labels=labels,
-            size=size,
-            network_s=middle - start,
-            post_s=post,
-            tiles=tiles,
-            areas=areas,
-            image=image,
-        )
+        return results
 
     def _synchronize(self) -> None:
         if self.device.type == "cuda":

@@ -4,13 +4,15 @@
 affine map ``γ·(y − μ)/√(σ² + ε) + β`` of ``y = W∗x + b`` is again a convolution, with
 ``W' = W·γ/√(σ² + ε)`` and ``b' = (b − μ)·γ/√(σ² + ε) + β``), and
 :func:`prepare_for_inference` adds channels-last weights. Together they about halve the
-EfficientNet-Lite0 forward on a CPU (``benchmarks/predict_speed.py``). Outputs change only by
+EfficientNet-Lite0 forward on a CPU (``benchmarks/predict_speed.py``); evaluation and
+calibration run on an :func:`inference_copy` of a model in training. Outputs change only by
 float rounding (``tests/test_fusion.py``). A folded network must not be trained or saved as
 a checkpoint: its state dict has no BatchNorm entries.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import torch
@@ -67,3 +69,8 @@ def prepare_for_inference(model: nn.Module) -> nn.Module:
     model.eval()
     fold_batchnorm(model)
     return model.to(memory_format=torch.channels_last)
+
+
+def inference_copy(model: nn.Module) -> nn.Module:
+    """A prepared copy of ``model`` (:func:`prepare_for_inference`); ``model`` is untouched."""
+    return prepare_for_inference(copy.deepcopy(model))

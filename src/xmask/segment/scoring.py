@@ -90,8 +90,7 @@ def score_segmentation(
             log.warning("skipped %s: %s", item.name, err)
             scores.skipped.append({"name": item.name, "problem": str(err)})
             continue
-        own = predictor(sample.image)
-        given = predictor.segment_points(sample.image, sample.points)
+        own, given = predictor.predict_and_segment_points(sample.image, sample.points)
         assert own.labels is not None and given.labels is not None
         scores.predicted = scores.predicted + segmentation_counts(reference, own.labels)
         scores.given = scores.given + segmentation_counts(reference, given.labels)

@@ -244,7 +244,9 @@ class TrainConfig:
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         threads: torch intra-op threads on the CPU (None: torch's default).
         calibrate: at the end of training, choose the count threshold of the final teacher
-            and student (and of ``best/``) on the labeled images (:mod:`xmask.calibration`).
+            (and of ``best/``) on the labeled images (:mod:`xmask.calibration`).
+        calibrate_student: also that of the final student (only ``xmask evaluate --which
+            student`` reads it; each calibration is a pass over the labeled images).
         stage: 1 (the P2R counter with Mean Teacher), 2 (the XMask mask head, ``mask``) or
             3 (mask-constrained counting, ``constraint``).
     """
@@ -255,6 +257,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = None
     calibrate: bool = True
+    calibrate_student: bool = False
     stage: int = 1
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -271,6 +274,13 @@ class TrainConfig:
     def run_dir(self) -> Path:
         """``out/name``."""
         return Path(self.out) / self.name
+
+    @property
+    def counter_frozen(self) -> bool:
+        """Stage 2 training none of ``backbone``, ``neck``, ``count_head``: its counter stays
+        exactly that of the run it starts from (``mask.init``)."""
+        counter = {"backbone", "neck", "count_head"}
+        return self.stage == 2 and not counter & set(self.mask.trainable)
 
 
 def shipped_recipes() -> list[str]:

@@ -289,12 +289,22 @@ class Pipeline:
         return load_config([target / "config.yaml"], overrides)
 
     def _evaluate(self, name: str) -> dict[str, Any]:
+        """``evaluate_run`` of one trained part into ``NAME/eval-SPLIT.json``. A Stage 2 whose
+        counter stayed frozen has Stage 1's counter: its counting results are Stage 1's
+        (``counting_from``), and only its masks are scored."""
         pipe = self.cfg.pipeline
         masks: str | None = pipe.test_masks or str(self.root / f"annotations-{pipe.evaluate}")
         if name in ("stage1", "stage1-more"):
             masks = None
+        reuse = name == "stage2" and self.stage_config("stage2").counter_frozen
         started = time.monotonic()
-        result = evaluate_run(self.root / name, str(pipe.evaluate), self.cfg.device, masks)
+        result = evaluate_run(
+            self.root / name, str(pipe.evaluate), self.cfg.device, masks, not reuse
+        )
+        if reuse:
+            counting = self.summary["parts"]["evaluate-stage1"]
+            kept = {k: v for k, v in counting.items() if k not in ("wall", "seconds")}
+            result = kept | result | {"counting_from": "stage1"}
         result["wall"] = time.monotonic() - started
         atomic_write_bytes(
             self.root / name / f"eval-{pipe.evaluate}.json",
@@ -329,26 +339,34 @@ def loop_seconds(run: RunFolder, state: dict[str, Any]) -> float:
 
 
 def evaluate_run(
-    run: Path, split: str, device: str = "auto", masks: str | None = None
+    run: Path,
+    split: str,
+    device: str = "auto",
+    masks: str | None = None,
+    counting: bool = True,
 ) -> dict[str, Any]:
     """The final teacher of a run folder on ``split`` of its dataset, with its calibrated count
-    threshold: counting and localisation (:meth:`xmask.evaluation.EvaluationResult.to_dict`),
-    and with ``masks`` (an annotation folder) and a mask head, ``segmentation``
-    (:func:`xmask.segment.scoring.score_segmentation`)."""
+    threshold: counting and localisation (:meth:`xmask.evaluation.EvaluationResult.to_dict`;
+    unless ``counting`` is False), and with ``masks`` (an annotation folder) and a mask head,
+    ``segmentation`` (:func:`xmask.segment.scoring.score_segmentation`)."""
     from xmask.calibration import resolve_count_threshold
     from xmask.data.readers import open_dataset
     from xmask.device import resolve_device
     from xmask.evaluation import evaluate_model
+    from xmask.models.fusion import prepare_for_inference
     from xmask.predictor import Predictor
     from xmask.segment.scoring import score_segmentation
     from xmask.train.run_folder import load_trained_model
 
     where = resolve_device(device)
     model, cfg = load_trained_model(run, where)
+    model = prepare_for_inference(model)
     threshold = resolve_count_threshold("auto", run, "teacher")
     data = cfg.data
     dataset = open_dataset(data.dataset, data.root, split, max_short_side=data.max_short_side)
-    result = evaluate_model(model, dataset, where, count_threshold=threshold).to_dict()
+    result: dict[str, Any] = {}
+    if counting:
+        result = evaluate_model(model, dataset, where, count_threshold=threshold).to_dict()
     if masks is not None and cfg.model.mask_head:
         predictor = Predictor(model, where, threshold)
         result["segmentation"] = score_segmentation(predictor, dataset, masks).to_dict()

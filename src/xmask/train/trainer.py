@@ -376,8 +376,9 @@ class Trainer:
         return self.state
 
     def _calibrate(self) -> None:
-        """Count thresholds of the final networks (and of ``best/``) on the labeled images;
-        those already stored for these weights (a rerun after a kill) are kept."""
+        """Count thresholds of the final teacher (and student, if asked; and of ``best/``) on
+        the labeled images; those already stored for these weights (a rerun after a kill) are
+        kept."""
         from xmask.calibration import calibrate_weights, read_calibration, write_calibration
         from xmask.train.run_folder import load_trained_model
 
@@ -386,7 +387,10 @@ class Trainer:
             return
         step = self.state.step
         inherited = self._inherited_calibration()
-        for which, model in (("teacher", self.teacher.model), ("student", self.student)):
+        networks = [("teacher", self.teacher.model)]
+        if self.cfg.calibrate_student:
+            networks.append(("student", self.student))
+        for which, model in networks:
             if read_calibration(self.run.checkpoints, which) is not None:
                 continue
             if inherited is not None:
@@ -413,8 +417,7 @@ class Trainer:
         run (``mask.init``) exactly as it was: that run's teacher threshold, if stored."""
         from xmask.calibration import read_calibration
 
-        counter = {"backbone", "neck", "count_head"}
-        if self.cfg.stage != 2 or counter & set(self.cfg.mask.trainable) or not self.cfg.mask.init:
+        if not self.cfg.counter_frozen or not self.cfg.mask.init:
             return None
         return read_calibration(self.cfg.mask.init, "teacher")
 
