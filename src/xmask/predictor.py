@@ -67,6 +67,7 @@ from xmask.evaluation import (
     predict_outputs,
 )
 from xmask.models.count_head import COUNT_STRIDE, decode_points
+from xmask.models.fusion import inference_copy
 from xmask.segment.instances import INFERENCE, SegmentConfig
 from xmask.segment.windows import CORE, TableBuffer, segment_in_windows
 
@@ -242,8 +243,9 @@ class Predictor:
     """Count, head points and one instance mask per head for single images (module docstring).
 
     Args:
-        model: a trained network (an :class:`~xmask.models.XMaskModel`); put in eval mode and
-            moved to ``device``.
+        model: a trained network (an :class:`~xmask.models.XMaskModel`). The predictor runs an
+            :func:`~xmask.models.fusion.inference_copy` of it on ``device`` (BatchNorm folded,
+            channels-last, eval mode); ``model`` itself is untouched.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"``, or a device.
         count_threshold: logit above which a cell counts as a head (0: the paper's rule).
         segment: constants of Eq. 11–12 and of the smoothing (default: evaluation's).
@@ -276,7 +278,7 @@ class Predictor:
         if not math.isfinite(count_threshold):
             raise ValueError(f"count_threshold must be finite, got {count_threshold}")
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        self.model = model.to(self.device).eval()
+        self.model = inference_copy(model).to(self.device)
         self.count_threshold = float(count_threshold)
         self.segment = segment
         self.max_pixels, self.tile, self.overlap = max_pixels, tile, overlap

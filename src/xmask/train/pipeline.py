@@ -353,14 +353,12 @@ def evaluate_run(
     from xmask.data.readers import open_dataset
     from xmask.device import resolve_device
     from xmask.evaluation import evaluate_model
-    from xmask.models.fusion import prepare_for_inference
     from xmask.predictor import Predictor
     from xmask.segment.scoring import score_segmentation
     from xmask.train.run_folder import load_trained_model
 
     where = resolve_device(device)
     model, cfg = load_trained_model(run, where)
-    model = prepare_for_inference(model)
     threshold = resolve_count_threshold("auto", run, "teacher")
     data = cfg.data
     dataset = open_dataset(data.dataset, data.root, split, max_short_side=data.max_short_side)
