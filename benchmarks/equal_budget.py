@@ -160,6 +160,21 @@ def setting_table(setting: str, summary: dict) -> list[str]:
     return lines
 
 
+def overhead_breakdown(parts: dict) -> str:
+    """Where the time outside training steps went, in minutes."""
+    training = [p for n, p in parts.items() if n.startswith("stage")]
+    evaluation = sum(
+        p["wall"] for n, p in parts.items() if n.startswith(("evaluate-", "annotations-"))
+    )
+    items = {
+        "annotation of the labeled images": parts["annotations"]["total"],
+        "pseudo-masks": sum(p["pseudo_masks"] for p in training),
+        "loading and calibration": sum(p["total"] - p["loop"] for p in training),
+        "test evaluation (and test-mask annotation)": evaluation,
+    }
+    return "Overhead (min): " + "; ".join(f"{k} {_minutes(v)}" for k, v in items.items()) + "."
+
+
 def schedules(root: Path) -> str:
     """One line: each stage's backbone, threads, epochs × steps and trainable part."""
     from xmask.train.run_folder import RunFolder
@@ -232,6 +247,7 @@ def report(work: Path, settings: list[str], doc: Path) -> None:
             f"Pipeline overhead outside training steps: {100 * summary['overhead_share']:.1f} % "
             f"of {_minutes(summary['seconds_total'])} min."
         )
+        lines.append(overhead_breakdown(parts))
         if setting in PAPER:
             lines.append(f"Paper Tab. 2 (MAE / RMSE): {PAPER[setting]}.")
         lines.append("")
