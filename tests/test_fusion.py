@@ -19,8 +19,9 @@ def _trained_looking(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             n = module.num_features
-            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.3)
-            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            if module.running_mean is not None and module.running_var is not None:
+                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.3)
+                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
             module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
             module.bias.data.copy_(torch.randn(n, generator=generator) * 0.2)
     return model.eval()
@@ -52,3 +53,21 @@ def test_fold_refuses_training_mode() -> None:
     model = build_model(ModelConfig(weights=None)).train()
     with pytest.raises(ValueError, match="eval mode"):
         fold_batchnorm(model)
+
+
+def test_batchnorm_without_running_statistics_is_left_alone() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4, track_running_stats=False),
+        nn.Conv2d(4, 4, 1),
+        nn.BatchNorm2d(4),
+    )
+    _trained_looking(net)
+    images = torch.rand(2, 3, 9, 11)
+    with torch.no_grad():
+        expected = net(images)
+        assert fold_batchnorm(net) == 1
+        got = net(images)
+    assert isinstance(net[1], nn.BatchNorm2d) and isinstance(net[3], nn.Identity)
+    assert torch.allclose(got, expected, atol=1e-5)

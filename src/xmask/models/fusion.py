@@ -20,24 +20,26 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 
+def _foldable(conv: nn.Module | None, bn: nn.Module | None) -> bool:
+    """A convolution and a BatchNorm with running statistics (batch statistics never fold)."""
+    return (
+        isinstance(conv, nn.Conv2d)
+        and isinstance(bn, nn.BatchNorm2d)
+        and bn.running_mean is not None
+        and bn.running_var is not None
+    )
+
+
 def _pairs(module: nn.Module) -> list[tuple[str, str]]:
-    """Names of ``(convolution, BatchNorm)`` children of ``module`` where the BatchNorm reads
-    the convolution's output directly: consecutive children of an ``nn.Sequential``, or the
-    pairs a module lists in its ``CONV_BN`` class attribute."""
-    if isinstance(module, nn.Sequential):
-        names = list(module._modules)
-        return [
-            (a, b)
-            for a, b in itertools.pairwise(names)
-            if isinstance(module._modules[a], nn.Conv2d)
-            and isinstance(module._modules[b], nn.BatchNorm2d)
-        ]
+    """Names of foldable ``(convolution, BatchNorm)`` children of ``module`` where the
+    BatchNorm reads the convolution's output directly: consecutive children of an
+    ``nn.Sequential``, or the pairs a module lists in its ``CONV_BN`` class attribute."""
     children = dict(module.named_children())
-    return [
-        (conv, bn)
-        for conv, bn in getattr(module, "CONV_BN", ())
-        if conv in children and isinstance(children.get(bn), nn.BatchNorm2d)
-    ]
+    if isinstance(module, nn.Sequential):
+        candidates = list(itertools.pairwise(children))
+    else:
+        candidates = list(getattr(module, "CONV_BN", ()))
+    return [(a, b) for a, b in candidates if _foldable(children.get(a), children.get(b))]
 
 
 def fold_batchnorm(model: nn.Module) -> int:
@@ -54,7 +56,6 @@ def fold_batchnorm(model: nn.Module) -> int:
     for module in list(model.modules()):
         for conv_name, bn_name in _pairs(module):
             conv, bn = getattr(module, conv_name), getattr(module, bn_name)
-            assert bn.running_mean is not None and bn.running_var is not None
             weight, bias = fuse_conv_bn_weights(
                 conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
             )
