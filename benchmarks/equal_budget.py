@@ -1,7 +1,7 @@
 """Stage 2 + 3 against Stage 1 alone at equal budget, written to ``docs/results.md``.
 
     python benchmarks/equal_budget.py [--work runs/equal-budget] [--settings shb-5 shb-10 ...]
-        [--root ../shared/data/shanghaitech] [--report-only] [--doc docs/results.md]
+        [--root ../shared/data/shanghaitech] [--threads N] [--report-only] [--doc docs/results.md]
 
 For each setting (default: ShanghaiTech B 5 / 10 / 40 % and ShanghaiTech A 40 %) it runs
 ``xmask train --pipeline SETTING-cpu-pipeline`` into ``WORK``: Stage 1 (the CPU recipe), then
@@ -102,15 +102,18 @@ def finished(folder: Path) -> bool:
     return path.is_file() and "evaluate-stage1-more" in json.loads(path.read_text())["parts"]
 
 
-def run_setting(work: Path, setting: str, root: str) -> None:
+def run_setting(work: Path, setting: str, root: str, threads: int | None = None) -> None:
     """One setting's pipeline (resumes when started before; a finished one, e.g. a pipeline
-    run elsewhere and linked in as ``WORK/SETTING-cpu-pipeline``, is left as it is)."""
+    run elsewhere and linked in as ``WORK/SETTING-cpu-pipeline``, is left as it is).
+    ``threads`` overrides the recipes' torch threads for every stage."""
     if finished(work / f"{setting}-cpu-pipeline"):
         print(f"{setting}: finished already")
         return
     dataset = setting.split("-")[0]
     masks = test_masks(work, dataset, root)
     overrides = [f"out={work}", f"data.root={root}", f"pipeline.test_masks={masks}"]
+    if threads is not None:
+        overrides.append(f"threads={threads}")
     run(
         [
             sys.executable,
@@ -176,20 +179,25 @@ def overhead_breakdown(parts: dict) -> str:
 
 
 def schedules(root: Path) -> str:
-    """One line: each stage's backbone, threads, epochs × steps and trainable part."""
+    """One line: each stage's threads, epochs × steps, batch and learning rate (a seeded
+    Stage 1 from the run it was copied from)."""
     from xmask.train.run_folder import RunFolder
 
     parts = []
     for stage in ("stage1", "stage2", "stage3"):
-        cfg = RunFolder(root / stage).load_config()
+        folder = root / stage
+        seeded = folder / "seeded-from.txt"
+        if seeded.is_file():
+            folder = Path(seeded.read_text().strip())
+        cfg = RunFolder(folder).load_config()
         sched = cfg.schedule
         parts.append(
             f"{stage}: {sched.epochs} epochs × {sched.steps_per_epoch} steps, batch "
-            f"{sched.batch_labeled} + {sched.batch_unlabeled}, lr {cfg.optim.lr:g}"
+            f"{sched.batch_labeled} + {sched.batch_unlabeled}, lr {cfg.optim.lr:g}, "
+            f"{cfg.threads or 'default'} threads"
         )
     stage1 = RunFolder(root / "stage1").load_config()
-    head = f"Schedules ({stage1.model.backbone}, {stage1.threads} threads): "
-    return head + "; ".join(parts) + "."
+    return f"Schedules ({stage1.model.backbone}): " + "; ".join(parts) + "."
 
 
 def report(work: Path, settings: list[str], doc: Path) -> None:
@@ -206,9 +214,11 @@ def report(work: Path, settings: list[str], doc: Path) -> None:
         f"(generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC); do not edit by hand.",
         "",
         f"Hardware: {hardware.get('machine', 'unknown')}; torch {hardware.get('torch', '?')}. "
-        "Each setting ran `xmask train --pipeline SETTING-cpu-pipeline` (the CPU recipes), one "
-        "setting at a time; the schedules under each table are read from the stages' "
-        "`config.yaml`.",
+        "Each setting ran `xmask train --pipeline SETTING-cpu-pipeline` (the CPU recipes). A "
+        "setting's parts after Stage 1 ran either alone on the machine, or with 1 torch thread "
+        "beside at most one other 1-thread job (which leaves its step times as they are alone: "
+        "README, Sharing a CPU); the schedules and threads under each table are read from the "
+        "stages' `config.yaml`.",
         "",
         "The budget: Stage 1 continued alone trains for the training-loop time that annotation, "
         "Stage 2 and Stage 3 cost together (their loop time plus loading and calibration). "
@@ -266,6 +276,9 @@ def main() -> int:
     parser.add_argument("--doc", type=Path, default=Path("docs/results.md"))
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads of every stage (default: recipe)"
+    )
+    parser.add_argument(
         "--stage1",
         nargs="+",
         default=[],
@@ -282,7 +295,7 @@ def main() -> int:
         for setting in args.settings:
             if setting in seeds:
                 seed_stage1(args.work, setting, Path(seeds[setting]))
-            run_setting(args.work, setting, args.root)
+            run_setting(args.work, setting, args.root, args.threads)
     report(args.work, args.settings, args.doc)
     return 0
 

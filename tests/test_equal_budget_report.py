@@ -49,13 +49,18 @@ def _pipeline(folder: Path, stage3_mae: float) -> None:
     (folder / "pipeline.json").write_text(json.dumps(summary))
     for stage in ("stage1", "stage2", "stage3"):
         (folder / stage).mkdir()
-        (folder / stage / "config.yaml").write_text(to_yaml(load_config(None, [f"name={stage}"])))
+        overrides = [f"name={stage}", "threads=1"]
+        (folder / stage / "config.yaml").write_text(to_yaml(load_config(None, overrides)))
 
 
 def test_report_reads_every_figure_from_the_pipelines(tmp_path: Path) -> None:
     script = _script()
     _pipeline(tmp_path / "shb-40-cpu-pipeline", stage3_mae=9.0)
     _pipeline(tmp_path / "sha-40-cpu-pipeline", stage3_mae=9.9)
+    earlier = tmp_path / "earlier-stage1"  # a seeded Stage 1: its own run's threads are shown
+    earlier.mkdir()
+    (earlier / "config.yaml").write_text(to_yaml(load_config(None, ["threads=2"])))
+    (tmp_path / "sha-40-cpu-pipeline" / "stage1" / "seeded-from.txt").write_text(f"{earlier}\n")
     (tmp_path / "hardware.json").write_text(json.dumps({"machine": "Test CPU", "torch": "9"}))
     doc = tmp_path / "results.md"
     script.report(tmp_path, ["shb-5", "shb-40", "sha-40"], doc)
@@ -64,6 +69,8 @@ def test_report_reads_every_figure_from_the_pipelines(tmp_path: Path) -> None:
     assert "Hardware: Test CPU; torch 9." in text
     assert text.count("Not finished yet.") == 1
     assert "| Stage 3 (mask-constrained counting) | 21.0 | 9.00 | 18.00 | 0.250 / 0.500 " in text
+    assert text.count("stage1: 1500 epochs × None steps, batch 16 + 16, lr 5e-05, 1 threads") == 1
+    assert text.count("stage1: 1500 epochs × None steps, batch 16 + 16, lr 5e-05, 2 threads") == 1
     assert "Stage 3 does not beat Stage 1 alone" in text and "XMask 56.2 / 93.5" in text
     # 120 s annotation; 60 s pseudo-masks; 60 + 0 + 60 + 40 s outside loops; 4 × 60 s evaluation
     assert (
