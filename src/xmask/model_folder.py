@@ -36,7 +36,6 @@ import torch
 from torch import nn
 
 from xmask.errors import XmaskError
-from xmask.models.fusion import prepare_for_inference
 from xmask.models.model import ModelConfig
 from xmask.segment.instances import INFERENCE, SegmentConfig
 from xmask.train.checkpoint import CheckpointError, load_tensors, write_json
@@ -307,10 +306,6 @@ def load_inference_model(
         threshold: ``"auto"`` (the card's threshold, or the calibration stored for a run's
             weights, else 0) or a logit.
 
-    The network comes in eval mode, prepared for inference
-    (:func:`xmask.models.fusion.prepare_for_inference`: BatchNorm folded, channels-last): it
-    is not for training or for saving.
-
     Raises:
         CheckpointError: nothing loadable there.
         XmaskError: a bad threshold.
@@ -330,19 +325,14 @@ def load_inference_model(
                 training.get("max_short_side"),
             )
         return InferenceModel(
-            prepare_for_inference(model),
-            resolve_count_threshold(value, path, which),
-            card.segment,
-            path,
-            card,
-            dataset,
+            model, resolve_count_threshold(value, path, which), card.segment, path, card, dataset
         )
     from xmask.train.run_folder import load_trained_model
 
     model, cfg = load_trained_model(path, device, which=which)
     data = cfg.data
     return InferenceModel(
-        prepare_for_inference(model),
+        model,
         resolve_count_threshold(threshold, path, which),
         INFERENCE,
         path,
