@@ -194,10 +194,17 @@ def schedules(root: Path) -> str:
         parts.append(
             f"{stage}: {sched.epochs} epochs × {sched.steps_per_epoch} steps, batch "
             f"{sched.batch_labeled} + {sched.batch_unlabeled}, lr {cfg.optim.lr:g}, "
-            f"{cfg.threads or 'default'} threads"
+            f"{_threads(cfg.threads)}"
         )
+    if (root / "stage1-more" / "config.yaml").is_file():
+        more = RunFolder(root / "stage1-more").load_config()
+        parts.append(f"stage1-more: until the budget, {_threads(more.threads)}")
     stage1 = RunFolder(root / "stage1").load_config()
     return f"Schedules ({stage1.model.backbone}): " + "; ".join(parts) + "."
+
+
+def _threads(threads: int | None) -> str:
+    return "default threads" if threads is None else f"{threads} thread{'s' * (threads != 1)}"
 
 
 def report(work: Path, settings: list[str], doc: Path) -> None:

@@ -47,7 +47,7 @@ def _pipeline(folder: Path, stage3_mae: float) -> None:
     summary = {"parts": parts, "seconds_total": 2100.0, "overhead_share": 0.25}
     folder.mkdir(parents=True)
     (folder / "pipeline.json").write_text(json.dumps(summary))
-    for stage in ("stage1", "stage2", "stage3"):
+    for stage in ("stage1", "stage2", "stage3", "stage1-more"):
         (folder / stage).mkdir()
         overrides = [f"name={stage}", "threads=1"]
         (folder / stage / "config.yaml").write_text(to_yaml(load_config(None, overrides)))
@@ -69,8 +69,9 @@ def test_report_reads_every_figure_from_the_pipelines(tmp_path: Path) -> None:
     assert "Hardware: Test CPU; torch 9." in text
     assert text.count("Not finished yet.") == 1
     assert "| Stage 3 (mask-constrained counting) | 21.0 | 9.00 | 18.00 | 0.250 / 0.500 " in text
-    assert text.count("stage1: 1500 epochs × None steps, batch 16 + 16, lr 5e-05, 1 threads") == 1
-    assert text.count("stage1: 1500 epochs × None steps, batch 16 + 16, lr 5e-05, 2 threads") == 1
+    assert text.count("stage1: 1500 epochs × None steps, batch 16 + 16, lr 5e-05, 1 thread;") == 1
+    assert text.count("stage1: 1500 epochs × None steps, batch 16 + 16, lr 5e-05, 2 threads;") == 1
+    assert text.count("stage1-more: until the budget, 1 thread.") == 2
     assert "Stage 3 does not beat Stage 1 alone" in text and "XMask 56.2 / 93.5" in text
     # 120 s annotation; 60 s pseudo-masks; 60 + 0 + 60 + 40 s outside loops; 4 × 60 s evaluation
     assert (
