@@ -94,6 +94,10 @@ def test_pipeline_runs_every_stage_then_a_rerun_does_nothing(crowd: Path) -> Non
     assert "old_key" not in recipe.read_text()
     changed = [*_overrides(crowd, "pipe"), "schedule.epochs=3"]
     assert main(["train", "--pipeline", "shb-40-cpu-pipeline", *changed]) == EXIT_ERROR
+    elsewhere = [*_overrides(crowd, "pipe"), "threads=1", "device=cpu"]  # same work, other machine
+    before = _stamps(root, skip="pipeline")
+    assert main(["train", "--pipeline", "shb-40-cpu-pipeline", *elsewhere]) == EXIT_OK
+    assert _stamps(root, skip="pipeline") == before
 
 
 def _env() -> dict[str, str]:

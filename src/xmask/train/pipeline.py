@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STAGES = ("stage1", "stage2", "stage3")
+MACHINE_KEYS = ("threads", "device")
+"""Overrides that say where a pipeline runs, not what it trains: free to change on a rerun."""
 """The training stages, in order (``stage1-more`` is the optional baseline)."""
 
 UNTIL_BUDGET = 1_000_000
@@ -131,14 +133,17 @@ class Pipeline:
         return self.root / "pipeline-command.json"
 
     def _pin_command(self) -> None:
-        """Record the recipes and overrides once and refuse a rerun with others; write the
-        resolved recipe as this call sees it (``pipeline.yaml``)."""
+        """Record the recipes and overrides once and refuse a rerun with others (the machine's
+        ``threads`` and ``device`` may change between calls); write the resolved recipe as this
+        call sees it (``pipeline.yaml``)."""
         command = {"recipes": self.specs, "overrides": self.overrides}
         if self.command_path.is_file():
-            if json.loads(self.command_path.read_text(encoding="utf-8")) != command:
+            pinned = json.loads(self.command_path.read_text(encoding="utf-8"))
+            if _training_part(pinned) != _training_part(command):
                 raise ConfigError(
                     f"{self.command_path}: this folder holds a pipeline started with other "
-                    "recipes or overrides; rerun the same command, or set name=... for a new one"
+                    "recipes or overrides (threads and device may differ); rerun the same "
+                    "command, or set name=... for a new one"
                 )
             log.info("continuing the pipeline in %s", self.root)
         else:
@@ -369,3 +374,9 @@ def evaluate_run(
         predictor = Predictor(model, where, threshold)
         result["segmentation"] = score_segmentation(predictor, dataset, masks).to_dict()
     return result
+
+
+def _training_part(command: dict[str, Any]) -> dict[str, Any]:
+    """A pinned command without its :data:`MACHINE_KEYS` overrides."""
+    overrides = [o for o in command["overrides"] if o.split("=", 1)[0].strip() not in MACHINE_KEYS]
+    return {**command, "overrides": overrides}
