@@ -56,9 +56,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STAGES = ("stage1", "stage2", "stage3")
+"""The training stages, in order (``stage1-more`` is the optional baseline)."""
+
 MACHINE_KEYS = ("threads", "device")
 """Overrides that say where a pipeline runs, not what it trains: free to change on a rerun."""
-"""The training stages, in order (``stage1-more`` is the optional baseline)."""
 
 UNTIL_BUDGET = 1_000_000
 """``schedule.epochs`` of the baseline: its time budget, never this, ends it."""
