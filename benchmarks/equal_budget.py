@@ -13,9 +13,10 @@ test images, made first into ``WORK/masks-DATASET-test`` by ``xmask annotate``).
 ``--stage1 SETTING=RUN`` starts a setting's pipeline from a finished Stage-1 run of the same
 recipe (copied in as its ``stage1``; its training time is read from its ``metrics.jsonl``)
 instead of training Stage 1 again. Everything resumes: rerun the same command after an
-interruption. ``--report-only`` writes
-the document from the pipelines already finished. Every figure in the document is read from
-the pipelines' ``pipeline.json``; the paper's figures are quoted beside them for reference.
+interruption. ``--report-only`` writes the document from the pipelines already finished. Every
+figure in the document is read from the pipelines' ``pipeline.json``; a setting whose pipeline
+is no longer in ``WORK`` (a new machine) keeps its section from the document being replaced,
+marked as carried over. The paper's figures are quoted beside them for reference.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -40,6 +42,9 @@ PAPER = {
     "sha-40": "XMask 56.2 / 93.5 · P2R 55.6 / 95.0",
 }
 """The paper's Tab. 2 (MAE / RMSE, GPU, VGG16-BN, about 2,000 epochs); it has no ShanghaiTech B."""
+
+BEATS = "beats Stage 1 alone"
+CARRIED = "Carried over from an earlier version of this document"
 
 ROWS = (
     ("stage1", "Stage 1 (P2R + Mean Teacher)"),
@@ -96,7 +101,7 @@ def seed_stage1(work: Path, setting: str, run_dir: Path) -> None:
     print(f"{setting}: Stage 1 from {run_dir}")
 
 
-def finished(folder: Path) -> bool:
+def finished_pipeline(folder: Path) -> bool:
     """The pipeline in ``folder`` has run every part, its evaluations included."""
     path = folder / "pipeline.json"
     return path.is_file() and "evaluate-stage1-more" in json.loads(path.read_text())["parts"]
@@ -106,7 +111,7 @@ def run_setting(work: Path, setting: str, root: str, threads: int | None = None)
     """One setting's pipeline (resumes when started before; a finished one, e.g. a pipeline
     run elsewhere and linked in as ``WORK/SETTING-cpu-pipeline``, is left as it is).
     ``threads`` overrides the recipes' torch threads for every stage."""
-    if finished(work / f"{setting}-cpu-pipeline"):
+    if finished_pipeline(work / f"{setting}-cpu-pipeline"):
         print(f"{setting}: finished already")
         return
     dataset = setting.split("-")[0]
@@ -207,8 +212,37 @@ def _threads(threads: int | None) -> str:
     return "default threads" if threads is None else f"{threads} thread{'s' * (threads != 1)}"
 
 
+def earlier_sections(doc: Path) -> dict[str, list[str]]:
+    """The finished settings' sections of an earlier ``doc`` (heading → the lines under it,
+    trailing blank lines dropped), each marked once as carried over from that document."""
+    if not doc.is_file():
+        return {}
+    text = doc.read_text(encoding="utf-8")
+    stamp = re.search(r"generated (\d{4}-\d\d-\d\d \d\d:\d\d UTC)", text)
+    note = (
+        f"{CARRIED} (generated {stamp.group(1) if stamp else 'earlier'}): its pipeline "
+        "folder is no longer in the work folder."
+    )
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            current = sections.setdefault(line[3:], [])
+        elif current is not None:
+            current.append(line)
+    carried = {}
+    for name, body in sections.items():
+        while body and not body[-1].strip():
+            body.pop()
+        if "Not finished yet." in body:
+            continue
+        carried[name] = body if any(line.startswith(CARRIED) for line in body) else [*body, note]
+    return carried
+
+
 def report(work: Path, settings: list[str], doc: Path) -> None:
-    """Write ``doc`` from the finished pipelines."""
+    """Write ``doc`` from the finished pipelines in ``work``; a setting finished in an earlier
+    ``doc`` whose pipeline is no longer in ``work`` keeps its section from there."""
     hardware = (
         json.loads((work / "hardware.json").read_text())
         if (work / "hardware.json").is_file()
@@ -237,13 +271,17 @@ def report(work: Path, settings: list[str], doc: Path) -> None:
         "",
     ]
     wins, finished = 0, 0
+    earlier = earlier_sections(doc)
     for setting in settings:
         path = work / f"{setting}-cpu-pipeline" / "pipeline.json"
         name = f"{DATASETS[setting.split('-')[0]]} {setting.split('-')[1]} % labeled"
-        if (
-            not path.is_file()
-            or "evaluate-stage1-more" not in json.loads(path.read_text())["parts"]
-        ):
+        if not finished_pipeline(path.parent) and name in earlier:
+            body = earlier[name]
+            finished += 1
+            wins += any(line.startswith(f"Stage 3 {BEATS}") for line in body)
+            lines += [f"## {name}", *body, ""]
+            continue
+        if not finished_pipeline(path.parent):
             lines += [f"## {name}", "", "Not finished yet.", ""]
             continue
         summary = json.loads(path.read_text())
@@ -260,7 +298,7 @@ def report(work: Path, settings: list[str], doc: Path) -> None:
             )
         lines.append(schedules(path.parent))
         lines.append(
-            f"Stage 3 {'beats' if better else 'does not beat'} Stage 1 alone at equal budget. "
+            f"Stage 3 {BEATS if better else 'does not beat Stage 1 alone'} at equal budget. "
             f"Pipeline overhead outside training steps: {100 * summary['overhead_share']:.1f} % "
             f"of {_minutes(summary['seconds_total'])} min."
         )

@@ -78,3 +78,27 @@ def test_report_reads_every_figure_from_the_pipelines(tmp_path: Path) -> None:
         "Overhead (min): annotation of the labeled images 2.0; pseudo-masks 1.0; loading and "
         "calibration 2.7; test evaluation (and test-mask annotation) 4.0." in text
     )
+
+
+def test_report_keeps_finished_sections_whose_pipelines_are_gone(tmp_path: Path) -> None:
+    script = _script()
+    _pipeline(tmp_path / "shb-40-cpu-pipeline", stage3_mae=9.0)
+    _pipeline(tmp_path / "sha-40-cpu-pipeline", stage3_mae=9.9)
+    doc = tmp_path / "results.md"
+    script.report(tmp_path, ["shb-5", "shb-40", "sha-40"], doc)
+    first = doc.read_text()
+    for folder in ("shb-40-cpu-pipeline", "sha-40-cpu-pipeline"):
+        (tmp_path / folder / "pipeline.json").unlink()
+    _pipeline(tmp_path / "shb-5-cpu-pipeline", stage3_mae=8.0)
+    script.report(tmp_path, ["shb-5", "shb-40", "sha-40"], doc)
+    second = doc.read_text()
+    assert "on 2 of 3 finished settings" in second  # shb-5 new; shb-40 and sha-40 carried
+    assert "Not finished yet." not in second
+    for name in ("ShanghaiTech B 40 % labeled", "ShanghaiTech A 40 % labeled"):
+        section = first.split(f"## {name}\n")[1].split("\n## ")[0].rstrip()
+        assert section in second  # every line of the earlier section, unchanged
+    assert second.count("Carried over from an earlier version of this document") == 2
+    script.report(tmp_path, ["shb-5", "shb-40", "sha-40"], doc)  # carried again: marked once
+    third = doc.read_text()
+    assert third.count("Carried over from an earlier version") == 2
+    assert "on 2 of 3 finished settings" in third
