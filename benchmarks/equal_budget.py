@@ -275,14 +275,12 @@ def report(work: Path, settings: list[str], doc: Path) -> None:
     for setting in settings:
         path = work / f"{setting}-cpu-pipeline" / "pipeline.json"
         name = f"{DATASETS[setting.split('-')[0]]} {setting.split('-')[1]} % labeled"
-        if not finished_pipeline(path.parent) and name in earlier:
-            body = earlier[name]
-            finished += 1
-            wins += any(line.startswith(f"Stage 3 {BEATS}") for line in body)
-            lines += [f"## {name}", *body, ""]
-            continue
         if not finished_pipeline(path.parent):
-            lines += [f"## {name}", "", "Not finished yet.", ""]
+            body = earlier.get(name, ["", "Not finished yet."])
+            carried = name in earlier
+            finished += carried
+            wins += carried and any(line.startswith(f"Stage 3 {BEATS}") for line in body)
+            lines += [f"## {name}", *body, ""]
             continue
         summary = json.loads(path.read_text())
         parts = summary["parts"]
