@@ -19,6 +19,7 @@ from xmask.calibration import (
     DEFAULT_CANDIDATES,
     CountCalibration,
     calibrate_count_threshold,
+    choose_calibration,
     counts_above,
     pick_threshold,
     read_calibration,
@@ -27,6 +28,7 @@ from xmask.calibration import (
     write_calibration,
 )
 from xmask.cli import EXIT_ERROR, EXIT_OK, main
+from xmask.count_rule import CountRule
 from xmask.train.checkpoint import FORMAT, CheckpointError
 from xmask.types import ModelOutput, Sample
 
@@ -122,6 +124,9 @@ def test_storage_round_trip_and_step_check(
     with caplog.at_level(logging.WARNING):
         assert read_calibration(run, "student") is None
     assert "calibrated at step 11, the weights are from step 12" in caplog.text
+    two = CountCalibration(0.3, 1.0, 2.0, 5, 12, "teacher", split=4.5, dense_threshold=0.7)
+    write_calibration(folder, two)
+    assert read_calibration(run, "teacher").rule == CountRule(0.3, 4.5, 0.7)
     (folder / CALIBRATION_FILE).write_text("[1, 2]")
     with pytest.raises(CheckpointError, match="not a JSON object"):
         read_calibration(run, "teacher")
@@ -170,3 +175,40 @@ def test_calibrate_command_reproduces_the_trainer(
     assert json.loads(file.read_text()) == {"teacher": before["teacher"]}
     assert main(["calibrate", "--checkpoint", str(trained_run)]) == EXIT_OK
     assert json.loads(file.read_text()) == before
+    # 3 labeled images are too few for two regimes: the single threshold stays
+    assert main(["calibrate", "--checkpoint", str(trained_run), "--two-regimes"]) == EXIT_OK
+    assert json.loads(file.read_text()) == before
+
+
+def _two_density_counts() -> tuple[torch.Tensor, list[int], list[int], torch.Tensor]:
+    """12 images at thresholds 0 and 0.5: sparse ones right at 0.5, dense ones at 0."""
+    counts = torch.tensor([[12, 10]] * 6 + [[1000, 800]] * 6)
+    return counts, [10] * 6 + [1000] * 6, [100_000] * 12, torch.tensor([0.0, 0.5])
+
+
+def test_choose_calibration_splits_only_when_asked_and_better() -> None:
+    counts, truth, pixels, thresholds = _two_density_counts()
+    single = choose_calibration(
+        counts, truth, pixels, thresholds, step=3, which="teacher", two_regimes=False
+    )
+    assert single.rule == CountRule(0.0)
+    assert single.mae == pytest.approx(1.0)
+    two = choose_calibration(
+        counts, truth, pixels, thresholds, step=3, which="teacher", two_regimes=True
+    )
+    assert (two.threshold, two.dense_threshold, two.mae, two.mae_at_zero) == (0.5, 0.0, 0.0, 1.0)
+    exact = counts[:, 1:].repeat(1, 2)
+    kept = choose_calibration(
+        exact, [10] * 6 + [800] * 6, pixels, thresholds, step=3, which="teacher", two_regimes=True
+    )
+    assert kept.rule == CountRule(0.0)
+
+
+def test_two_regimes_need_a_tenth_of_the_images_on_each_side() -> None:
+    counts, truth, pixels, thresholds = _two_density_counts()
+    counts = torch.cat([counts[:1], counts[6:].repeat(10, 1)])
+    truth, pixels = truth[:1] + [1000] * 60, [100_000] * 61
+    calibration = choose_calibration(
+        counts, truth, pixels, thresholds, step=3, which="teacher", two_regimes=True
+    )
+    assert calibration.split is None

@@ -17,12 +17,14 @@ from torch import nn
 from torch.nn import functional as nnf
 
 from xmask.cli import EXIT_ERROR, EXIT_OK, EXIT_SKIPPED, main
+from xmask.count_rule import CountRule
 from xmask.data.readers import open_dataset
 from xmask.data.synthetic import make_crowd_folder
 from xmask.evaluation import (
     check_tiling,
     evaluate_model,
     format_result,
+    image_tensor,
     predict_outputs,
     tile_spans,
 )
@@ -299,3 +301,21 @@ def test_cli_labeled_and_unlabeled_subsets(
     assert json.loads(capsys.readouterr().out)["images"] == 1
     assert main([*common, "--unlabeled", str(tmp_path / "labeled.txt")]) == EXIT_OK
     assert json.loads(capsys.readouterr().out)["images"] == 2
+
+
+def test_a_two_regime_rule_counts_each_image_at_its_own_threshold(tmp_path: Path) -> None:
+    make_crowd_folder(tmp_path, 4, height=48, width=64, n_heads=(2, 30), seed=5)
+    dataset = open_dataset("folder", tmp_path, "test")
+    model = LocalModel()
+    with torch.inference_mode():
+        logits = [model(image_tensor(dataset[i].image, "cpu")).logits for i in range(4)]
+    pixels = 48 * 64
+    densities = sorted(float((lg > 0).sum()) * 10_000 / pixels for lg in logits)
+    assert densities[0] < densities[-1]
+    rule = CountRule(0.0, (densities[0] + densities[-1]) / 2, 0.5)
+    result = evaluate_model(model, dataset, "cpu", count_threshold=rule, progress=False)
+    for row, lg in zip(result.rows, logits, strict=True):
+        dense = float((lg > 0).sum()) * 10_000 / pixels > rule.split
+        assert row.pred_count == int((lg > (0.5 if dense else 0.0)).sum())
+    summary = result.to_dict()
+    assert summary["count_threshold"] == 0.0 and summary["count_rule"] == rule.describe()

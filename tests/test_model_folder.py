@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import make_run, tiny_crowd, tiny_model
+from xmask.count_rule import CountRule
 from xmask.data.synthetic import make_crowd
 from xmask.model_folder import (
     CARD_FILE,
@@ -66,10 +67,10 @@ def test_loaded_model_predicts_like_the_original(exported: Path) -> None:
         assert torch.equal(a, b), name
     image = make_crowd(64, 80, 10, seed=2).image
     predictor = Predictor.load(exported, device="cpu")
-    assert predictor.count_threshold == pytest.approx(0.3) and predictor.source == exported
+    assert predictor.count_rule.threshold == pytest.approx(0.3) and predictor.source == exported
     reference = Predictor(original, "cpu", count_threshold=0.3)(image)
     np.testing.assert_array_equal(predictor(image).labels, reference.labels)
-    assert Predictor.load(exported, device="cpu", threshold=-1.0).count_threshold == -1.0
+    assert Predictor.load(exported, device="cpu", threshold=-1.0).count_rule == CountRule(-1.0)
 
 
 def test_half_precision_folder_is_smaller_and_close(exported: Path, tmp_path: Path) -> None:
@@ -184,3 +185,21 @@ def test_cli_export_list_info_predict_and_record(
     assert main(["predict", crowd, "--model", "tiny", "--out", "p", "--device", "cpu"]) == 0
     record = json.loads(next((tmp_path / "p" / "predictions").iterdir()).read_text())
     assert record["model"] == str(tmp_path / "models" / "tiny")
+
+
+def test_two_regime_rule_round_trips_and_a_malformed_one_is_refused(
+    exported: Path, tmp_path: Path
+) -> None:
+    folder = _copy(exported, tmp_path / "two")
+    content = json.loads((folder / CARD_FILE).read_text())
+    assert content["count_split"] is None and content["count_dense_threshold"] is None
+    content |= {"count_split": 4.5, "count_dense_threshold": 0.7}
+    (folder / CARD_FILE).write_text(json.dumps(content))
+    assert read_model_card(folder).count_rule == CountRule(0.3, 4.5, 0.7)
+    assert Predictor.load(folder, device="cpu").count_rule == CountRule(0.3, 4.5, 0.7)
+    old = {k: v for k, v in content.items() if k not in ("count_split", "count_dense_threshold")}
+    (folder / CARD_FILE).write_text(json.dumps(old))
+    assert read_model_card(folder).count_rule == CountRule(0.3)
+    (folder / CARD_FILE).write_text(json.dumps(content | {"count_dense_threshold": None}))
+    with pytest.raises(CheckpointError, match="bad value"):
+        read_model_card(folder)

@@ -12,7 +12,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from conftest import make_run, tiny_model
-from xmask.calibration import resolve_count_threshold
+from xmask.calibration import resolve_count_rule
+from xmask.count_rule import CountRule
 from xmask.data.synthetic import make_crowd
 from xmask.errors import UsageError, XmaskError
 from xmask.evaluation import image_tensor, tiled_outputs
@@ -174,9 +175,23 @@ def test_load_reads_the_stored_threshold_of_a_run(
 ) -> None:
     run = make_run(tmp_path, threshold=0.25)
     predictor = Predictor.load(run, device="cpu")
-    assert predictor.count_threshold == 0.25 and predictor.has_masks
-    assert resolve_count_threshold(-1.0, run, "teacher") == -1.0
+    assert predictor.count_rule == CountRule(0.25) and predictor.has_masks
+    assert resolve_count_rule(-1.0, run, "teacher") == CountRule(-1.0)
     with pytest.raises(XmaskError, match="--threshold"):
-        resolve_count_threshold("many", run, "teacher")
+        resolve_count_rule("many", run, "teacher")
     reference = Predictor(model, "cpu", count_threshold=0.25)(crowd.image)  # the same weights
     np.testing.assert_array_equal(predictor(crowd.image).labels, reference.labels)
+
+
+def test_two_regime_rule_counts_each_image_at_its_threshold(
+    model: XMaskModel, crowd: Sample
+) -> None:
+    with torch.inference_mode():
+        logits = model(image_tensor(crowd.image, "cpu")).logits
+    pixels = crowd.image.shape[0] * crowd.image.shape[1]
+    sparse = int((logits > 0.0).sum())
+    density = sparse * 10_000 / pixels
+    below = Predictor(model, "cpu", CountRule(0.0, density + 0.01, 0.3))(crowd.image)
+    above = Predictor(model, "cpu", CountRule(0.0, density - 0.01, 0.3))(crowd.image)
+    assert below.count == sparse
+    assert above.count == int((logits > 0.3).sum()) < sparse

@@ -67,7 +67,7 @@ class BatchSummary:
     is their wall time from reading the file to writing the last output)."""
 
     model: str
-    count_threshold: float
+    count_rule: str
     images: int = 0
     videos: int = 0
     already_done: int = 0
@@ -228,7 +228,7 @@ def predict_images(
     from xmask.roi import restrict
 
     out = Path(out)
-    summary = summary or BatchSummary(model, predictor.count_threshold)
+    summary = summary or BatchSummary(model, predictor.count_rule.describe())
     owners: dict[str, str] = {}
     bar = tqdm(sources, desc="predict", unit="img", disable=not progress)
     for source in bar:

@@ -392,7 +392,7 @@ def _report(
             "timed_calls_per_image": cfg.repeat,
             "xmask_model": xmask.description,
             "checkpoint": cfg.checkpoint,
-            "count_threshold": predictor.count_threshold,
+            "count_rule": predictor.count_rule.describe(),
             "xmask_load_s": xmask.load_s,
         },
         "images": len(samples),
@@ -469,7 +469,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"ShanghaiTech A {setup['split']} ({setup['root']}): {report['images']} images, "
         f"first {setup['per_bin']} per bin, device {setup['device']}, "
         f"torch threads {setup['torch_threads']}, 1 warm-up call per method",
-        f"xmask: {setup['xmask_model']}, count threshold {setup['count_threshold']:g}",
+        f"xmask: {setup['xmask_model']}, count threshold {setup['count_rule']}",
         "",
         "| heads | images | " + " | ".join(f"{n} s" for n in names) + " |",
         "| --- | ---: | " + " | ".join("---:" for _ in names) + " |",

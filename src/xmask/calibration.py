@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from xmask.count_rule import CountRule, fit_count_rule
 from xmask.errors import XmaskError
 from xmask.evaluation import MAX_PIXELS, image_tensor, predict_outputs
 from xmask.models.fusion import inference_copy
@@ -51,12 +52,17 @@ class CountCalibration:
     """A calibrated count threshold.
 
     Attributes:
-        threshold: logit threshold; the count is the number of cells with logit above it.
-        mae: count MAE at ``threshold`` on the calibration images.
+        threshold: logit threshold; the count is the number of cells with logit above it
+            (of sparse images when ``split`` is set).
+        mae: count MAE of the calibrated rule on the calibration images.
         mae_at_zero: count MAE at the uncalibrated threshold 0 on the same images.
         images: calibration images.
         step: optimiser step of the weights it was computed for.
         which: ``"teacher"`` or ``"student"``.
+        split: density (heads per 10,000 px at ``threshold``) above which an image is dense,
+            or None: one threshold for every image (calibrations written before the split
+            existed have none).
+        dense_threshold: threshold of dense images, or None.
     """
 
     threshold: float
@@ -65,6 +71,13 @@ class CountCalibration:
     images: int
     step: int
     which: str
+    split: float | None = None
+    dense_threshold: float | None = None
+
+    @property
+    def rule(self) -> CountRule:
+        """The count rule this calibration stands for."""
+        return CountRule(self.threshold, self.split, self.dense_threshold)
 
 
 def counts_above(logits: Tensor, candidates: Tensor) -> Tensor:
@@ -115,6 +128,7 @@ def calibrate_count_threshold(
     which: str,
     candidates: Sequence[float] = DEFAULT_CANDIDATES,
     max_pixels: int | None = MAX_PIXELS,
+    two_regimes: bool = False,
     progress: bool = True,
 ) -> CountCalibration:
     """The count threshold that minimises the MAE over ``samples`` (full images, batch 1).
@@ -126,6 +140,8 @@ def calibrate_count_threshold(
         step: optimiser step of the model's weights (stored with the result).
         which: ``"teacher"`` or ``"student"`` (stored with the result).
         candidates: logit thresholds to try (must include 0).
+        two_regimes: also try one threshold for sparse and one for dense images
+            (:func:`choose_calibration`).
 
     Raises:
         ValueError: no samples, or 0 not among the candidates.
@@ -135,24 +151,71 @@ def calibrate_count_threshold(
         raise ValueError("the candidate thresholds must include 0")
     counts: list[Tensor] = []
     true_counts: list[int] = []
+    pixels: list[int] = []
     network = inference_copy(model)
     with torch.inference_mode():
         for sample in tqdm(samples, desc="calibrate", unit="img", disable=not progress):
-            out, _ = predict_outputs(
-                network, image_tensor(sample.image, device), max_pixels=max_pixels
-            )
+            image = image_tensor(sample.image, device)
+            out, _ = predict_outputs(network, image, max_pixels=max_pixels)
             counts.append(counts_above(out.logits.cpu(), thresholds))
             true_counts.append(sample.count)
-    maes = threshold_maes(torch.stack(counts), true_counts)
+            pixels.append(image.shape[-2] * image.shape[-1])
+    return choose_calibration(
+        torch.stack(counts),
+        true_counts,
+        pixels,
+        thresholds,
+        step=step,
+        which=which,
+        two_regimes=two_regimes,
+    )
+
+
+def choose_calibration(
+    counts: Tensor,
+    true_counts: Sequence[int],
+    pixels: Sequence[int],
+    thresholds: Tensor,
+    *,
+    step: int,
+    which: str,
+    two_regimes: bool,
+) -> CountCalibration:
+    """The calibration of ``N`` images' counts at ``K`` candidate thresholds.
+
+    The single threshold is :func:`pick_threshold`'s. With ``two_regimes`` a
+    :func:`~xmask.count_rule.fit_count_rule` split replaces it only when it lowers the MAE;
+    each regime must hold at least 5 images and a tenth of them.
+
+    Args:
+        counts: ``N×K`` cells above each threshold.
+        true_counts: ``N`` true head counts.
+        pixels: ``N`` image sizes (height × width of the network input).
+        thresholds: ``K`` ascending candidate thresholds, 0 among them.
+    """
+    maes = threshold_maes(counts, true_counts)
     index = pick_threshold(maes, thresholds)
     zero = int((thresholds == 0).nonzero()[0])
+    rule, mae = CountRule(float(thresholds[index])), float(maes[index])
+    if two_regimes:
+        fitted, fitted_mae = fit_count_rule(
+            counts,
+            torch.tensor(list(true_counts), dtype=torch.float64),
+            torch.tensor(list(pixels), dtype=torch.float64),
+            thresholds,
+            min_images=max(5, math.ceil(len(true_counts) / 10)),
+        )
+        if fitted.split is not None and fitted_mae < mae:
+            rule, mae = fitted, fitted_mae
     return CountCalibration(
-        threshold=float(thresholds[index]),
-        mae=float(maes[index]),
+        threshold=rule.threshold,
+        mae=mae,
         mae_at_zero=float(maes[zero]),
         images=len(true_counts),
         step=step,
         which=which,
+        split=rule.split,
+        dense_threshold=rule.dense_threshold,
     )
 
 
@@ -233,18 +296,20 @@ def calibrate_weights(
     step: int,
     which: str,
     device: torch.device | str,
+    two_regimes: bool = False,
     progress: bool = True,
 ) -> CountCalibration:
     """Calibrate ``model`` (the ``which`` network of the checkpoint at ``step`` in
-    ``folder``) on ``samples``, store the result in ``folder`` and log it."""
+    ``folder``) on ``samples`` (:func:`calibrate_count_threshold`), store the result in
+    ``folder`` and log it."""
     calibration = calibrate_count_threshold(
-        model, samples, device, step=step, which=which, progress=progress
+        model, samples, device, step=step, which=which, two_regimes=two_regimes, progress=progress
     )
     write_calibration(folder, calibration)
     log.info(
-        "%s count threshold %+.2f on %d labeled images: MAE %.2f (%.2f at 0); stored in %s",
+        "%s count threshold %s on %d labeled images: MAE %.2f (%.2f at 0); stored in %s",
         which,
-        calibration.threshold,
+        calibration.rule.describe(),
         calibration.images,
         calibration.mae,
         calibration.mae_at_zero,
@@ -253,13 +318,18 @@ def calibrate_weights(
     return calibration
 
 
-def resolve_count_threshold(option: str | float, checkpoint: str | Path, which: str) -> float:
-    """The count threshold a user asks for: a finite number, or ``"auto"``: the calibration
-    stored for these weights, else 0 (``xmask evaluate --threshold``, the predictor).
+def resolve_count_rule(
+    option: str | float | CountRule, checkpoint: str | Path, which: str
+) -> CountRule:
+    """The count rule a user asks for: a rule, a finite number (one threshold), or ``"auto"``:
+    the calibration stored for these weights, else 0 (``xmask evaluate --threshold``, the
+    predictor).
 
     Raises:
         XmaskError: neither ``"auto"`` nor a finite number.
     """
+    if isinstance(option, CountRule):
+        return option
     if option != "auto":
         try:
             value = float(option)
@@ -267,16 +337,16 @@ def resolve_count_threshold(option: str | float, checkpoint: str | Path, which: 
             value = math.nan
         if not math.isfinite(value):
             raise XmaskError(f"--threshold: expected auto or a finite number, got {option!r}")
-        return value
+        return CountRule(value)
     calibration = read_calibration(checkpoint, which)
     if calibration is None:
         log.info("count threshold 0 (no calibration stored for these weights)")
-        return 0.0
+        return CountRule(0.0)
     log.info(
-        "count threshold %+.2f, calibrated on %d labeled images (MAE %.2f there, %.2f at 0)",
-        calibration.threshold,
+        "count threshold %s, calibrated on %d labeled images (MAE %.2f there, %.2f at 0)",
+        calibration.rule.describe(),
         calibration.images,
         calibration.mae,
         calibration.mae_at_zero,
     )
-    return calibration.threshold
+    return calibration.rule

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from xmask.count_rule import CountRule, as_count_rule
 from xmask.data.image_io import atomic_write_bytes
 from xmask.data.readers import CrowdDataset
 from xmask.errors import DataError
@@ -263,14 +264,14 @@ class EvaluationResult:
         thresholds: localisation thresholds ``σ`` in pixels.
         skipped: ``{"name", "problem"}`` of every item that could not be read.
         seconds: wall time of the whole evaluation.
-        count_threshold: logit threshold of the counted cells.
+        count_rule: which cells were counted (:class:`~xmask.count_rule.CountRule`).
     """
 
     rows: list[ImageResult]
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     skipped: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
-    count_threshold: float = 0.0
+    count_rule: CountRule = field(default_factory=lambda: CountRule(0.0))
 
     @property
     def images(self) -> int:
@@ -298,7 +299,8 @@ class EvaluationResult:
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready summary: ``images``, ``mae``, ``rmse`` (None without images),
-        ``gt_total``, ``pred_total``, ``count_threshold``, ``localisation`` (``{"4":
+        ``gt_total``, ``pred_total``, ``count_threshold`` (the sparse or only threshold),
+        ``count_rule`` (:meth:`~xmask.count_rule.CountRule.describe`), ``localisation`` (``{"4":
         {precision, recall, f1, tp, fp, fn}, ...}``), ``skipped`` and ``seconds``."""
         empty = not self.rows
         return {
@@ -307,7 +309,8 @@ class EvaluationResult:
             "rmse": None if empty else self.rmse,
             "gt_total": sum(r.gt_count for r in self.rows),
             "pred_total": sum(r.pred_count for r in self.rows),
-            "count_threshold": self.count_threshold,
+            "count_threshold": self.count_rule.threshold,
+            "count_rule": self.count_rule.describe(),
             "localisation": {threshold_key(t): c.to_dict() for t, c in self.localisation.items()},
             "skipped": list(self.skipped),
             "seconds": self.seconds,
@@ -340,7 +343,7 @@ def format_result(result: EvaluationResult) -> str:
         f"RMSE (MSE)  {result.rmse:.2f}",
         f"heads       {sum(r.gt_count for r in result.rows):,} true / "
         f"{sum(r.pred_count for r in result.rows):,} predicted "
-        f"(cells with logit > {result.count_threshold:g})",
+        f"(cells with logit > {result.count_rule.describe()})",
     ]
     for t, c in result.localisation.items():
         lines.append(
@@ -358,21 +361,19 @@ def evaluate_sample(
     device: torch.device | str,
     *,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-    count_threshold: float = 0.0,
+    count_threshold: float | CountRule = 0.0,
     max_pixels: int | None = MAX_PIXELS,
     tile: int = TILE,
     overlap: int = OVERLAP,
 ) -> ImageResult:
     """Count and localise the heads of one sample (call under ``torch.inference_mode()``
     with the model in eval mode on ``device``); see :func:`evaluate_model`."""
-    out, tiles = predict_outputs(
-        model,
-        image_tensor(sample.image, device),
-        max_pixels=max_pixels,
-        tile=tile,
-        overlap=overlap,
+    image = image_tensor(sample.image, device)
+    out, tiles = predict_outputs(model, image, max_pixels=max_pixels, tile=tile, overlap=overlap)
+    threshold = as_count_rule(count_threshold).threshold_for(
+        out.logits, image.shape[-2] * image.shape[-1]
     )
-    pred = decode_points(out.logits, count_threshold)[0].points.cpu().numpy()
+    pred = decode_points(out.logits, threshold)[0].points.cpu().numpy()
     # Distances in the original image's pixels: both point sets shrank by sample.scale.
     matches = localisation_counts(pred / sample.scale, sample.points / sample.scale, thresholds)
     height, width = sample.size
@@ -385,7 +386,7 @@ def evaluate_model(
     device: torch.device | str,
     *,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-    count_threshold: float = 0.0,
+    count_threshold: float | CountRule = 0.0,
     max_pixels: int | None = MAX_PIXELS,
     tile: int = TILE,
     overlap: int = OVERLAP,
@@ -406,7 +407,7 @@ def evaluate_model(
         device: where the images go.
         thresholds: localisation thresholds ``σ`` in original-image pixels.
         count_threshold: cells with a logit above it are counted and localised (0: the
-            paper's rule; a calibrated value: :mod:`xmask.calibration`).
+            paper's rule; a calibrated value or two-regime rule: :mod:`xmask.calibration`).
         max_pixels: images with more pixels run in tiles (module docstring; None: never).
         tile: tile side in pixels (a multiple of 16).
         overlap: least overlap of neighbouring tiles (a multiple of 16).
@@ -423,7 +424,8 @@ def evaluate_model(
     if max_pixels is not None and max_pixels < 1:
         raise ValueError(f"max_pixels must be positive or None, got {max_pixels}")
     names = getattr(dataset, "names", None)
-    result = EvaluationResult(rows=[], thresholds=thresholds, count_threshold=count_threshold)
+    rule = as_count_rule(count_threshold)
+    result = EvaluationResult(rows=[], thresholds=thresholds, count_rule=rule)
     start = time.perf_counter()
     abs_sum = 0
     network = inference_copy(model)
@@ -443,7 +445,7 @@ def evaluate_model(
                     sample,
                     device,
                     thresholds=thresholds,
-                    count_threshold=count_threshold,
+                    count_threshold=rule,
                     max_pixels=max_pixels,
                     tile=tile,
                     overlap=overlap,

@@ -3,7 +3,8 @@
 A model folder ``MODEL/`` holds two files:
 
 - ``model.json``: ``format`` (:data:`FORMAT`), ``name``, ``description``, ``architecture``
-  (:class:`~xmask.models.model.ModelConfig`), ``count_threshold`` (logit), ``segment``
+  (:class:`~xmask.models.model.ModelConfig`), ``count_threshold`` (logit; with optional
+  ``count_split`` and ``count_dense_threshold``, a two-regime rule), ``segment``
   (:class:`~xmask.segment.instances.SegmentConfig`, Eq. 11–12 at inference), ``training``
   (dataset, labeled list, label fraction, images, recipe, run, step, seconds), ``metrics``
   (``"DATASET-SPLIT"`` → the figures of ``xmask evaluate --record``), ``weights`` (file name,
@@ -35,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from xmask.count_rule import CountRule
 from xmask.errors import XmaskError
 from xmask.models.model import ModelConfig
 from xmask.segment.instances import INFERENCE, SegmentConfig
@@ -59,7 +61,10 @@ class ModelCard:
     Attributes:
         name: the model's name (its folder name when registered).
         architecture: the network, built without backbone weights (they are in the file).
-        count_threshold: cells whose logit is above it are heads.
+        count_threshold: cells whose logit is above it are heads (of sparse images when
+            ``count_split`` is set).
+        count_split: heads per 10,000 px above which an image is dense, or None.
+        count_dense_threshold: the threshold of dense images, or None.
         segment: constants of Eq. 11–12 and of the smoothing at inference.
         description: one line for people.
         training: how it was trained (dataset, labeled list, label fraction, ...).
@@ -72,6 +77,8 @@ class ModelCard:
     name: str
     architecture: ModelConfig
     count_threshold: float
+    count_split: float | None = None
+    count_dense_threshold: float | None = None
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     description: str = ""
     training: dict[str, Any] = field(default_factory=dict)
@@ -79,6 +86,24 @@ class ModelCard:
     weights: dict[str, Any] = field(default_factory=dict)
     xmask_version: str = ""
     created: str = ""
+
+    def __post_init__(self) -> None:
+        """Refuses a malformed count rule (ValueError)."""
+        _ = self.count_rule
+
+    @property
+    def count_rule(self) -> CountRule:
+        """The card's count rule."""
+        return CountRule(self.count_threshold, self.count_split, self.count_dense_threshold)
+
+    @staticmethod
+    def rule_fields(rule: CountRule) -> dict[str, float | None]:
+        """The card's fields for ``rule``."""
+        return {
+            "count_threshold": rule.threshold,
+            "count_split": rule.split,
+            "count_dense_threshold": rule.dense_threshold,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON content of ``model.json``."""
@@ -173,6 +198,8 @@ def read_model_card(folder: str | Path) -> ModelCard:
             name=str(content["name"]),
             architecture=ModelConfig(**{**content["architecture"], "weights": None}),
             count_threshold=float(content["count_threshold"]),
+            count_split=_optional_float(content.get("count_split")),
+            count_dense_threshold=_optional_float(content.get("count_dense_threshold")),
             segment=SegmentConfig(**content["segment"]),
             description=str(content.get("description", "")),
             training=dict(content.get("training", {})),
@@ -186,6 +213,10 @@ def read_model_card(folder: str | Path) -> ModelCard:
     if card.weights.get("dtype") not in WEIGHT_DTYPES or "sha256" not in card.weights:
         raise CheckpointError(path, "bad 'weights' entry (needs sha256 and dtype)")
     return card
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def load_model_folder(
@@ -276,7 +307,7 @@ class InferenceModel:
 
     Attributes:
         model: the network, eval mode, on its device.
-        count_threshold: the logit above which a cell is a head.
+        count_rule: which cells are heads (one logit threshold, or two by density).
         segment: constants of Eq. 11–12 at inference.
         source: the model folder or run path it was loaded from.
         card: the model folder's card (None for a run).
@@ -284,7 +315,7 @@ class InferenceModel:
     """
 
     model: nn.Module
-    count_threshold: float
+    count_rule: CountRule
     segment: SegmentConfig
     source: Path
     card: ModelCard | None
@@ -310,12 +341,12 @@ def load_inference_model(
         CheckpointError: nothing loadable there.
         XmaskError: a bad threshold.
     """
-    from xmask.calibration import resolve_count_threshold
+    from xmask.calibration import resolve_count_rule
 
     path = resolve_model(spec)
     if is_model_folder(path):
         model, card = load_model_folder(path, device)
-        value = card.count_threshold if threshold == "auto" else threshold
+        value = card.count_rule if threshold == "auto" else threshold
         training = card.training
         dataset = None
         if "dataset" in training:
@@ -325,7 +356,7 @@ def load_inference_model(
                 training.get("max_short_side"),
             )
         return InferenceModel(
-            model, resolve_count_threshold(value, path, which), card.segment, path, card, dataset
+            model, resolve_count_rule(value, path, which), card.segment, path, card, dataset
         )
     from xmask.train.run_folder import load_trained_model
 
@@ -333,7 +364,7 @@ def load_inference_model(
     data = cfg.data
     return InferenceModel(
         model,
-        resolve_count_threshold(threshold, path, which),
+        resolve_count_rule(threshold, path, which),
         INFERENCE,
         path,
         None,
@@ -401,7 +432,7 @@ def export_run(
     Raises:
         CheckpointError: not a loadable run.
     """
-    from xmask.calibration import resolve_count_threshold
+    from xmask.calibration import resolve_count_rule
     from xmask.train.run_folder import load_trained_model
 
     run_path, out = Path(run_path).expanduser(), Path(out).expanduser()
@@ -409,7 +440,7 @@ def export_run(
     card = ModelCard(
         name=name or out.name,
         architecture=dataclasses.replace(cfg.model, weights=None),
-        count_threshold=resolve_count_threshold("auto", run_path, which),
+        **ModelCard.rule_fields(resolve_count_rule("auto", run_path, which)),
         segment=INFERENCE,
         description=description,
         training=training_summary(run_path, which),

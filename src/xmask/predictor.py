@@ -42,7 +42,6 @@ Timing
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +54,7 @@ from torch import nn
 
 from xmask.annotate.coco import ImageRecord, label_maps_to_coco
 from xmask.annotate.masks import check_points
+from xmask.count_rule import CountRule, as_count_rule
 from xmask.data.image_io import load_image, to_rgb_array
 from xmask.device import resolve_device
 from xmask.errors import UsageError
@@ -247,7 +247,8 @@ class Predictor:
             :func:`~xmask.models.fusion.inference_copy` of it on ``device`` (BatchNorm folded,
             channels-last, eval mode); ``model`` itself is untouched.
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"``, or a device.
-        count_threshold: logit above which a cell counts as a head (0: the paper's rule).
+        count_threshold: logit above which a cell counts as a head (0: the paper's rule), or a
+            two-regime :class:`~xmask.count_rule.CountRule`.
         segment: constants of Eq. 11–12 and of the smoothing (default: evaluation's).
         max_pixels: images with more pixels run in tiles (None: never).
         tile: tile side in pixels (a multiple of 16).
@@ -264,7 +265,7 @@ class Predictor:
         self,
         model: nn.Module,
         device: str | torch.device = "auto",
-        count_threshold: float = 0.0,
+        count_threshold: float | CountRule = 0.0,
         segment: SegmentConfig = INFERENCE,
         *,
         max_pixels: int | None = MAX_PIXELS,
@@ -275,11 +276,9 @@ class Predictor:
         check_tiling(tile, overlap)
         if core <= 0 or core % COUNT_STRIDE:
             raise ValueError(f"core must be a positive multiple of {COUNT_STRIDE}, got {core}")
-        if not math.isfinite(count_threshold):
-            raise ValueError(f"count_threshold must be finite, got {count_threshold}")
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.model = inference_copy(model).to(self.device)
-        self.count_threshold = float(count_threshold)
+        self.count_rule = as_count_rule(count_threshold)
         self.segment = segment
         self.max_pixels, self.tile, self.overlap = max_pixels, tile, overlap
         self.core = core
@@ -318,7 +317,7 @@ class Predictor:
         resolved = device if isinstance(device, torch.device) else resolve_device(device)
         loaded = load_inference_model(model, resolved, which, threshold)
         kwargs.setdefault("segment", loaded.segment)
-        predictor = cls(loaded.model, resolved, loaded.count_threshold, **kwargs)
+        predictor = cls(loaded.model, resolved, loaded.count_rule, **kwargs)
         predictor.source = loaded.source
         return predictor
 
@@ -391,7 +390,8 @@ class Predictor:
             )
             self._synchronize()
             network_s = time.perf_counter() - start
-            decoded = decode_points(out.logits, self.count_threshold)[0]
+            threshold = self.count_rule.threshold_for(out.logits, size[0] * size[1])
+            decoded = decode_points(out.logits, threshold)[0]
             results = []
             for heads in head_sets:
                 middle = time.perf_counter()

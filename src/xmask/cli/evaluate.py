@@ -13,6 +13,7 @@ from xmask.cli import EXIT_OK, EXIT_SKIPPED
 if TYPE_CHECKING:
     import torch
 
+    from xmask.count_rule import CountRule
     from xmask.data.readers import CrowdDataset
     from xmask.model_folder import InferenceModel
     from xmask.segment.scoring import SegmentationScores
@@ -143,7 +144,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     loaded = load_inference_model(args.model, device, args.which, args.threshold)
-    model, count_threshold, source = loaded.model, loaded.count_threshold, loaded.source
+    model, count_rule, source = loaded.model, loaded.count_rule, loaded.source
     trained = loaded.dataset or (None, None, None)
     dataset_name = args.dataset or trained[0]
     root = args.root or trained[1]
@@ -163,7 +164,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         dataset,
         device,
         thresholds=thresholds,
-        count_threshold=count_threshold,
+        count_threshold=count_rule,
         max_pixels=max_pixels,
         tile=tile,
         overlap=overlap,
@@ -174,7 +175,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     segmentation = None
     if args.masks:
         segmentation = _score_masks(
-            model, device, count_threshold, dataset, args.masks, tile, overlap, max_pixels
+            model, device, count_rule, dataset, args.masks, tile, overlap, max_pixels
         )
     if args.json:
         header = {
@@ -235,7 +236,7 @@ def _record(
 def _score_masks(
     model: torch.nn.Module,
     device: torch.device,
-    count_threshold: float,
+    count_rule: CountRule,
     dataset: CrowdDataset,
     masks: str,
     tile: int,
@@ -250,7 +251,7 @@ def _score_masks(
     predictor = Predictor(
         model,
         device,
-        count_threshold,
+        count_rule,
         max_pixels=max_pixels,
         tile=tile,
         overlap=overlap,

@@ -101,7 +101,7 @@ def run_predict(args: argparse.Namespace) -> int:
     images = [s for s in sources if not s.is_video]
     summary = predict_images(
         predictor, images, out, model=model, roi=roi,
-        summary=BatchSummary(model, predictor.count_threshold),
+        summary=BatchSummary(model, predictor.count_rule.describe()),
     )  # fmt: skip
     for video in (s for s in sources if s.is_video):
         try:

@@ -355,7 +355,7 @@ def evaluate_run(
     threshold: counting and localisation (:meth:`xmask.evaluation.EvaluationResult.to_dict`;
     unless ``counting`` is False), and with ``masks`` (an annotation folder) and a mask head,
     ``segmentation`` (:func:`xmask.segment.scoring.score_segmentation`)."""
-    from xmask.calibration import resolve_count_threshold
+    from xmask.calibration import resolve_count_rule
     from xmask.data.readers import open_dataset
     from xmask.device import resolve_device
     from xmask.evaluation import evaluate_model
@@ -365,7 +365,7 @@ def evaluate_run(
 
     where = resolve_device(device)
     model, cfg = load_trained_model(run, where)
-    threshold = resolve_count_threshold("auto", run, "teacher")
+    threshold = resolve_count_rule("auto", run, "teacher")
     data = cfg.data
     dataset = open_dataset(data.dataset, data.root, split, max_short_side=data.max_short_side)
     result: dict[str, Any] = {}
