@@ -212,3 +212,23 @@ def test_two_regimes_need_a_tenth_of_the_images_on_each_side() -> None:
         counts, truth, pixels, thresholds, step=3, which="teacher", two_regimes=True
     )
     assert calibration.split is None
+
+
+def test_training_calibrates_two_regimes_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import xmask.calibration as calibration
+
+    asked: list[bool] = []
+    choose = calibration.choose_calibration
+
+    def spy(*args: object, two_regimes: bool, **kwargs: object) -> CountCalibration:
+        asked.append(two_regimes)
+        return choose(*args, two_regimes=two_regimes, **kwargs)
+
+    monkeypatch.setattr(calibration, "choose_calibration", spy)
+    root = tiny_crowd(tmp_path, images=3, labeled=2)
+    overrides = [*tiny_train_overrides(root, "two"), "schedule.epochs=1"]
+    overrides += ["schedule.steps_per_epoch=1", "calibrate_two_regimes=true"]
+    assert main(["train", *overrides]) == EXIT_OK
+    assert asked == [True]

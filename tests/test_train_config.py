@@ -23,6 +23,7 @@ def test_every_shipped_recipe_loads() -> None:
         assert isinstance(cfg, TrainConfig)
         if name == "shanghaitech-cpu-pipeline":  # the shipped model's: every image labeled
             assert cfg.data.labeled == "all" and not cfg.pipeline.baseline
+            assert cfg.calibrate_two_regimes and cfg.model.neck_channels == 192
         elif name.endswith("-pipeline"):
             assert cfg.pipeline.stage3 == ["stage3-cpu"] and cfg.pipeline.baseline
             assert cfg.name == name and cfg.data.labeled == name.removesuffix("-cpu-pipeline")

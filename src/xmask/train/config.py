@@ -247,6 +247,9 @@ class TrainConfig:
             (and of ``best/``) on the labeled images (:mod:`xmask.calibration`).
         calibrate_student: also that of the final student (only ``xmask evaluate --which
             student`` reads it; each calibration is a pass over the labeled images).
+        calibrate_two_regimes: let each calibration split the images into sparse and dense,
+            with a threshold each, where that lowers the labeled MAE (for training sets of
+            very different densities; :func:`~xmask.calibration.choose_calibration`).
         stage: 1 (the P2R counter with Mean Teacher), 2 (the XMask mask head, ``mask``) or
             3 (mask-constrained counting, ``constraint``).
     """
@@ -258,6 +261,7 @@ class TrainConfig:
     threads: int | None = None
     calibrate: bool = True
     calibrate_student: bool = False
+    calibrate_two_regimes: bool = False
     stage: int = 1
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -19,6 +19,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -385,6 +386,12 @@ class Trainer:
         samples = [self.samples[i] for i in self.labeled]
         if not samples:
             return
+        calibrate = partial(
+            calibrate_weights,
+            samples=samples,
+            device=self.device,
+            two_regimes=self.cfg.calibrate_two_regimes,
+        )
         step = self.state.step
         inherited = self._inherited_calibration()
         networks = [("teacher", self.teacher.model)]
@@ -396,21 +403,16 @@ class Trainer:
             if inherited is not None:
                 write_calibration(self.run.checkpoints, replace(inherited, step=step, which=which))
                 log.info(
-                    "%s count threshold %+.2f kept from %s (the counter did not train)",
+                    "%s count threshold %s kept from %s (the counter did not train)",
                     which,
-                    inherited.threshold,
+                    inherited.rule.describe(),
                     self.cfg.mask.init,
                 )
                 continue
-            calibrate_weights(
-                model, samples, self.run.checkpoints, step=step, which=which, device=self.device
-            )
+            calibrate(model, folder=self.run.checkpoints, step=step, which=which)
         if self.run.has_best() and read_calibration(self.run.best, "teacher") is None:
             best, _ = load_trained_model(self.run.best, self.device)
-            step = latest_step(self.run.best)
-            calibrate_weights(
-                best, samples, self.run.best, step=step, which="teacher", device=self.device
-            )
+            calibrate(best, folder=self.run.best, step=latest_step(self.run.best), which="teacher")
 
     def _inherited_calibration(self) -> CountCalibration | None:
         """Stage 2 with backbone, neck and count head frozen leaves the counter of its Stage-1
