@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from xmask.data.image_io import load_image, load_label_map, save_label_map
+from xmask.data.image_io import atomic_write_bytes, load_image, load_label_map, save_label_map
 from xmask.errors import DataError
+from xmask.train.checkpoint import Checkpoint, save_checkpoint
 
 
 def _colour(h: int = 12, w: int = 16) -> np.ndarray:
@@ -124,3 +128,17 @@ def test_label_map_round_trip_and_checks(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="single-channel"):
         load_label_map(tmp_path / "c.png")
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path: Path) -> None:
+    previous = os.umask(0o027)
+    try:
+        atomic_write_bytes(tmp_path / "out.json", b"{}")
+        save_checkpoint(tmp_path / "ckpt", Checkpoint({"student.w": torch.zeros(2)}, {"step": 1}))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "out.json").stat().st_mode) == 0o640
+    weights = next((tmp_path / "ckpt").glob("*.safetensors"))
+    assert stat.S_IMODE(weights.stat().st_mode) == 0o640
+    assert not list(tmp_path.rglob("*.tmp"))

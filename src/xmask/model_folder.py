@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from xmask.count_rule import CountRule
+from xmask.data.image_io import atomic_write_bytes
 from xmask.errors import XmaskError
 from xmask.models.model import ModelConfig
 from xmask.segment.instances import INFERENCE, SegmentConfig
@@ -135,7 +136,7 @@ def write_model_folder(
     Returns:
         The folder.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from xmask import __version__
 
@@ -148,9 +149,8 @@ def write_model_folder(
         for k, v in model.state_dict().items()
     }
     weights = folder / WEIGHTS_FILE
-    tmp = folder / f".{WEIGHTS_FILE}.tmp"
-    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"format": FORMAT})
-    os.replace(tmp, weights)
+    contiguous = {k: v.contiguous() for k, v in tensors.items()}
+    atomic_write_bytes(weights, save(contiguous, metadata={"format": FORMAT}))
     card.weights = {
         "file": WEIGHTS_FILE,
         "sha256": sha256_of(weights),

@@ -131,6 +131,13 @@ def load_label_map(path: str | Path, size: tuple[int, int] | None = None) -> np.
     return labels
 
 
+def _plain_file_mode() -> int:
+    """The permissions ``open(path, "w")`` gives a new file: ``0o666`` less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename (never half-written)."""
     path = Path(path)
@@ -138,6 +145,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.chmod(tmp, _plain_file_mode())  # mkstemp's 0o600 would hide results from others
             handle.write(data)
         os.replace(tmp, path)
     except BaseException:

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from xmask.data.image_io import atomic_write_bytes
 from xmask.errors import XmaskError
@@ -61,15 +59,8 @@ class Checkpoint:
 
 
 def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        save_file(contiguous, tmp, metadata={"format": FORMAT})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write_bytes(path, save(contiguous, metadata={"format": FORMAT}))
 
 
 def write_json(path: Path, content: dict[str, Any]) -> None:
