@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,25 +131,21 @@ def load_label_map(path: str | Path, size: tuple[int, int] | None = None) -> np.
     return labels
 
 
-def _plain_file_mode() -> int:
-    """The permissions ``open(path, "w")`` gives a new file: ``0o666`` less the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (never half-written)."""
+    """Write ``data`` to ``path`` through a temporary file and a rename (never half-written).
+
+    The file gets the permissions of a plain ``open(path, "w")``: ``0o666`` less the umask,
+    which the kernel applies when the temporary file is created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
-            os.chmod(tmp, _plain_file_mode())  # mkstemp's 0o600 would hide results from others
             handle.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
