@@ -19,6 +19,7 @@ from xmask.data.augment import (
     collate_pairs,
     collate_views,
     nearest_resize,
+    photometric,
     sample_geometry,
     strong_view,
     to_view,
@@ -388,3 +389,59 @@ def test_nearest_resize_matches_pixel_centres(src: tuple[int, int], dst: tuple[i
             assert out[0, i, j] == mask[0, r, c]
     expected = nnf.interpolate(mask[None].double(), size=dst, mode="nearest-exact")[0]
     assert torch.equal(out.double(), expected) and out.dtype == torch.int32
+
+
+def test_log_uniform_scale_is_symmetric_in_log() -> None:
+    cfg = AugmentConfig(scale_range=(0.5, 2.0), scale_log_uniform=True, crop_size=32)
+    generator = torch.Generator().manual_seed(0)
+    scales = np.array(
+        [sample_geometry((1000, 1000), cfg, generator).resize[0] / 1000 for _ in range(4000)]
+    )
+    assert scales.min() >= 0.5 and scales.max() <= 2.0
+    # log-uniform: half the draws below 1, a third of them below 1/√2 ... (uniform would put
+    # only a third of the draws below 1)
+    assert abs((scales < 1.0).mean() - 0.5) < 0.03
+    assert abs((scales < 2**-0.5).mean() - 0.25) < 0.03
+
+
+def test_labeled_crop_without_photometric_is_the_weak_view(dots: Sample) -> None:
+    augment = Augmenter(AugmentConfig())
+    a = augment.labeled(dots, torch.Generator().manual_seed(9))
+    b = augment.weak(dots, torch.Generator().manual_seed(9))
+    torch.testing.assert_close(a.image, b.image)
+    torch.testing.assert_close(a.points, b.points)
+
+
+def test_labeled_photometric_changes_colour_only(dots: Sample) -> None:
+    cfg = AugmentConfig(labeled_photometric_p=1.0, jitter_p=0.0, blur_p=0.0, grayscale_p=1.0)
+    augment = Augmenter(cfg)
+    grey = augment.labeled(dots, torch.Generator().manual_seed(4))
+    plain = augment.weak(dots, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(grey.points, plain.points)
+    torch.testing.assert_close(grey.labels, plain.labels)
+    torch.testing.assert_close(grey.valid, plain.valid)
+    torch.testing.assert_close(grey.image[0], grey.image[2])
+    _assert_consistent(grey)
+
+
+def test_jpeg_reencoding_is_lossy_and_bounded() -> None:
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.rand(3, 64, 64, generator=generator)
+    cfg = AugmentConfig(
+        jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, jpeg_p=1.0, jpeg_quality=(10, 10)
+    )
+    out = photometric(noise, cfg, generator)
+    assert out.shape == noise.shape and out.dtype == torch.float32
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    # quality 10 cannot keep pixel noise: the error is large, while a flat image survives
+    assert float((out - noise).abs().mean()) > 0.1
+    flat = torch.full((3, 64, 64), 0.5)
+    assert float((photometric(flat, cfg, generator) - flat).abs().max()) < 0.02
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"jpeg_quality": (0, 50)}, {"jpeg_p": 2.0}, {"labeled_photometric_p": -0.1}]
+)
+def test_bad_new_fields(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match="invalid AugmentConfig"):
+        AugmentConfig(**kwargs)

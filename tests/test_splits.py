@@ -14,11 +14,19 @@ SIZES = {"sha": (15, 30, 120), "shb": (20, 40, 160), "ucf": (55, 109, 433), "jhu
 
 
 def test_every_standard_list_ships() -> None:
-    assert set(standard_splits()) == {f"{d}-{p}" for d in SIZES for p in (5, 10, 40)}
+    semi = {f"{d}-{p}" for d in SIZES for p in (5, 10, 40)}
+    assert set(standard_splits()) == semi | {"shanghaitech-val"}
     for dataset, sizes in SIZES.items():
         for percent, size in zip((5, 10, 40), sizes, strict=True):
             names = read_labeled_list(f"{dataset}-{percent}")
             assert len(names) == size == len(set(names))
+
+
+def test_shanghaitech_validation_list() -> None:
+    names = read_labeled_list("shanghaitech-val")
+    assert len(names) == len(set(names)) == 60
+    assert sum(n.startswith("sha_IMG_") for n in names) == 24
+    assert sum(n.startswith("shb_IMG_") for n in names) == 36
 
 
 def test_user_list_file(tmp_path: Path) -> None:

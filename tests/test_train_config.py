@@ -24,6 +24,9 @@ def test_every_shipped_recipe_loads() -> None:
         if name == "shanghaitech-cpu-pipeline":  # the shipped model's: every image labeled
             assert cfg.data.labeled == "all" and not cfg.pipeline.baseline
             assert cfg.calibrate_two_regimes and cfg.model.neck_channels == 192
+        elif name == "shanghaitech-robust-cpu-pipeline":  # 60 held-out images, rescale ×0.5–×2
+            assert cfg.data.labeled == "all" and cfg.data.validation == "shanghaitech-val"
+            assert cfg.augment.scale_log_uniform and cfg.augment.labeled_photometric_p > 0
         elif name.endswith("-pipeline"):
             assert cfg.pipeline.stage3 == ["stage3-cpu"] and cfg.pipeline.baseline
             assert cfg.name == name and cfg.data.labeled == name.removesuffix("-cpu-pipeline")

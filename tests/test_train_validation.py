@@ -55,6 +55,13 @@ def test_validation_images_must_not_be_labeled(crowd: Path) -> None:
         Trainer(load_config(None, _config(crowd, "bad-val.txt")))
 
 
+def test_all_labeled_leaves_validation_out(crowd: Path) -> None:
+    trainer = Trainer(load_config(None, [*_config(crowd, "val.txt"), "data.labeled=all"]))
+    labeled = {trainer.samples.dataset.names[i] for i in trainer.labeled}
+    assert labeled == {f"syn_000{i}.png" for i in range(4)}
+    assert trainer.validation.names == ["syn_0004.png", "syn_0005.png"]
+
+
 def test_resume_from_corrupt_run_folder_is_a_clear_error(
     crowd: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -25,10 +25,15 @@ downscaling removes all its pixels keeps its point; its id is then absent from t
 
 The strong view adds, on the same crop: colour jitter (brightness, contrast, saturation, hue in
 random order) with probability ``jitter_p``, greyscale with ``grayscale_p``, Gaussian blur with
-``σ ~ U(blur_sigma)`` with ``blur_p``, and always one cutout rectangle whose sides are a
+``σ ~ U(blur_sigma)`` with ``blur_p``, JPEG re-encoding at a quality ``~ U(jpeg_quality)`` with
+``jpeg_p``, and always one cutout rectangle whose sides are a
 ``U(cutout_frac)`` fraction of the crop's sides; the cutout is filled with ``cutout_fill`` and is
 invalid in the strong view's validity mask only. The strong view's points and labels equal the
 weak view's.
+
+Labeled crops (:meth:`Augmenter.labeled`) are the weak view, and with probability
+``labeled_photometric_p`` get the same photometric changes (never a cutout), so that the
+supervised loss also sees greyscale, blurred and compressed heads.
 
 Label maps are optional: a sample without one (``labels=None``) gives views with
 ``labels=None`` (never an all-zero map, which would claim "no head anywhere"); their validity
@@ -40,12 +45,14 @@ the views exactly; nothing touches the global RNG.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from PIL import Image as PILImage
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
@@ -186,11 +193,18 @@ def sample_geometry(
 ) -> GeometryParams:
     """Draw the shared geometry for an image of ``size = (H, W)``.
 
+    The resize factor is uniform in ``scale_range`` (or in its logarithm with
+    ``scale_log_uniform``), the same for both axes.
+
     The crop offset is uniform over all placements: inside the resized image when it is larger
     than the crop, and over all paddings that contain it when it is smaller (per axis).
     """
     h, w = size
-    scale = _uniform(generator, *cfg.scale_range)
+    lo, hi = cfg.scale_range
+    if cfg.scale_log_uniform:
+        scale = math.exp(_uniform(generator, math.log(lo), math.log(hi)))
+    else:
+        scale = _uniform(generator, lo, hi)
     rh, rw = max(1, round(h * scale)), max(1, round(w * scale))
     ch, cw = cfg.crop_hw
     top = _randint(generator, min(0, rh - ch), max(0, rh - ch))
@@ -320,6 +334,16 @@ def _blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
     return tvf.gaussian_blur(image, [kernel, kernel], [sigma, sigma])
 
 
+def _jpeg(image: torch.Tensor, quality: int) -> torch.Tensor:
+    """``image`` (``3×h×w`` float in ``[0, 1]``) encoded as JPEG at ``quality`` and decoded."""
+    as_bytes = tvf.to_dtype(image.clamp(0.0, 1.0).cpu(), torch.uint8, scale=True)
+    buffer = io.BytesIO()
+    PILImage.fromarray(as_bytes.permute(1, 2, 0).numpy()).save(buffer, "JPEG", quality=quality)
+    decoded = np.asarray(PILImage.open(buffer).convert("RGB"))
+    tensor = torch.from_numpy(decoded.copy()).permute(2, 0, 1)
+    return tvf.to_dtype(tensor, torch.float32, scale=True).to(image.device)
+
+
 def sample_cutout(
     size: tuple[int, int], cfg: AugmentConfig, generator: torch.Generator
 ) -> CutoutParams:
@@ -333,7 +357,8 @@ def sample_cutout(
 def photometric(
     image: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
 ) -> torch.Tensor:
-    """Colour jitter, greyscale and blur of the strong view (each with its probability).
+    """Colour jitter, greyscale, blur and JPEG re-encoding (each with its probability): the
+    strong view's changes, and those of labeled crops with ``labeled_photometric_p``.
 
     Args:
         image: ``3×h×w float`` in ``[0, 1]``.
@@ -347,6 +372,8 @@ def photometric(
         image = tvf.rgb_to_grayscale(image, num_output_channels=3)
     if _coin(generator, cfg.blur_p):
         image = _blur(image, _uniform(generator, *cfg.blur_sigma))
+    if cfg.jpeg_p > 0 and _coin(generator, cfg.jpeg_p):
+        image = _jpeg(image, _randint(generator, *cfg.jpeg_quality))
     return image
 
 
@@ -387,6 +414,15 @@ class Augmenter:
         """Geometry only (random scale, crop, flip)."""
         view = to_view(sample) if isinstance(sample, Sample) else sample
         return apply_geometry(view, sample_geometry(view.size, self.cfg, generator))
+
+    def labeled(self, sample: Sample | View, generator: torch.Generator) -> View:
+        """A labeled crop: the weak geometry, then with probability ``labeled_photometric_p``
+        the photometric changes (:func:`photometric`); points and labels as in the weak view.
+        With ``labeled_photometric_p = 0`` it draws exactly what :meth:`weak` draws."""
+        view = self.weak(sample, generator)
+        if self.cfg.labeled_photometric_p > 0 and _coin(generator, self.cfg.labeled_photometric_p):
+            view = replace(view, image=photometric(view.image, self.cfg, generator))
+        return view
 
     def __call__(self, sample: Sample | View, generator: torch.Generator) -> tuple[View, View]:
         """``(weak, strong)`` views sharing one geometry; both ``crop_hw`` in size."""

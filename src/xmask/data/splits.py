@@ -4,7 +4,8 @@ The standard labeled lists of the semi-supervised crowd counting literature ship
 (``sha``, ``shb``, ``ucf``, ``jhu`` × 5 / 10 / 40 %: 15 / 30 / 120 images of ShanghaiTech A,
 20 / 40 / 160 of B). A split is named ``DATASET-PERCENT`` (``sha-40``) or given as a path to a
 text file with one image file name per line; the rest of the training set is the unlabeled pool.
-``all`` labels every training image.
+``all`` labels every training image. ``shanghaitech-val`` is a held-out validation list of the
+ShanghaiTech A+B folder (``sha_``/``shb_`` prefixed names; 24 A and 36 B training images).
 """
 
 from __future__ import annotations

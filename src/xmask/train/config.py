@@ -40,12 +40,14 @@ class DataConfig:
     Attributes:
         dataset: reader key (``sha``, ``shb``, ``ucf``, ``jhu``, ``folder``).
         root: dataset folder.
-        labeled: labeled list: standard split name (``shb-40``) or list file.
+        labeled: labeled list: standard split name (``shb-40``) or list file; ``all``: every
+            training image that is not held out for validation.
         unlabeled_pool: ``"all"`` (the authors: every training image is also drawn as
             unlabeled), ``"rest"`` (only the images not in the labeled list) or ``"none"``
             (supervised only).
-        validation: optional list file of training images held out from training and used
-            for model selection; None selects the final EMA teacher. Never the test set.
+        validation: optional list (a shipped name such as ``shanghaitech-val``, or a file) of
+            training images held out from training and used for model selection; None
+            selects the final EMA teacher. Never the test set.
         max_short_side: resize rule of the readers (paper: UCF 1536, JHU 2048).
         cache: keep decoded images in memory (per process).
         workers: DataLoader worker processes (0: load in the training process).

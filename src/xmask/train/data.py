@@ -160,7 +160,7 @@ class AugmentedDraws(Dataset):
         sample = self.samples[draw.index]
         if self.pairs:
             return self.augmenter(replace(sample, labels=None), generator)
-        return self.augmenter.weak(sample, generator)
+        return self.augmenter.labeled(sample, generator)
 
 
 def step_loader(dataset: AugmentedDraws, batches: list[list[Draw]], workers: int) -> DataLoader:

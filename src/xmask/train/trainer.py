@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from xmask.data.augment import Augmenter
 from xmask.data.image_io import atomic_write_bytes
 from xmask.data.readers import CrowdDataset, open_dataset
-from xmask.data.splits import read_labeled_list, semi_split
+from xmask.data.splits import ALL, read_labeled_list, semi_split
 from xmask.device import resolve_device
 from xmask.errors import DataError, XmaskError
 from xmask.train.checkpoint import (
@@ -131,9 +131,11 @@ class Trainer:
         names = train.names
         held_out = set(read_labeled_list(cfg.validation)) if cfg.validation else set()
         split = semi_split(names, cfg.labeled)
-        if held_out & {names[i] for i in split.labeled}:
-            raise XmaskError(f"{cfg.validation}: validation images are also labeled images")
         labeled = split.labeled
+        if str(cfg.labeled) == ALL:
+            labeled = [i for i in labeled if names[i] not in held_out]
+        elif held_out & {names[i] for i in labeled}:
+            raise XmaskError(f"{cfg.validation}: validation images are also labeled images")
         needed = {names[i] for i in labeled} | held_out
         bare = [item.name for item in train.items if item.name in needed and not item.annotated]
         if bare:
