@@ -12,15 +12,15 @@ grow towards the bottom, density falls as ``1/r²``). Crowd ``i`` depends only o
 
 Backends: the five of :func:`xmask.annotate.pipeline.build_backend` (``superpixel``, ``sam``,
 ``sam-point``, ``fastsam``, ``fastsam-nnec``) and two baselines without any region, built from
-:func:`~xmask.annotate.masks.head_circles` and :func:`~xmask.annotate.masks.disc_keep` through
-:func:`~xmask.annotate.masks.resolve_labels`: ``disc`` (the disc of ``--disc-fraction``·r_i,
+:func:`~xmask.geometry.circles.head_circles` and :func:`~xmask.geometry.circles.disc_keep` through
+:func:`~xmask.geometry.labels.resolve_labels`: ``disc`` (the disc of ``--disc-fraction``·r_i,
 default 0.5, the fallback of the superpixel and SAM backends) and ``circle`` (the whole NNEC
 circle r_i). Without ``--sam-checkpoint`` / ``--fastsam-checkpoint`` the networks are randomly
 initialised: their rows then measure speed only (the table says so). A backend whose optional
 dependency (segment-anything, ultralytics) is missing is reported as skipped. ``xmask`` is
 a trained Stage-2 model (``--xmask-checkpoint RUN``) segmenting the exact head points
-(:meth:`xmask.predictor.Predictor.segment_points`); ``benchmarks/synthetic_stage2.py`` trains
-one on other synthetic crowds and runs this table with it.
+(:meth:`xmask.inference.predictor.Predictor.segment_points`); ``benchmarks/synthetic_stage2.py``
+trains one on other synthetic crowds and runs this table with it.
 
 Metrics: :func:`xmask.metrics.segmentation.segmentation_counts` per image (Hungarian mean IoU,
 precision / recall / F1 at IoU >= 0.5), summed over the crowds before dividing (micro
@@ -47,15 +47,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xmask.annotate.edp_sam import SamConfig
-from xmask.annotate.fastsam import FastSamConfig
-from xmask.annotate.masks import MaskResult, disc_keep, head_circles, resolve_labels
+from xmask.annotate.fastsam_model import FastSamConfig
 from xmask.annotate.pipeline import BACKENDS, build_backend
+from xmask.annotate.sam_model import SamConfig
 from xmask.data.synthetic import make_crowd
 from xmask.device import resolve_device
 from xmask.errors import UsageError
+from xmask.geometry.circles import disc_keep, head_circles
+from xmask.geometry.labels import MaskResult, resolve_labels
+from xmask.inference.predictor import Predictor
 from xmask.metrics.segmentation import SegmentationCounts, segmentation_counts
-from xmask.predictor import Predictor
 from xmask.types import Sample
 
 log = logging.getLogger("annotate_quality")

@@ -186,7 +186,7 @@ def overhead_breakdown(parts: dict) -> str:
 def schedules(root: Path) -> str:
     """One line: each stage's threads, epochs × steps, batch and learning rate (a seeded
     Stage 1 from the run it was copied from)."""
-    from xmask.train.run_folder import RunFolder
+    from xmask.train.run_folder import load_run_config
 
     parts = []
     for stage in ("stage1", "stage2", "stage3"):
@@ -194,7 +194,7 @@ def schedules(root: Path) -> str:
         seeded = folder / "seeded-from.txt"
         if seeded.is_file():
             folder = Path(seeded.read_text().strip())
-        cfg = RunFolder(folder).load_config()
+        cfg = load_run_config(folder)
         sched = cfg.schedule
         parts.append(
             f"{stage}: {sched.epochs} epochs × {sched.steps_per_epoch} steps, batch "
@@ -202,9 +202,9 @@ def schedules(root: Path) -> str:
             f"{_threads(cfg.threads)}"
         )
     if (root / "stage1-more" / "config.yaml").is_file():
-        more = RunFolder(root / "stage1-more").load_config()
+        more = load_run_config(root / "stage1-more")
         parts.append(f"stage1-more: until the budget, {_threads(more.threads)}")
-    stage1 = RunFolder(root / "stage1").load_config()
+    stage1 = load_run_config(root / "stage1")
     return f"Schedules ({stage1.model.backbone}): " + "; ".join(parts) + "."
 
 

@@ -14,8 +14,8 @@ the model; PyTorch's own thread count, the CLI's default):
    ``(wall(50) − wall(1)) / 49``.
 3. **A huge image**: a synthetic 6000×4000 crowd of 5,000 heads, ``xmask predict`` on it (the
    model's own heads, network in tiles, segmentation window by window) and, in a second
-   process, :meth:`xmask.predictor.Predictor.segment_points` with the 5,000 drawn heads. For
-   both: wall time and the peak resident memory of the process (its own ``ru_maxrss``).
+   process, :meth:`xmask.inference.predictor.Predictor.segment_points` with the 5,000 drawn heads.
+   For both: wall time and the peak resident memory of the process (its own ``ru_maxrss``).
 
 Prints one JSON object; nothing is asserted.
 """
@@ -44,7 +44,7 @@ SEGMENT_GIVEN = """
 import json, resource, sys, time
 import numpy as np
 from xmask.data.image_io import load_image
-from xmask.predictor import Predictor
+from xmask.inference.predictor import Predictor
 model, image_path, points_path = sys.argv[1:4]
 start = time.perf_counter()
 predictor = Predictor.load(None if model == "default" else model, device="cpu")

@@ -14,11 +14,11 @@ building SAM.
 
 SAM: ``--sam-model`` (default ``vit_b``) with the weights of ``--sam-checkpoint``, or random
 weights when none is given (SAM's compute does not depend on its weights). Settings are the
-backend's defaults (:class:`xmask.annotate.edp_sam.SamConfig`: box prompts, 64 prompts per
+backend's defaults (:class:`xmask.annotate.sam_model.SamConfig`: box prompts, 64 prompts per
 decoder call, tiles above 1280 px) unless changed by the flags.
 
 Phases: the backend's own hook. ``build_backend("sam")`` is ``sam_backend``, which builds the
-predictor once (:func:`~xmask.annotate.edp_sam.build_sam`) and calls
+predictor once (:func:`~xmask.annotate.sam_model.build_sam`) and calls
 :func:`~xmask.annotate.edp_sam.annotate_sam` per image; this script makes the same two calls and
 passes a :class:`~xmask.annotate.edp_sam.SamStats`, which ``annotate_sam`` fills: ``encoder_s``
 is the time in ``predictor.set_image`` (the image embedding, once per view: ShanghaiTech A
@@ -50,7 +50,8 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
-from xmask.annotate.edp_sam import SamConfig, SamStats, annotate_sam, build_sam
+from xmask.annotate.edp_sam import SamStats, annotate_sam
+from xmask.annotate.sam_model import SamConfig, build_sam
 from xmask.data.readers import CrowdDataset, open_dataset
 from xmask.data.synthetic import make_crowd
 from xmask.device import resolve_device

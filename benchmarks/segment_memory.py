@@ -3,7 +3,7 @@
     python benchmarks/segment_memory.py [--size 1024x1024] [--heads 3000] [--checkpoint RUN]
 
 Draws one synthetic crowd (:func:`xmask.data.synthetic.make_crowd`, seed 0) and segments
-its exact head points with :meth:`xmask.predictor.Predictor.segment_points`: the network
+its exact head points with :meth:`xmask.inference.predictor.Predictor.segment_points`: the network
 (logits and mask embedding), the smoothing and Eq. 11–12 for every head, as ``xmask bench``
 times them. The model is the CPU recipes' (EfficientNet-Lite0, 64-channel mask head, random
 weights) unless ``--checkpoint``. Prints one JSON object: heads, heads that got a mask, the
@@ -19,7 +19,8 @@ import json
 
 import torch
 
-from xmask.bench import BenchConfig, build_predictor, peak_rss_mb
+from xmask.apps.bench import BenchConfig, build_predictor
+from xmask.apps.bench_report import peak_rss_mb
 from xmask.data.synthetic import make_crowd
 
 

@@ -20,7 +20,8 @@ from xmask.data.synthetic import make_crowd
 from xmask.losses.p2r import p2r_loss
 from xmask.train.config import load_config
 from xmask.train.distributed import DistInfo
-from xmask.train.step import MeanTeacherStep
+from xmask.train.stages.base import run_step
+from xmask.train.stages.p2r import MeanTeacherStep
 
 
 def _median_seconds(fn: Callable[[], object], repeat: int, warmup: int = 1) -> float:
@@ -45,8 +46,8 @@ def training_throughput(recipe: str, repeat: int) -> dict[str, float]:
     b_l, b_u = cfg.schedule.batch_labeled, cfg.schedule.batch_unlabeled
     labeled = collate_views([augment.weak(sample, gen) for _ in range(b_l)])
     unlabeled = collate_pairs([augment(sample, gen) for _ in range(b_u)])
-    sup = _median_seconds(lambda: step(labeled, None, 0.0), repeat)
-    semi = _median_seconds(lambda: step(labeled, unlabeled, 1.0), repeat)
+    sup = _median_seconds(lambda: run_step(step, labeled, None, 0.0), repeat)
+    semi = _median_seconds(lambda: run_step(step, labeled, unlabeled, 1.0), repeat)
     data = _median_seconds(
         lambda: (
             [augment.weak(sample, gen) for _ in range(b_l)],

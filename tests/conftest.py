@@ -67,9 +67,9 @@ def make_run(
     """A run folder holding :func:`tiny_model`'s teacher weights (step 1), optionally
     calibrated, trained (says its config) on ``crowd`` (a :func:`tiny_crowd`) or on a dataset
     that is not there."""
-    from xmask.calibration import CountCalibration, write_calibration
+    from xmask.inference.calibration import CountCalibration, write_calibration
+    from xmask.inference.checkpoint import Checkpoint, save_checkpoint
     from xmask.models import ModelConfig
-    from xmask.train.checkpoint import Checkpoint, save_checkpoint
     from xmask.train.config import DataConfig, TrainConfig, to_yaml
 
     run = root / ("run" if mask_head else "run-stage1")

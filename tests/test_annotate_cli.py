@@ -12,7 +12,8 @@ from pycocotools.coco import COCO
 from xmask.cli import EXIT_SKIPPED, main
 from xmask.data.image_io import load_label_map
 from xmask.data.synthetic import make_crowd_folder
-from xmask.geometry import nnec_radii, pixel_of
+from xmask.geometry.circles import nnec_radii
+from xmask.geometry.points import pixel_of
 
 
 @pytest.fixture()

@@ -19,12 +19,13 @@ from xmask.data.augment import (
     collate_pairs,
     collate_views,
     nearest_resize,
-    photometric,
     sample_geometry,
     strong_view,
     to_view,
 )
-from xmask.geometry import circle_pixels, label_map, pixel_of
+from xmask.data.photometric import photometric
+from xmask.geometry.circles import circle_pixels, label_map
+from xmask.geometry.points import pixel_of
 from xmask.types import Sample
 
 NO_COLOUR = AugmentConfig(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)

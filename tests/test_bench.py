@@ -10,14 +10,8 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
-from xmask.bench import (
-    BenchConfig,
-    bin_of,
-    parse_baselines,
-    parse_edges,
-    run_bench,
-    select_images,
-)
+from xmask.apps.bench import BenchConfig, parse_baselines, parse_edges, run_bench, select_images
+from xmask.apps.bench_report import bin_of
 from xmask.cli import EXIT_SKIPPED, main
 from xmask.data.readers import open_dataset
 from xmask.data.synthetic import make_crowd

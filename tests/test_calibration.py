@@ -14,7 +14,8 @@ from torch import nn
 from torch.nn import functional as nnf
 
 from conftest import tiny_crowd, tiny_train_overrides
-from xmask.calibration import (
+from xmask.cli import EXIT_ERROR, EXIT_OK, main
+from xmask.inference.calibration import (
     CALIBRATION_FILE,
     DEFAULT_CANDIDATES,
     CountCalibration,
@@ -27,9 +28,8 @@ from xmask.calibration import (
     weights_location,
     write_calibration,
 )
-from xmask.cli import EXIT_ERROR, EXIT_OK, main
-from xmask.count_rule import CountRule
-from xmask.train.checkpoint import FORMAT, CheckpointError
+from xmask.inference.checkpoint import FORMAT, CheckpointError
+from xmask.inference.count_rule import CountRule
 from xmask.types import ModelOutput, Sample
 
 
@@ -217,7 +217,7 @@ def test_two_regimes_need_a_tenth_of_the_images_on_each_side() -> None:
 def test_training_calibrates_two_regimes_when_asked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import xmask.calibration as calibration
+    import xmask.inference.calibration as calibration
 
     asked: list[bool] = []
     choose = calibration.choose_calibration

@@ -7,15 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from xmask.train.checkpoint import (
+from xmask.inference.checkpoint import (
     Checkpoint,
     CheckpointError,
     load_checkpoint,
     load_tensors,
-    optimizer_from_tensors,
-    optimizer_tensors,
     save_checkpoint,
 )
+from xmask.train.stages.base import optimizer_from_tensors, optimizer_tensors
 
 
 def _ckpt(step: int) -> Checkpoint:

@@ -16,11 +16,11 @@ from pycocotools.coco import COCO
 from xmask.annotate.coco import (
     AnnotationError,
     ImageRecord,
-    coco_to_label_maps,
     label_maps_to_coco,
     read_coco,
     write_coco,
 )
+from xmask.annotate.coco_import import coco_to_label_maps
 from xmask.data.synthetic import make_crowd
 from xmask.errors import DataError
 

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from xmask.count_rule import DENSITY_PIXELS, CountRule, fit_count_rule
+from xmask.inference.count_rule import DENSITY_PIXELS, CountRule, fit_count_rule
 
 
 def _counts(rule: CountRule, counts: torch.Tensor, pixels: torch.Tensor, cands: list[float]):

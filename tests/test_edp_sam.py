@@ -26,22 +26,19 @@ from segment_anything.modeling import (
 )
 
 from xmask.annotate.edp_sam import (
-    SamConfig,
     SamStats,
-    View,
     _to_input_frame,
     annotate_sam,
-    build_sam,
     decode,
     make_prompts,
     sam_backend,
-    sam_views,
     sample_lowres,
-    view_of_points,
 )
-from xmask.annotate.masks import MaskResult, head_circles
+from xmask.annotate.sam_model import SamConfig, View, build_sam, sam_views, view_of_points
 from xmask.data.synthetic import make_crowd
 from xmask.errors import DataError, UsageError
+from xmask.geometry.circles import head_circles
+from xmask.geometry.labels import MaskResult
 
 pytestmark = pytest.mark.sam
 F32 = np.float32

@@ -17,20 +17,14 @@ from torch import nn
 from torch.nn import functional as nnf
 
 from xmask.cli import EXIT_ERROR, EXIT_OK, EXIT_SKIPPED, main
-from xmask.count_rule import CountRule
 from xmask.data.readers import open_dataset
 from xmask.data.synthetic import make_crowd_folder
-from xmask.evaluation import (
-    check_tiling,
-    evaluate_model,
-    format_result,
-    image_tensor,
-    predict_outputs,
-    tile_spans,
-)
-from xmask.geometry import pixel_of
+from xmask.evaluation.evaluate import evaluate_model, format_result
+from xmask.geometry.points import pixel_of
+from xmask.inference.checkpoint import Checkpoint, save_checkpoint
+from xmask.inference.count_rule import CountRule
+from xmask.inference.tiling import check_tiling, image_tensor, predict_outputs, tile_spans
 from xmask.models.model import ModelConfig, build_model
-from xmask.train.checkpoint import Checkpoint, save_checkpoint
 from xmask.train.config import DataConfig, TrainConfig, to_yaml
 from xmask.types import ModelOutput, Sample
 

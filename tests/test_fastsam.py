@@ -14,20 +14,22 @@ import pytest
 import torch
 
 from xmask.annotate.fastsam import (
+    annotate_fastsam,
+    fastsam_backend,
+    fastsam_labels,
+    smallest_covering,
+)
+from xmask.annotate.fastsam_model import (
     FastSamConfig,
     _architecture,
     _import_ultralytics,
     _load_network,
-    annotate_fastsam,
     candidate_masks,
-    fastsam_backend,
-    fastsam_labels,
     load_fastsam,
-    smallest_covering,
 )
-from xmask.annotate.masks import MaskResult
 from xmask.data.synthetic import make_crowd
 from xmask.errors import DataError, UsageError
+from xmask.geometry.labels import MaskResult
 
 F32 = np.float32
 CFG = FastSamConfig(chunk=2)  # chunks smaller than K exercise the chunked reductions
@@ -337,7 +339,7 @@ def test_importing_ultralytics_leaves_pil_and_our_errors_alone(tmp_path: Path) -
     pytest.importorskip("ultralytics")
     import PIL.Image
 
-    from xmask.annotate.fastsam import _import_ultralytics
+    from xmask.annotate.fastsam_model import _import_ultralytics
     from xmask.data.image_io import load_image
     from xmask.errors import DataError
 

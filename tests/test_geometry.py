@@ -15,14 +15,11 @@ import pytest
 import torch
 from torch.nn import functional as nnf
 
-from xmask.geometry import (
-    CirclePixels,
-    circle_pixels,
+from xmask.geometry.circles import CirclePixels, circle_pixels, label_map, nnec_radii
+from xmask.geometry.points import (
     duplicate_mask,
     flip_points_horizontal,
     inside_image,
-    label_map,
-    nnec_radii,
     normalized_coords,
     pixel_of,
     scale_points,

@@ -13,7 +13,7 @@ from PIL import Image
 
 from xmask.data.image_io import atomic_write_bytes, load_image, load_label_map, save_label_map
 from xmask.errors import DataError
-from xmask.train.checkpoint import Checkpoint, save_checkpoint
+from xmask.inference.checkpoint import Checkpoint, save_checkpoint
 
 
 def _colour(h: int = 12, w: int = 16) -> np.ndarray:

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.nn import functional as nnf
 
+from xmask.geometry.sampling import sample_centres, sample_table
 from xmask.models import ModelConfig, build_model
 from xmask.models.mask_head import MaskHead, coord_channels
-from xmask.segment.centres import sample_centres, sample_table
 from xmask.segment.smoothing import (
     GaussianSmoothing,
     gaussian_kernel1d,

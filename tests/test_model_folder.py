@@ -11,31 +11,44 @@ import pytest
 import torch
 
 from conftest import make_run, tiny_crowd, tiny_model
-from xmask.count_rule import CountRule
 from xmask.data.synthetic import make_crowd
-from xmask.model_folder import (
+from xmask.inference.checkpoint import CheckpointError
+from xmask.inference.count_rule import CountRule
+from xmask.inference.loading import export_run, load_inference_model
+from xmask.inference.model_folder import (
     CARD_FILE,
     FORMAT,
     MODELS_ENV,
     WEIGHTS_FILE,
-    export_run,
-    load_inference_model,
     load_model_folder,
     read_model_card,
     record_metrics,
     registered_models,
     resolve_model,
 )
-from xmask.predictor import Predictor
-from xmask.train.checkpoint import CheckpointError
+from xmask.inference.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``(run, its exported model folder)``."""
     root = tmp_path_factory.mktemp("export")
     crowd = tiny_crowd(root / "crowd", images=5, labeled=2)
     run = make_run(root, threshold=0.3, crowd=crowd)
-    return export_run(run, root / "tiny-model", description="a test model")
+    return run, export_run(run, root / "tiny-model", description="a test model")
+
+
+@pytest.fixture(scope="module")
+def exported(trained: tuple[Path, Path]) -> Path:
+    return trained[1]
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
 
 
 def _copy(folder: Path, dest: Path) -> Path:
@@ -58,6 +71,15 @@ def test_export_describes_the_run(exported: Path) -> None:
     assert content["format"] == FORMAT and len(content["weights"]["sha256"]) == 64
 
 
+def test_card_holds_no_path_of_the_training_machine(trained: tuple[Path, Path]) -> None:
+    run, exported = trained
+    content = json.loads((exported / CARD_FILE).read_text())
+    assert "root" not in content["training"] and "run" not in content["training"]
+    for text in _strings(content):
+        assert not Path(text).is_absolute(), text
+        assert str(run.parent) not in text
+
+
 def test_loaded_model_predicts_like_the_original(exported: Path) -> None:
     model, _ = load_model_folder(exported)
     original = tiny_model()
@@ -73,8 +95,10 @@ def test_loaded_model_predicts_like_the_original(exported: Path) -> None:
     assert Predictor.load(exported, device="cpu", threshold=-1.0).count_rule == CountRule(-1.0)
 
 
-def test_half_precision_folder_is_smaller_and_close(exported: Path, tmp_path: Path) -> None:
-    run = read_model_card(exported).training["run"]
+def test_half_precision_folder_is_smaller_and_close(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run, exported = trained
     half = export_run(run, tmp_path / "half", dtype="float16")
     assert (half / WEIGHTS_FILE).stat().st_size < 0.6 * (exported / WEIGHTS_FILE).stat().st_size
     model, _ = load_model_folder(half)
@@ -95,6 +119,7 @@ def test_names_resolve_through_the_user_folder(
     assert "mine" in registered_models()
     loaded = load_inference_model("mine", torch.device("cpu"))
     assert loaded.card is not None and loaded.dataset is not None
+    assert loaded.dataset[0] == "folder" and loaded.dataset[1] == ""  # a card names no folder
     with pytest.raises(CheckpointError, match=r"registered: .*mine"):
         resolve_model("nobody")
 
@@ -162,12 +187,16 @@ def test_metrics_are_recorded(exported: Path, tmp_path: Path) -> None:
 
 
 def test_cli_export_list_info_predict_and_record(
-    exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    trained: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     from xmask.cli import EXIT_OK, main
 
     monkeypatch.setenv(MODELS_ENV, str(tmp_path / "models"))
-    run = read_model_card(exported).training["run"]
+    run = str(trained[0])
+    crowd = str(trained[1].parent / "crowd")
     assert main(["model", "export", run, "tiny", "--description", "tiny test", "--half"]) == 0
     assert read_model_card(tmp_path / "models" / "tiny").weights["dtype"] == "float16"
     capsys.readouterr()
@@ -177,11 +206,11 @@ def test_cli_export_list_info_predict_and_record(
     assert json.loads(capsys.readouterr().out)["name"] == "tiny"
     monkeypatch.chdir(tmp_path)
     args = ["evaluate", "--model", "tiny", "--split", "train", "--device", "cpu", "--record"]
-    assert main(args) == EXIT_OK
+    assert main(args) == 1  # the card names its dataset, not the training machine's folder
+    assert main([*args, "--root", crowd]) == EXIT_OK
     recorded = read_model_card(tmp_path / "models" / "tiny").metrics["folder-train"]
     assert recorded["images"] == 5 and recorded["mae"] >= 0
     assert (tmp_path / "eval-tiny-folder-train.csv").is_file()
-    crowd = read_model_card(exported).training["root"]
     assert main(["predict", crowd, "--model", "tiny", "--out", "p", "--device", "cpu"]) == 0
     record = json.loads(next((tmp_path / "p" / "predictions").iterdir()).read_text())
     assert record["model"] == str(tmp_path / "models" / "tiny")

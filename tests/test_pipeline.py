@@ -15,7 +15,7 @@ import pytest
 
 from conftest import tiny_crowd, tiny_train_overrides
 from xmask.cli import EXIT_ERROR, EXIT_OK, main
-from xmask.train.checkpoint import load_checkpoint
+from xmask.inference.checkpoint import load_checkpoint
 
 
 def _overrides(root: Path, name: str) -> list[str]:

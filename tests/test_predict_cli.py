@@ -18,8 +18,8 @@ from xmask.cli import EXIT_ERROR, EXIT_OK, EXIT_SKIPPED, main
 from xmask.data.image_io import load_label_map
 from xmask.data.points_io import read_txt_points
 from xmask.data.synthetic import make_crowd, make_crowd_folder
-from xmask.evaluation import image_tensor
-from xmask.geometry import pixel_of
+from xmask.geometry.points import pixel_of
+from xmask.inference.tiling import image_tensor
 
 STEMS = ("syn_0000", "syn_0001", "syn_0002")
 

@@ -12,19 +12,16 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from conftest import make_run, tiny_model
-from xmask.calibration import resolve_count_rule
-from xmask.count_rule import CountRule
 from xmask.data.synthetic import make_crowd
 from xmask.errors import UsageError, XmaskError
-from xmask.evaluation import image_tensor, tiled_outputs
-from xmask.geometry import pixel_of
+from xmask.geometry.points import pixel_of
+from xmask.inference.calibration import resolve_count_rule
+from xmask.inference.count_rule import CountRule
+from xmask.inference.prediction import Prediction
+from xmask.inference.predictor import Predictor, inside_points
+from xmask.inference.render import DOT_COLOUR
+from xmask.inference.tiling import image_tensor, tiled_outputs
 from xmask.models import XMaskModel
-from xmask.predictor import (
-    DOT_COLOUR,
-    Prediction,
-    Predictor,
-    inside_points,
-)
 from xmask.types import Sample
 
 
@@ -119,6 +116,25 @@ def test_one_pass_equals_the_two_calls(model: XMaskModel, crowd: Sample) -> None
         np.testing.assert_array_equal(got.scores, expected.scores)
         np.testing.assert_array_equal(got.labels, expected.labels)
     assert own.network_s == given.network_s
+
+
+def test_set_image_runs_the_network_once_for_many_queries(model: XMaskModel, crowd: Sample) -> None:
+    predictor = Predictor(model, "cpu")
+    with pytest.raises(UsageError, match="set_image"):
+        predictor.predict()
+    calls = []
+    predictor.model.register_forward_hook(lambda *_: calls.append(1))
+    features = predictor.set_image(crowd.image)
+    assert features.size == (70, 98) and features.tiles == 1 and len(calls) == 1
+    own = predictor.predict()
+    first = predictor.segment(crowd.points[:3])
+    everyone = predictor.segment(crowd.points)
+    assert len(calls) == 1  # three queries, one network pass
+    assert own.count == first.count == everyone.count == len(own.points)
+    assert len(first.points) == 3 and first.labels.max() == 3
+    reference = predictor.segment_points(crowd.image, crowd.points)
+    np.testing.assert_array_equal(everyone.labels, reference.labels)
+    np.testing.assert_array_equal(own.labels, predictor(crowd.image).labels)
 
 
 def test_coco_export_decodes_to_the_label_map(model: XMaskModel, crowd: Sample) -> None:

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from conftest import tiny_model
+from xmask.apps.roi import parse_polygon, polygon_mask, read_polygon, restrict
 from xmask.data.synthetic import make_crowd
 from xmask.errors import DataError, UsageError
-from xmask.predictor import ROI_COLOUR, Predictor
-from xmask.roi import parse_polygon, polygon_mask, read_polygon, restrict
+from xmask.inference.predictor import Predictor
+from xmask.inference.render import ROI_COLOUR
 
 
 def _inside_reference(vertices: np.ndarray, x: float, y: float) -> bool:

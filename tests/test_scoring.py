@@ -9,7 +9,7 @@ import numpy as np
 
 from xmask.data.readers import open_dataset
 from xmask.data.synthetic import make_crowd_folder
-from xmask.segment.scoring import score_segmentation
+from xmask.evaluation.scoring import score_segmentation
 
 
 @dataclass

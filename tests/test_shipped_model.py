@@ -11,8 +11,13 @@ import pytest
 
 from xmask.cli import EXIT_OK, main
 from xmask.data.synthetic import make_crowd
-from xmask.model_folder import DEFAULT_MODEL, load_model_folder, registered_models, resolve_model
-from xmask.predictor import Predictor
+from xmask.inference.model_folder import (
+    DEFAULT_MODEL,
+    load_model_folder,
+    registered_models,
+    resolve_model,
+)
+from xmask.inference.predictor import Predictor
 
 
 def test_the_default_model_is_shipped_and_describes_itself() -> None:

@@ -1,4 +1,4 @@
-"""The superpixel annotation backend and the shared mask rules of :mod:`xmask.annotate.masks`.
+"""The superpixel annotation backend and the shared mask rules of :mod:`xmask.geometry.labels`.
 
 Invariants are checked against brute-force references written here (pairwise NNEC radii,
 per-pixel distances in float32 as :mod:`xmask.geometry` documents them, a per-pixel argmin for
@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xmask.annotate.masks import MaskResult, disc_keep, head_circles, resolve_labels
 from xmask.annotate.superpixel import SuperpixelConfig, annotate_superpixel
 from xmask.data.readers import open_dataset
 from xmask.data.synthetic import make_crowd
+from xmask.geometry.circles import disc_keep, head_circles
+from xmask.geometry.labels import MaskResult, resolve_labels
 
 F32 = np.float32
 

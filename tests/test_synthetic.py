@@ -11,7 +11,7 @@ from PIL import Image
 from xmask.data.points_io import read_txt_points
 from xmask.data.readers import open_dataset
 from xmask.data.synthetic import auto_radius_range, make_crowd, make_crowd_folder
-from xmask.geometry import inside_image, pixel_of
+from xmask.geometry.points import inside_image, pixel_of
 
 
 def _check_labels(sample_labels: np.ndarray, points: np.ndarray) -> None:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import tiny_crowd, tiny_train_overrides
-from xmask.train.checkpoint import load_checkpoint
+from xmask.inference.checkpoint import load_checkpoint
 
 STEPS = 9
 

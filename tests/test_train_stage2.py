@@ -13,8 +13,8 @@ from conftest import tiny_crowd, tiny_train_overrides
 from xmask.cli import EXIT_ERROR, EXIT_OK, main
 from xmask.data.synthetic import make_crowd_folder
 from xmask.train.config import load_config
-from xmask.train.mask_step import freeze_except
 from xmask.train.run_folder import load_trained_model
+from xmask.train.stages.mask import freeze_except
 
 STAGE2 = ["stage=2", "model.mask_channels=8", "schedule.steps_per_epoch=2", "schedule.epochs=2"]
 STAGE2 += ["teacher.warmup_epochs=0"]  # the unlabeled branch opens in the second epoch

@@ -13,10 +13,10 @@ import torch
 
 from conftest import tiny_crowd, tiny_train_overrides
 from xmask.cli import EXIT_ERROR, EXIT_OK, main
-from xmask.geometry import circle_pixels
+from xmask.geometry.circles import circle_pixels
 from xmask.train.config import MaskStageConfig
-from xmask.train.mask_step import teacher_pseudo_masks
 from xmask.train.run_folder import load_trained_model
+from xmask.train.stages.mask import teacher_pseudo_masks
 from xmask.types import ModelOutput
 
 SHORT = ["schedule.steps_per_epoch=2", "schedule.epochs=2", "calibrate=false"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_crowd, tiny_train_overrides
-from xmask.calibration import read_calibration
 from xmask.errors import XmaskError
+from xmask.inference.calibration import read_calibration
 from xmask.train.config import load_config, to_yaml
 from xmask.train.run_folder import load_trained_model
 from xmask.train.trainer import Trainer

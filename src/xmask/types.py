@@ -72,8 +72,9 @@ class ModelOutput:
     Attributes:
         logits: ``B×1×h×w`` head logits on the stride-4 grid (``h = ceil(H/4)``,
             ``w = ceil(W/4)``); cell ``(i, j)`` is the candidate head point at its centre
-            (:func:`xmask.geometry.cell_centres`). A cell with logit above the count threshold
-            (0, or a calibrated value: :mod:`xmask.calibration`) counts one head.
+            (:func:`xmask.geometry.points.cell_centres`). A cell with logit above the count
+            threshold (0, or a calibrated value: :mod:`xmask.inference.calibration`) counts one
+            head.
         embedding: ``B×D×h'×w'`` L2-normalised mask embedding, or None without a mask head.
     """
 

@@ -20,21 +20,21 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from xmask.annotate.coco import ImageRecord, label_maps_to_coco, write_coco
-from xmask.annotate.masks import MaskResult
+from xmask.annotate.edp_sam import sam_backend
+from xmask.annotate.fastsam import fastsam_backend
+from xmask.annotate.fastsam_model import FastSamConfig
+from xmask.annotate.sam_model import SamConfig
+from xmask.annotate.superpixel import SuperpixelConfig, annotate_superpixel
 from xmask.data.image_io import atomic_write_bytes, load_label_map, save_label_map
 from xmask.data.points_io import read_txt_points, write_points_txt
 from xmask.data.readers import CrowdDataset, Item
 from xmask.errors import DataError, UsageError
-
-if TYPE_CHECKING:
-    from xmask.annotate.edp_sam import SamConfig
-    from xmask.annotate.fastsam import FastSamConfig
+from xmask.geometry.labels import MaskResult
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,9 @@ def build_backend(
     covering each point, without / with NNEC clipping and circle fallback). The SAM ones need
     ``pip install xmask[sam]`` and ``sam``; the FastSAM ones ``xmask[fastsam]`` and ``fastsam``."""
     if name == "superpixel":
-        from xmask.annotate.superpixel import SuperpixelConfig, annotate_superpixel
-
         cfg = SuperpixelConfig()
         return lambda image, points: annotate_superpixel(image, points, cfg)
     if name in ("sam", "sam-point"):
-        from xmask.annotate.edp_sam import SamConfig, sam_backend
-
         cfg = sam or SamConfig()
         if name == "sam-point":
             cfg = replace(cfg, superpixel_prompt="none")
@@ -71,8 +67,6 @@ def build_backend(
                 f"backend {name} needs segment-anything: pip install 'xmask[sam]'"
             ) from err
     if name in ("fastsam", "fastsam-nnec"):
-        from xmask.annotate.fastsam import FastSamConfig, fastsam_backend
-
         return fastsam_backend(fastsam or FastSamConfig(), nnec=name == "fastsam-nnec")
     raise UsageError(f"unknown annotation backend {name!r}; available: {', '.join(BACKENDS)}")
 

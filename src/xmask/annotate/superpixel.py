@@ -1,7 +1,7 @@
 """SAM-free mask annotation: superpixels snapped to each head's edge, inside its NNEC circle.
 
 For every head ``i`` (point ``p_i``, NNEC radius ``r_i``, circle ``C_i``; the circle, overlap,
-duplicate and point-pixel rules are those of :mod:`xmask.annotate.masks`), with
+duplicate and point-pixel rules are those of :mod:`xmask.geometry.labels`), with
 ``t = ||pixel centre − p_i|| / r_i`` the normalised distance:
 
 1. **Superpixels** (SLIC in CIELAB, once per image), sized by density: grid step
@@ -47,15 +47,14 @@ import numpy as np
 from skimage.color import rgb2lab
 from skimage.segmentation import slic
 
-from xmask.annotate.masks import (
+from xmask.geometry.circles import (
     R_MIN,
+    DuplicatePolicy,
     HeadCircles,
-    MaskResult,
     disc_keep,
     head_circles,
-    resolve_labels,
 )
-from xmask.geometry import DuplicatePolicy
+from xmask.geometry.labels import MaskResult, resolve_labels
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ class SuperpixelConfig:
 
     Attributes:
         r_min: smallest NNEC radius in px (paper: 3).
-        duplicates: policy for exact duplicate points (:mod:`xmask.annotate.masks`).
+        duplicates: policy for exact duplicate points (:mod:`xmask.geometry.labels`).
         step_scale: SLIC grid step as a fraction of the reference radius.
         radius_quantile: quantile of the NNEC radii used as the reference radius.
         min_step: smallest SLIC grid step in px.
@@ -273,7 +272,7 @@ def annotate_superpixel(
         cfg: configuration; None for the defaults.
 
     Returns:
-        :class:`~xmask.annotate.masks.MaskResult`: ``H×W int32`` labels (0 background,
+        :class:`~xmask.geometry.labels.MaskResult`: ``H×W int32`` labels (0 background,
         ``k`` = ``points[k − 1]``), ``fallback`` marks heads given the plain disc.
 
     Raises:
@@ -282,7 +281,7 @@ def annotate_superpixel(
     cfg = cfg or SuperpixelConfig()
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be H×W×3 uint8, got {image.shape} {image.dtype}")
-    circles = head_circles(points, image.shape[:2], cfg.r_min, cfg.duplicates)
+    circles = head_circles(points, image.shape[:2], r_min=cfg.r_min, duplicates=cfg.duplicates)
     if len(circles) == 0:
         return resolve_labels(circles, np.zeros(0, dtype=bool))
     t = _normalised_distance(circles)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from xmask.cli import EXIT_OK, EXIT_SKIPPED
+from xmask.cli._args import add_device_option
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="no checkpoint: random weights (speed measurements only)",
     )
-    sam.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    add_device_option(sam)
     fast = parser.add_argument_group("FastSAM baselines (pip install 'xmask[fastsam]')")
     fast.add_argument("--fastsam-weights", help="local FastSAM-x.pt / FastSAM-s.pt")
     fast.add_argument("--fastsam-arch", default="x", choices=("s", "x"))
@@ -108,7 +109,7 @@ def _sam_config(args: argparse.Namespace) -> object | None:
     """The SAM settings of the command line, or None for a backend without SAM."""
     if not args.backend.startswith("sam"):
         return None
-    from xmask.annotate.edp_sam import SamConfig
+    from xmask.annotate.sam_model import SamConfig
     from xmask.errors import UsageError
 
     if args.sam_checkpoint is None and not args.sam_random_weights:
@@ -129,7 +130,7 @@ def _fastsam_config(args: argparse.Namespace) -> object | None:
     """The FastSAM settings of the command line, or None for another backend."""
     if not args.backend.startswith("fastsam"):
         return None
-    from xmask.annotate.fastsam import FastSamConfig
+    from xmask.annotate.fastsam_model import FastSamConfig
     from xmask.errors import UsageError
 
     if args.fastsam_weights is None and not args.fastsam_random_weights:
@@ -158,7 +159,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     """``xmask annotate import``."""
-    from xmask.annotate.coco import coco_to_label_maps, read_coco
+    from xmask.annotate.coco import read_coco
+    from xmask.annotate.coco_import import coco_to_label_maps
     from xmask.data.image_io import save_label_map
     from xmask.data.points_io import write_points_txt
 

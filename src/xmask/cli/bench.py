@@ -1,6 +1,6 @@
 """``xmask bench``: segmentation seconds per image by crowd density, xmask against baselines.
 
-The benchmark itself (what is timed, the bins) is :mod:`xmask.bench`.
+The benchmark itself (what is timed, the bins) is :mod:`xmask.apps.bench`.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from xmask.cli import EXIT_OK, EXIT_SKIPPED
+from xmask.cli._args import add_device_option, add_model_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,19 +21,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Time xmask (image in → count + label map out) and the FastSAM / SAM "
         "baselines, all given the same ground-truth heads, on the first K ShanghaiTech A test "
         "images of each density bin; report seconds per image and per bin, xmask's "
-        "post-network share and the peak resident memory. Networks without a checkpoint have "
-        "random weights (compute time does not depend on weights). Exit code "
+        "post-network share and the peak resident memory. xmask runs the shipped model unless "
+        "--model names another; the baselines have random weights (compute time does not "
+        "depend on weights). Exit code "
         f"{EXIT_SKIPPED} when an image or a baseline was skipped.",
     )
     parser.add_argument("--root", required=True, help="ShanghaiTech folder (holding part_A)")
-    parser.add_argument(
-        "--checkpoint",
-        metavar="RUN_OR_FILE",
-        help="a run with a mask head (default: EfficientNet-Lite0 + mask head, random weights)",
-    )
-    parser.add_argument(
-        "--which", choices=("teacher", "student"), default="teacher", help="network to run"
-    )
+    add_model_options(parser, threshold=False)
     parser.add_argument("--per-bin", type=int, default=2, metavar="K", help="images per bin")
     parser.add_argument(
         "--repeat",
@@ -53,20 +48,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="lower edges of the head-count bins, the last one open (default 0,100,250,500,1000)",
     )
     parser.add_argument("--split", default="test", help="ShanghaiTech A split (default test)")
-    parser.add_argument(
-        "--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N"
-    )
+    add_device_option(parser)
     parser.add_argument("--json", action="store_true", help="print JSON on stdout")
     parser.set_defaults(run=run_bench_command)
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
     """``xmask bench``."""
-    from xmask.bench import BenchConfig, format_report, parse_baselines, parse_edges, run_bench
+    from xmask.apps.bench import BenchConfig, parse_baselines, parse_edges, run_bench
+    from xmask.apps.bench_report import format_report
 
     cfg = BenchConfig(
         root=Path(args.root).expanduser(),
-        checkpoint=args.checkpoint,
+        checkpoint=args.model,
         which=args.which,
         per_bin=args.per_bin,
         repeat=args.repeat,

@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from xmask.cli import EXIT_OK
+from xmask.cli._args import add_device_option, add_model_options
 
 log = logging.getLogger("xmask")
 
@@ -21,17 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "Training does this at its end; use this command for older runs or other weights. "
         "Test images are never looked at.",
     )
-    parser.add_argument(
-        "--checkpoint",
-        required=True,
-        metavar="RUN_OR_FILE",
-        help="run folder, its checkpoints/ or best/ folder, or a step-N.safetensors file",
-    )
-    parser.add_argument(
-        "--which",
-        choices=("teacher", "student", "both"),
-        default="both",
-        help="network(s) to calibrate",
+    add_model_options(
+        parser, runs_only=True, required=True, threshold=False, which=("both", "teacher", "student")
     )
     parser.add_argument(
         "--two-regimes",
@@ -40,27 +32,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "predicted heads per 10,000 px; kept only where it lowers the MAE on the labeled "
         "images (for models trained on very different densities, e.g. ShanghaiTech A + B)",
     )
-    parser.add_argument(
-        "--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N"
-    )
+    add_device_option(parser)
     parser.set_defaults(run=run_calibrate)
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
     """``xmask calibrate``."""
-    from xmask.calibration import calibrate_weights, labeled_training_images, weights_location
     from xmask.device import resolve_device
     from xmask.errors import XmaskError
+    from xmask.inference.calibration import calibrate_weights, weights_location
+    from xmask.train.data import labeled_training_images
     from xmask.train.run_folder import load_trained_model
 
-    folder, step = weights_location(args.checkpoint)
+    folder, step = weights_location(args.model)
     if step is None:
-        raise XmaskError(f"{args.checkpoint}: not a step-N.safetensors file; cannot tell its step")
+        raise XmaskError(f"{args.model}: not a step-N.safetensors file; cannot tell its step")
     device = resolve_device(args.device)
     which = ("teacher", "student") if args.which == "both" else (args.which,)
     samples = None
     for name in which:
-        model, cfg = load_trained_model(args.checkpoint, device, which=name)
+        model, cfg = load_trained_model(args.model, device, which=name)
         if samples is None:
             samples = labeled_training_images(cfg)
             if len(samples) == 0:

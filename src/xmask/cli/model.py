@@ -1,4 +1,5 @@
-"""``xmask model``: list, describe and export model folders (:mod:`xmask.model_folder`)."""
+"""``xmask model``: list, describe and export model folders
+(:mod:`xmask.inference.model_folder`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from pathlib import Path
 
 from xmask.cli import EXIT_OK
+from xmask.cli._args import add_which_option
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,16 +38,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     export.add_argument("dest", metavar="DEST", help="model folder, or a name to register")
     export.add_argument("--description", default="", help="one line for people")
-    export.add_argument(
-        "--which", choices=("teacher", "student"), default="teacher", help="network to export"
-    )
+    add_which_option(export)
     export.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
     export.set_defaults(run=run_export)
 
 
 def run_list(args: argparse.Namespace) -> int:
     """``xmask model list``."""
-    from xmask.model_folder import DEFAULT_MODEL, read_model_card, registered_models
+    from xmask.inference.model_folder import DEFAULT_MODEL, read_model_card, registered_models
 
     models = registered_models()
     if not models:
@@ -61,7 +61,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_info(args: argparse.Namespace) -> int:
     """``xmask model info``."""
-    from xmask.model_folder import CARD_FILE, read_model_card, resolve_model
+    from xmask.inference.model_folder import CARD_FILE, read_model_card, resolve_model
 
     folder = resolve_model(args.model)
     read_model_card(folder)
@@ -71,7 +71,8 @@ def run_info(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """``xmask model export``."""
-    from xmask.model_folder import export_run, user_models_dir
+    from xmask.inference.loading import export_run
+    from xmask.inference.model_folder import user_models_dir
 
     dest = Path(args.dest).expanduser()
     if len(dest.parts) == 1 and not dest.exists():

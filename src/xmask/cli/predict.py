@@ -1,6 +1,6 @@
 """``xmask predict`` (alias ``segment``): counts, head points and one mask per head for images,
 folders, glob patterns, videos or a dataset split; the output layout is
-:mod:`xmask.batch`'s (images) and :mod:`xmask.video`'s (videos)."""
+:mod:`xmask.apps.batch`'s (images) and :mod:`xmask.apps.video`'s (videos)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from xmask.cli import EXIT_OK, EXIT_SKIPPED
+from xmask.cli._args import add_device_option, add_model_options
 
 log = logging.getLogger("xmask")
 
@@ -30,24 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "source", nargs="*", metavar="SOURCE", help="image or video files, folders or patterns"
     )
-    parser.add_argument(
-        "--model",
-        "--checkpoint",
-        dest="model",
-        metavar="MODEL",
-        help="a model name (`xmask model list`), a model folder, or a training run (its "
-        "folder, checkpoints/ or best/, or a .safetensors file in it); default: the model "
-        "shipped with xmask",
-    )
-    parser.add_argument(
-        "--which", choices=("teacher", "student"), default="teacher", help="network of a run"
-    )
-    parser.add_argument(
-        "--threshold",
-        default="auto",
-        metavar="LOGIT",
-        help="count cells with a logit above this; auto (default): the model's own threshold",
-    )
+    add_model_options(parser)
     parser.add_argument("--out", metavar="DIR", help="output folder (default: predict-NAME)")
     parser.add_argument(
         "--roi",
@@ -61,9 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset", help="instead of SOURCE: sha, shb, ucf, jhu or folder")
     parser.add_argument("--root", help="dataset folder (with --dataset)")
     parser.add_argument("--split", default="test", help="split (with --dataset; default test)")
-    parser.add_argument(
-        "--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N"
-    )
+    add_device_option(parser)
     parser.set_defaults(run=run_predict)
 
 
@@ -76,11 +58,11 @@ def _default_out(args: argparse.Namespace) -> Path:
 
 def run_predict(args: argparse.Namespace) -> int:
     """``xmask predict``."""
-    from xmask.batch import BatchSummary, dataset_sources, find_sources, finish, predict_images
+    from xmask.apps.batch import BatchSummary, dataset_sources, find_sources, finish, predict_images
+    from xmask.apps.roi import read_polygon
+    from xmask.apps.video import predict_video
     from xmask.errors import DataError, UsageError
-    from xmask.predictor import Predictor
-    from xmask.roi import read_polygon
-    from xmask.video import predict_video
+    from xmask.inference.predictor import Predictor
 
     if bool(args.source) == (args.dataset is not None):
         raise UsageError("xmask predict needs either SOURCE or --dataset (with --root)")

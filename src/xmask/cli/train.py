@@ -63,9 +63,9 @@ def _add_file_log(path: str) -> logging.Handler:
 def run_train(args: argparse.Namespace) -> int:
     """``xmask train``."""
     from xmask.errors import XmaskError
-    from xmask.train.checkpoint import CheckpointError
+    from xmask.inference.checkpoint import CheckpointError
+    from xmask.inference.run_folder import RunFolder
     from xmask.train.config import load_config
-    from xmask.train.run_folder import RunFolder
 
     if args.pipeline:
         if args.config or args.resume:
@@ -96,9 +96,9 @@ def train_config(cfg: TrainConfig, resume: bool, info: DistInfo | None = None) -
     seconds this call spent."""
     import torch
 
-    from xmask.kernels import set_threads as set_kernel_threads
+    from xmask.geometry.kernels import set_threads as set_kernel_threads
+    from xmask.inference.run_folder import RunFolder
     from xmask.train.distributed import DistInfo
-    from xmask.train.run_folder import RunFolder
     from xmask.train.trainer import Trainer
 
     info = info or DistInfo()

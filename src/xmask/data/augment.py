@@ -1,6 +1,6 @@
 """Joint augmentation of image, head points, instance label map and validity mask.
 
-Mean Teacher training (see ``REFERENCE.md``, "Mean Teacher") feeds the teacher a *weak* view and
+Mean Teacher training (``docs/equations.md``) feeds the teacher a *weak* view and
 the student a *strong* view of the same image. Both views share one random geometry:
 
 1. resize by ``s ~ U(scale_range)`` to ``(round(H·s), round(W·s))``: the image bilinearly with
@@ -11,9 +11,9 @@ the student a *strong* view of the same image. Both views share one random geome
    offset is negative and the crop is zero-padded (image 0, label 0, invalid);
 3. horizontal flip with probability ``flip_p``.
 
-Points follow with :func:`~xmask.geometry.scale_points` (by the exact per-axis factors
-``new/old``), :func:`~xmask.geometry.translate_points` and
-:func:`~xmask.geometry.flip_points_horizontal`, never with torchvision's ``KeyPoints``.
+Points follow with :func:`~xmask.geometry.points.scale_points` (by the exact per-axis factors
+``new/old``), :func:`~xmask.geometry.points.translate_points` and
+:func:`~xmask.geometry.points.flip_points_horizontal`, never with torchvision's ``KeyPoints``.
 
 Points that leave the crop are dropped and the label map is renumbered so that label ``k`` is
 the ``k``-th kept point (1-based, original order kept). **Dropped-instance rule:** pixels of an
@@ -45,19 +45,18 @@ the views exactly; nothing touches the global RNG.
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from PIL import Image as PILImage
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
 from xmask.data.augment_config import AugmentConfig
-from xmask.geometry import (
+from xmask.data.photometric import coin, photometric, randint, uniform
+from xmask.geometry.points import (
     flip_points_horizontal,
     inside_image,
     scale_points,
@@ -175,19 +174,6 @@ def to_view(sample: Sample) -> View:
     )
 
 
-def _uniform(generator: torch.Generator, lo: float, hi: float) -> float:
-    return lo + (hi - lo) * float(torch.rand((), generator=generator, device=generator.device))
-
-
-def _coin(generator: torch.Generator, p: float) -> bool:
-    return float(torch.rand((), generator=generator, device=generator.device)) < p
-
-
-def _randint(generator: torch.Generator, lo: int, hi: int) -> int:
-    """Uniform integer in ``[lo, hi]`` (inclusive)."""
-    return lo + int(torch.randint(hi - lo + 1, (), generator=generator, device=generator.device))
-
-
 def sample_geometry(
     size: tuple[int, int], cfg: AugmentConfig, generator: torch.Generator
 ) -> GeometryParams:
@@ -202,14 +188,14 @@ def sample_geometry(
     h, w = size
     lo, hi = cfg.scale_range
     if cfg.scale_log_uniform:
-        scale = math.exp(_uniform(generator, math.log(lo), math.log(hi)))
+        scale = math.exp(uniform(generator, math.log(lo), math.log(hi)))
     else:
-        scale = _uniform(generator, lo, hi)
+        scale = uniform(generator, lo, hi)
     rh, rw = max(1, round(h * scale)), max(1, round(w * scale))
     ch, cw = cfg.crop_hw
-    top = _randint(generator, min(0, rh - ch), max(0, rh - ch))
-    left = _randint(generator, min(0, rw - cw), max(0, rw - cw))
-    return GeometryParams((rh, rw), top, left, ch, cw, _coin(generator, cfg.flip_p))
+    top = randint(generator, min(0, rh - ch), max(0, rh - ch))
+    left = randint(generator, min(0, rw - cw), max(0, rw - cw))
+    return GeometryParams((rh, rw), top, left, ch, cw, coin(generator, cfg.flip_p))
 
 
 def nearest_resize(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -314,67 +300,14 @@ def apply_geometry(view: View, params: GeometryParams) -> View:
     return _flip(out) if params.flip else out
 
 
-def _jitter(image: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    brightness, contrast, saturation, hue = cfg.jitter
-    adjustments = (
-        (tvf.adjust_brightness, max(0.0, 1.0 - brightness), 1.0 + brightness),
-        (tvf.adjust_contrast, max(0.0, 1.0 - contrast), 1.0 + contrast),
-        (tvf.adjust_saturation, max(0.0, 1.0 - saturation), 1.0 + saturation),
-        (tvf.adjust_hue, -hue, hue),
-    )
-    order = torch.randperm(len(adjustments), generator=generator, device=generator.device)
-    for i in order.tolist():
-        adjust, lo, hi = adjustments[i]
-        image = adjust(image, _uniform(generator, lo, hi))
-    return image
-
-
-def _blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    kernel = 2 * math.ceil(3.0 * sigma) + 1
-    return tvf.gaussian_blur(image, [kernel, kernel], [sigma, sigma])
-
-
-def _jpeg(image: torch.Tensor, quality: int) -> torch.Tensor:
-    """``image`` (``3×h×w`` float in ``[0, 1]``) encoded as JPEG at ``quality`` and decoded."""
-    as_bytes = tvf.to_dtype(image.clamp(0.0, 1.0).cpu(), torch.uint8, scale=True)
-    buffer = io.BytesIO()
-    PILImage.fromarray(as_bytes.permute(1, 2, 0).numpy()).save(buffer, "JPEG", quality=quality)
-    decoded = np.asarray(PILImage.open(buffer).convert("RGB"))
-    tensor = torch.from_numpy(decoded.copy()).permute(2, 0, 1)
-    return tvf.to_dtype(tensor, torch.float32, scale=True).to(image.device)
-
-
 def sample_cutout(
     size: tuple[int, int], cfg: AugmentConfig, generator: torch.Generator
 ) -> CutoutParams:
     """Draw the cutout rectangle for a view of ``size = (h, w)`` (fully inside it)."""
     h, w = size
-    ch = max(1, round(h * _uniform(generator, *cfg.cutout_frac)))
-    cw = max(1, round(w * _uniform(generator, *cfg.cutout_frac)))
-    return CutoutParams(_randint(generator, 0, h - ch), _randint(generator, 0, w - cw), ch, cw)
-
-
-def photometric(
-    image: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
-) -> torch.Tensor:
-    """Colour jitter, greyscale, blur and JPEG re-encoding (each with its probability): the
-    strong view's changes, and those of labeled crops with ``labeled_photometric_p``.
-
-    Args:
-        image: ``3×h×w float`` in ``[0, 1]``.
-
-    Returns:
-        ``3×h×w float`` in ``[0, 1]``; ``image`` is not modified.
-    """
-    if _coin(generator, cfg.jitter_p):
-        image = _jitter(image, cfg, generator)
-    if _coin(generator, cfg.grayscale_p):
-        image = tvf.rgb_to_grayscale(image, num_output_channels=3)
-    if _coin(generator, cfg.blur_p):
-        image = _blur(image, _uniform(generator, *cfg.blur_sigma))
-    if cfg.jpeg_p > 0 and _coin(generator, cfg.jpeg_p):
-        image = _jpeg(image, _randint(generator, *cfg.jpeg_quality))
-    return image
+    ch = max(1, round(h * uniform(generator, *cfg.cutout_frac)))
+    cw = max(1, round(w * uniform(generator, *cfg.cutout_frac)))
+    return CutoutParams(randint(generator, 0, h - ch), randint(generator, 0, w - cw), ch, cw)
 
 
 def strong_view(weak: View, cfg: AugmentConfig, generator: torch.Generator) -> View:
@@ -420,7 +353,7 @@ class Augmenter:
         the photometric changes (:func:`photometric`); points and labels as in the weak view.
         With ``labeled_photometric_p = 0`` it draws exactly what :meth:`weak` draws."""
         view = self.weak(sample, generator)
-        if self.cfg.labeled_photometric_p > 0 and _coin(generator, self.cfg.labeled_photometric_p):
+        if self.cfg.labeled_photometric_p > 0 and coin(generator, self.cfg.labeled_photometric_p):
             view = replace(view, image=photometric(view.image, self.cfg, generator))
         return view
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from xmask.data.image_io import atomic_write_bytes, load_image
+from xmask.data.image_io import atomic_write_bytes, load_image, png_bytes
 from xmask.data.points_io import write_points_txt
 from xmask.data.readers import CrowdDataset
 from xmask.errors import DataError
@@ -69,7 +69,6 @@ def export_folder(
         prefix: prepended to every file name (``sha_`` keeps ShanghaiTech A and B apart).
         progress: show a tqdm bar.
     """
-    from xmask.batch import png_bytes
 
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ the plain folder format passes True (annotation tools display the rotated image)
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import uuid
@@ -155,7 +156,6 @@ def save_label_map(path: str | Path, labels: np.ndarray) -> None:
     Raises:
         ValueError: labels outside ``[0, 65535]``.
     """
-    import io
 
     labels = np.asarray(labels)
     if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.uint16).max):
@@ -163,3 +163,11 @@ def save_label_map(path: str | Path, labels: np.ndarray) -> None:
     buffer = io.BytesIO()
     Image.fromarray(labels.astype(np.uint16)).save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """``image`` (``H×W×3 uint8``) encoded as PNG, at zlib level 1: a photo-like overlay
+    compresses about as well as at the default level 6 (5 % larger), four to five times faster."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()

@@ -14,10 +14,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from scipy.io import loadmat
+from scipy.io.matlab import MatReadError
 
 from xmask.data.image_io import atomic_write_bytes
 from xmask.errors import DataError
-from xmask.geometry import inside_image
+from xmask.geometry.points import inside_image
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,6 @@ def read_mat_points(path: str | Path, key: str) -> np.ndarray:
         key: ``"image_info"`` (ShanghaiTech, nested struct ``[0,0][0,0][0]``) or any key that
             holds an ``N×2`` array directly (``"annPoints"`` for UCF-QNRF).
     """
-    from scipy.io import loadmat
-    from scipy.io.matlab import MatReadError
 
     path = Path(path)
     _require(path)

@@ -43,7 +43,7 @@ from xmask.data.points_io import (
     read_txt_points,
 )
 from xmask.errors import DataError, UsageError
-from xmask.geometry import scale_points
+from xmask.geometry.points import scale_points
 from xmask.types import Sample
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from xmask.data.readers import CrowdDataset
 from xmask.errors import DataError
-from xmask.geometry import duplicate_mask, inside_image
+from xmask.geometry.points import duplicate_mask, inside_image
 
 log = logging.getLogger(__name__)
 

@@ -2,12 +2,12 @@
 
 For each centre ``p_i`` (a head point lying on instance ``ℓ_i`` of the label map ``M``):
 
-- ``r_i``: NNEC radius among the image's centres (Eq. 6, :func:`xmask.geometry.nnec_radii`,
+- ``r_i``: NNEC radius among the image's centres (Eq. 6, :func:`xmask.geometry.circles.nnec_radii`,
   ``r_min`` floor, one centre alone: ``0.5·min(H, W)``; exact duplicates measured to the
   nearest *different* position);
 - ``C_i``: pixels whose centre lies within ``r_i`` (Eq. 7), minus ignored pixels;
 - ``R_i⁺ = C_i ∩ {M = ℓ_i}``, ``R_i⁻ = C_i ∩ {M ≠ ℓ_i}`` (Eq. 8);
-- ``c_i``: ``Ẽ`` sampled at ``p_i`` (Eq. 9, :func:`xmask.segment.centres.sample_centres`);
+- ``c_i``: ``Ẽ`` sampled at ``p_i`` (Eq. 9, :func:`xmask.geometry.sampling.sample_centres`);
 - ``d = ||Ẽ(y, x) − c_i||``; pull ``[d − (τ − δ)]₊`` on ``R_i⁺``, push ``[m − d]₊`` on
   ``R_i⁻`` with ``m = τ + δ`` (Eq. 10; ``push_margin`` overrides ``m``: the authors' code uses
   ``τ + 4δ``).
@@ -18,7 +18,7 @@ then the loss is the mean of ``L_i`` over every centre of the batch with ``R_i �
 ``R_i⁻`` (0 when empty); centres with ``R_i⁺ = ∅`` are skipped; the sum over centres is
 divided by the batch size.
 
-Only the circle pixels are ever gathered (:class:`xmask.geometry.CirclePixels`): memory and
+Only the circle pixels are ever gathered (:class:`xmask.geometry.circles.CirclePixels`): memory and
 time are ``O(D·Σ r_i²)``, never centres × H × W.
 """
 
@@ -30,15 +30,16 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from xmask.geometry import circle_pixels, nnec_radii, pixel_of
-from xmask.segment.centres import sample_centres
+from xmask.geometry.circles import circle_pixels, nnec_radii
+from xmask.geometry.points import pixel_of
+from xmask.geometry.sampling import sample_centres
 
 Normalisation = Literal["paper", "code"]
 
 
 @dataclass
 class DiscriminativeConfig:
-    """Constants of Eq. 10 (REFERENCE.md defaults).
+    """Constants of Eq. 10 (the authors' defaults, ``docs/equations.md``).
 
     Attributes:
         tau: ``τ``, the distance that separates pull from push.

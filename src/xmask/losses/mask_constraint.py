@@ -50,7 +50,7 @@ Sampling = Literal["pixels", "cells"]
 
 @dataclass
 class ConstraintConfig:
-    """Constants of Eq. 13–15 and their weights in the Stage-3 loss (REFERENCE.md).
+    """Constants of Eq. 13–15 and their weights in the Stage-3 loss (``docs/equations.md``).
 
     Attributes:
         bg_weight: weight of ``L_bg`` (authors: SHA 40 % 0.1, SHA 5/10 % 0, UCF 5 % 0.05).

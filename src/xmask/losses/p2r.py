@@ -3,7 +3,7 @@
 Per image ``b`` of a batch, with the ``B×1×h×w`` logit map of the stride-``s`` grid:
 
 1. cell ``(i, j)`` has its centre at ``(s·j + s/2, s·i + s/2)`` ``(x, y)`` pixels
-   (:func:`xmask.geometry.cell_centres`; P2R's ``(i, j)·4 + 1.5`` in integer pixel-index
+   (:func:`xmask.geometry.points.cell_centres`; P2R's ``(i, j)·4 + 1.5`` in integer pixel-index
    coordinates is the same place under xmask's continuous grid, where pixel ``c`` is centred
    at ``c + 0.5``);
 2. every cell goes to its nearest head point if that point is strictly closer than
@@ -24,7 +24,7 @@ gets no positive. The authors drop such points silently; :func:`p2r_loss` counts
 :attr:`P2RResult.unmatched_points` and never warns, so the caller can log totals.
 
 Nearest-point search and host sync
-    The assignment is a k-d tree query on the CPU (:func:`xmask.geometry.nearest_point`), so
+    The assignment is a k-d tree query on the CPU (:func:`xmask.geometry.points.nearest_point`), so
     time and memory are ``O(cells·log N)`` and ``O(cells + N)``: no ``N × cells`` distance matrix
     is ever built. The points (all images at once) are copied to the host, which waits for the
     device when they live on a GPU (e.g. teacher pseudo points); the assignment comes back as
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch.nn import functional as nnf
 
-from xmask.geometry import cell_centres, nearest_point
+from xmask.geometry.points import cell_centres, nearest_point
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from scipy.spatial import cKDTree
 from xmask.metrics.counting import ratio
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = (4.0, 8.0)
-"""Distance thresholds ``σ`` in pixels (REFERENCE.md, Metrics)."""
+"""Distance thresholds ``σ`` in pixels (the authors' protocol, ``docs/equations.md``)."""
 
 
 @dataclass(frozen=True)

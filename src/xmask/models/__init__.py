@@ -1,4 +1,8 @@
-"""Networks: backbones (registry), neck, count head and the assembled :class:`XMaskModel`."""
+"""Networks: backbones (registry), neck, count head and the assembled :class:`XMaskModel`.
+
+Importing the package registers every backbone (:mod:`xmask.models.vgg`,
+:mod:`xmask.models.efficientnet_lite`) with :func:`~xmask.models.backbones.register_backbone`.
+"""
 
 from xmask.models.backbones import (
     Backbone,
@@ -9,6 +13,7 @@ from xmask.models.backbones import (
     register_backbone,
 )
 from xmask.models.count_head import CountHead, CountHeadOutput, DecodedPoints, decode_points
+from xmask.models.efficientnet_lite import EfficientNetLite
 from xmask.models.model import (
     ModelConfig,
     XMaskModel,
@@ -17,13 +22,16 @@ from xmask.models.model import (
     param_groups,
 )
 from xmask.models.neck import Neck
+from xmask.models.vgg import VGG16BN
 
 __all__ = [
+    "VGG16BN",
     "Backbone",
     "BackboneFeatures",
     "CountHead",
     "CountHeadOutput",
     "DecodedPoints",
+    "EfficientNetLite",
     "ModelConfig",
     "Neck",
     "WeightsError",

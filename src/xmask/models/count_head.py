@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from xmask.geometry import cell_centres
+from xmask.geometry.points import cell_centres
 
 COUNT_STRIDE = 4
 """Stride of the logit grid relative to the input image."""
@@ -59,7 +59,7 @@ class DecodedPoints:
 
     Attributes:
         points: ``N×2 float32`` ``(x, y)`` pixel centres of the selected cells
-            (:func:`xmask.geometry.cell_centres`).
+            (:func:`xmask.geometry.points.cell_centres`).
         scores: ``N float32`` sigmoid probabilities of those cells.
         cells: ``N int64`` row-major cell indices ``i·w + j``.
     """
@@ -81,8 +81,8 @@ def decode_points(
     """Cells whose logit passes ``threshold``, as points, per image.
 
     Counting uses ``logit > threshold``: 0 is the paper's rule, a calibrated value comes from
-    :mod:`xmask.calibration` (the count is the number of such cells). Teacher pseudo points
-    use ``inclusive=True``, ``logit >= 0`` (REFERENCE.md, Mean Teacher). For a probability
+    :mod:`xmask.inference.calibration` (the count is the number of such cells). Teacher pseudo
+    points use ``inclusive=True``, ``logit >= 0`` (the authors' Mean Teacher). For a probability
     threshold ``p`` pass ``threshold=math.log(p / (1 − p))``.
 
     Args:

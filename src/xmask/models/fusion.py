@@ -5,7 +5,7 @@ affine map ``γ·(y − μ)/√(σ² + ε) + β`` of ``y = W∗x + b`` is again 
 ``W' = W·γ/√(σ² + ε)`` and ``b' = (b − μ)·γ/√(σ² + ε) + β``), and
 :func:`prepare_for_inference` adds channels-last weights. Together they about halve the
 EfficientNet-Lite0 forward on a CPU (``benchmarks/predict_speed.py``). The
-:class:`~xmask.predictor.Predictor`, evaluation and calibration each run an
+:class:`~xmask.inference.predictor.Predictor`, evaluation and calibration each run an
 :func:`inference_copy`, so the model they are given (perhaps one in training) is untouched.
 Outputs change only by float rounding (``tests/test_fusion.py``). A folded network must not
 be trained or saved as a checkpoint: its state dict has no BatchNorm entries.

@@ -36,7 +36,8 @@ def coord_channels(x: Tensor) -> Tensor:
 
 class MaskHead(nn.Module):
     """CoordConv, two conv3×3+BN+ReLU, a conv3×3 to ``4·C`` channels + PixelShuffle(2) + ReLU
-    (stride 8 → 4), a 1×1 conv to ``D``, L2 normalisation per pixel (REFERENCE.md, Model).
+    (stride 8 → 4), a 1×1 conv to ``D``, L2 normalisation per pixel (the authors' model,
+    ``docs/equations.md``).
 
     Args:
         in_channels: channels of the neck's stride-8 map.

@@ -8,12 +8,12 @@ and pixel ``(y, x)`` is a candidate of head ``i`` when ``E_i < τ_g`` (Eq. 12). 
 candidates overlap the pixel goes to the **lowest energy** (the authors' code lets later heads
 overwrite earlier ones); every head is segmented, whatever the density (the authors' code
 segments every ``N // 50``-th head above 50). Each head's point pixel is forced in as in
-:mod:`xmask.annotate.masks` (same co-located rule), so every head gets a non-empty mask.
+:mod:`xmask.geometry.labels` (same co-located rule), so every head gets a non-empty mask.
 
 Energies are computed in local windows: time and memory ``O(D·Σ r_i²)``.
 
 The same code makes the inference masks (λ = 0.8, τ_g = 1.1, σ = 3: :data:`INFERENCE`) and
-the pseudo-masks (λ = 0.6, τ_g = 0.8, σ = 1.5: :data:`PSEUDO`; REFERENCE.md). A head alone
+the pseudo-masks (λ = 0.6, τ_g = 0.8, σ = 1.5: :data:`PSEUDO`; the authors' code). A head alone
 in the image gets ``r = min(H, W)/4`` (the authors' mask builder). Pseudo-masks (Fig. 5):
 every teacher point with ``p >= p_low`` is segmented (so the background is reliable), and
 only those with ``p > p_high`` are *valid*; with a ``gate``, points with ``p <= gate`` get
@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from xmask import kernels
-from xmask.annotate.masks import HeadCircles, head_circles, resolve_labels
-from xmask.geometry import circle_pixels
-from xmask.segment.centres import sample_table
+from xmask.geometry import kernels
+from xmask.geometry.circles import HeadCircles, circle_pixels, head_circles
+from xmask.geometry.labels import resolve_labels
+from xmask.geometry.sampling import sample_table
 from xmask.segment.smoothing import smoothed_table
 
 
@@ -111,7 +111,7 @@ def segment_instances(
     """
     size = (int(table.shape[0]), int(table.shape[1]))
     pts = torch.as_tensor(points).detach().cpu().numpy().astype(np.float32).reshape(-1, 2)
-    circles = head_circles(pts, size, cfg.r_min, duplicates="distinct", lone=cfg.lone)
+    circles = head_circles(pts, size, r_min=cfg.r_min, duplicates="distinct", lone=cfg.lone)
     energy = head_energy(table, circles, cfg)
     keep = (energy < cfg.tau_g).numpy()
     if whole_circle is not None:
@@ -132,11 +132,11 @@ def segment_instances(
 @torch.no_grad()
 def head_energy(table: Tensor, circles: HeadCircles, cfg: SegmentConfig) -> Tensor:
     """Eq. 11 at every circle pixel, in the CSR order of ``circles.pixels`` (one compiled
-    pass, :func:`xmask.kernels.circle_energy`; on the CPU).
+    pass, :func:`xmask.geometry.kernels.circle_energy`; on the CPU).
 
     Args:
         table: ``H×W×D`` smoothed embedding (any device).
-        circles: the heads' NNEC circles (:func:`xmask.annotate.masks.head_circles`).
+        circles: the heads' NNEC circles (:func:`xmask.geometry.circles.head_circles`).
 
     Returns:
         ``P float32`` on the CPU.
@@ -200,7 +200,7 @@ def pseudo_masks(
 
 def ignore_disks(points: np.ndarray, size: tuple[int, int], radius: float = 16.0) -> np.ndarray:
     """``H×W bool``: pixels within ``radius`` of any point (the unlabeled-image ignore region
-    around mid-confidence teacher points, REFERENCE.md)."""
+    around mid-confidence teacher points, the authors' code)."""
     pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
     pixels = circle_pixels(pts, np.full(len(pts), radius, dtype=np.float32), size)
     out = np.zeros(size[0] * size[1], dtype=bool)

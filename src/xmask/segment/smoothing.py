@@ -3,7 +3,7 @@
 The stride-4 embedding is upsampled to image resolution and blurred channel by channel with a
 fixed, normalised 1-D Gaussian along x, then along y; the loss (Eq. 10) and the instance
 masks (Eq. 11–12) both read the smoothed map ``Ẽ``. Training uses ``k = 7, σ = 1.5``,
-evaluation ``σ = 3`` (REFERENCE.md); both are configuration, not code.
+evaluation ``σ = 3`` (the authors' code); both are configuration, not code.
 
 Two implementations of the same linear map: :class:`GaussianSmoothing` after
 :func:`upsample_embedding` is Eq. 4–5 as written (training, with gradients), and
@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as nnf
 
-from xmask import kernels
+from xmask.geometry import kernels
 
 
 def gaussian_kernel1d(kernel: int, sigma: float, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -167,7 +167,7 @@ def smoothed_table(
     out: np.ndarray | None = None,
 ) -> Tensor:
     """``Ẽ`` of one image as an ``H×W×D`` table (pixel-major, the layout Eq. 11 reads), in
-    one banded pass per axis (:func:`xmask.kernels.banded_middle`, on the CPU): equal to
+    one banded pass per axis (:func:`xmask.geometry.kernels.banded_middle`, on the CPU): equal to
     ``GaussianSmoothing(D, kernel, sigma)`` after :func:`upsample_embedding`, permuted.
 
     Memory: the table (``4·D`` bytes per pixel in ``float32``) and a quarter of it for the

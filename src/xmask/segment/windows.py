@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from xmask.annotate.masks import check_points, circles_of, resolve_labels
-from xmask.geometry import nnec_radii
+from xmask.geometry.circles import check_points, circles_of, nnec_radii
+from xmask.geometry.labels import resolve_labels
 from xmask.segment.instances import (
     INFERENCE,
     Instances,

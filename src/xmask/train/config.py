@@ -146,7 +146,7 @@ class ScheduleConfig:
 
 @dataclass
 class MaskStageConfig:
-    """Stage 2 (XMask): the mask head trained with the discriminative loss (REFERENCE.md).
+    """Stage 2 (XMask): the mask head trained with the discriminative loss (``docs/equations.md``).
 
     Attributes:
         init: the Stage-1 run (folder, ``checkpoints/``, ``best/`` or a ``.safetensors`` file)
@@ -187,7 +187,7 @@ class MaskStageConfig:
 
 @dataclass
 class ConstraintStageConfig:
-    """Stage 3: mask-constrained counting (paper Sec. 3.3, REFERENCE.md).
+    """Stage 3: mask-constrained counting (paper Sec. 3.3, ``docs/equations.md``).
 
     The P2R loss stays on for labeled and unlabeled crops; the mask-constraint terms
     (:mod:`xmask.losses.mask_constraint`) are added with the annotation label maps on labeled
@@ -246,12 +246,12 @@ class TrainConfig:
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         threads: torch intra-op threads on the CPU (None: torch's default).
         calibrate: at the end of training, choose the count threshold of the final teacher
-            (and of ``best/``) on the labeled images (:mod:`xmask.calibration`).
+            (and of ``best/``) on the labeled images (:mod:`xmask.inference.calibration`).
         calibrate_student: also that of the final student (only ``xmask evaluate --which
             student`` reads it; each calibration is a pass over the labeled images).
         calibrate_two_regimes: let each calibration split the images into sparse and dense,
             with a threshold each, where that lowers the labeled MAE (for training sets of
-            very different densities; :func:`~xmask.calibration.choose_calibration`).
+            very different densities; :func:`~xmask.inference.calibration.choose_calibration`).
         stage: 1 (the P2R counter with Mean Teacher), 2 (the XMask mask head, ``mask``) or
             3 (mask-constrained counting, ``constraint``).
     """

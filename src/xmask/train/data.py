@@ -19,8 +19,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from xmask.data.augment import Augmenter, View, collate_pairs, collate_views
 from xmask.data.image_io import load_label_map
-from xmask.data.readers import CrowdDataset
+from xmask.data.readers import CrowdDataset, open_dataset
+from xmask.data.splits import semi_split
 from xmask.errors import DataError
+from xmask.train.config import TrainConfig
 from xmask.types import Sample
 
 
@@ -171,3 +173,11 @@ def step_loader(dataset: AugmentedDraws, batches: list[list[Draw]], workers: int
         num_workers=workers,
         collate_fn=collate_pairs if dataset.pairs else collate_views,
     )
+
+
+def labeled_training_images(cfg: TrainConfig) -> CrowdDataset:
+    """The labeled training images of a run's config (its dataset, root, split list and
+    resize rule): the images a threshold may be calibrated on."""
+    data = cfg.data
+    train = open_dataset(data.dataset, data.root, "train", max_short_side=data.max_short_side)
+    return train.subset(semi_split(train.names, data.labeled).labeled)

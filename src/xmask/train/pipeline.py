@@ -43,20 +43,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from xmask.annotate.pipeline import annotate_dataset
 from xmask.data.image_io import atomic_write_bytes
-from xmask.train.checkpoint import checkpoint_state
+from xmask.data.readers import CrowdDataset, open_dataset
+from xmask.data.splits import semi_split
+from xmask.device import resolve_device
+from xmask.evaluation.evaluate import evaluate_model
+from xmask.evaluation.scoring import score_segmentation
+from xmask.inference.calibration import resolve_count_rule
+from xmask.inference.checkpoint import checkpoint_state
+from xmask.inference.predictor import Predictor
+from xmask.inference.run_folder import RunFolder
 from xmask.train.config import ConfigError, TrainConfig, load_config, to_yaml
-from xmask.train.run_folder import RunFolder
-
-if TYPE_CHECKING:
-    from xmask.data.readers import CrowdDataset
+from xmask.train.run_folder import load_trained_model
+from xmask.train.stages import STAGES, stage_class
 
 log = logging.getLogger(__name__)
 
-STAGES = ("stage1", "stage2", "stage3")
-"""The training stages, in order (``stage1-more`` is the optional baseline)."""
+STAGE_FOLDERS = tuple(f"stage{stage.number}" for stage in STAGES)
+"""The run folders of the training stages, in order (``stage1-more`` is the optional
+baseline)."""
 
 MACHINE_KEYS = ("threads", "device")
 """Overrides that say where a pipeline runs, not what it trains: free to change on a rerun."""
@@ -85,7 +93,7 @@ class PartCost:
 def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
     """Common overrides, and per-stage ones (``stage2.KEY=VALUE`` → Stage 2's ``KEY=VALUE``)."""
     common: list[str] = []
-    per_stage: dict[str, list[str]] = {name: [] for name in STAGES}
+    per_stage: dict[str, list[str]] = {name: [] for name in STAGE_FOLDERS}
     for item in overrides:
         head, _, rest = item.partition(".")
         if head in per_stage and rest:
@@ -156,23 +164,20 @@ class Pipeline:
             self.summary = json.loads(self.summary_path.read_text(encoding="utf-8"))
 
     def stage_config(self, stage: str) -> TrainConfig:
-        """Stage ``stage``'s config (module docstring)."""
-        layers = {
-            "stage1": [],
-            "stage2": self.cfg.pipeline.stage2,
-            "stage3": self.cfg.pipeline.stage3,
-        }
-        links = {
-            "stage1": [],
-            "stage2": [f"mask.init={self.root / 'stage1'}"],
-            "stage3": [f"constraint.init={self.root / 'stage2'}"],
-        }
-        overrides = [*self.common, *self.per_stage[stage], *links[stage]]
+        """The config of the stage whose run folder is ``stage`` (``stage2``; module
+        docstring): the pipeline recipe, ``pipeline.stageN`` layers, the overrides, and the link
+        to the previous stage's run (the stage's ``init_key``)."""
+        number = STAGE_FOLDERS.index(stage) + 1
+        kind = stage_class(number)
+        layers = list(getattr(self.cfg.pipeline, stage, None) or [])
+        links = (
+            [] if kind.init_key is None else [f"{kind.init_key}={self.root / f'stage{number - 1}'}"]
+        )
+        overrides = [*self.common, *self.per_stage[stage], *links]
         overrides += [f"name={stage}", f"out={self.root}", f"mask.masks={self.annotations}"]
-        cfg = load_config([self.recipe_path, *layers[stage]], overrides)
-        expected = int(stage[-1])
-        if cfg.stage != expected:
-            raise ConfigError(f"{stage}: its layers set stage={cfg.stage}, expected {expected}")
+        cfg = load_config([self.recipe_path, *layers], overrides)
+        if cfg.stage != number:
+            raise ConfigError(f"{stage}: its layers set stage={cfg.stage}, expected {number}")
         return cfg
 
     @property
@@ -184,10 +189,11 @@ class Pipeline:
         """Run every part not yet done; returns the summary (also in ``pipeline.json``)."""
         self._pin_command()
         started = time.monotonic()
-        self._part("stage1", partial(self._train_stage, "stage1"))
-        self._part("annotations", self._annotate)
-        for stage in ("stage2", "stage3"):
-            self._part(stage, partial(self._train_stage, stage))
+        first_with_maps = next(s.number for s in STAGES if s.needs_label_maps)
+        for stage, folder in zip(STAGES, STAGE_FOLDERS, strict=True):
+            if stage.number == first_with_maps:
+                self._part("annotations", self._annotate)
+            self._part(folder, partial(self._train_stage, folder))
         if self.cfg.pipeline.baseline:
             self._part("stage1-more", lambda: self._train_part(self._baseline_config()))
         if self.cfg.pipeline.evaluate:
@@ -201,7 +207,7 @@ class Pipeline:
         return self.summary
 
     def _trained(self) -> list[str]:
-        return [*STAGES, *(["stage1-more"] if self.cfg.pipeline.baseline else [])]
+        return [*STAGE_FOLDERS, *(["stage1-more"] if self.cfg.pipeline.baseline else [])]
 
     def _part(self, name: str, work: Callable[[], PartCost | dict[str, Any]]) -> None:
         """Run ``work`` unless ``name`` is done; record its result and mark it done."""
@@ -245,7 +251,6 @@ class Pipeline:
 
     def _annotate(self) -> PartCost:
         """The labeled training images, into ``annotations/``."""
-        from xmask.data.splits import semi_split
 
         train = self._dataset("train")
         labeled = semi_split(train.names, self.cfg.data.labeled).labeled
@@ -259,13 +264,11 @@ class Pipeline:
         return {"wall": cost.wall}
 
     def _dataset(self, split: str) -> CrowdDataset:
-        from xmask.data.readers import open_dataset
 
         data = self.cfg.data
         return open_dataset(data.dataset, data.root, split, max_short_side=data.max_short_side)
 
     def _annotate_into(self, dataset: CrowdDataset, folder: Path) -> PartCost:
-        from xmask.annotate.pipeline import annotate_dataset
 
         started = time.monotonic()
         annotate_dataset(dataset, folder, self.cfg.mask.annotate_backend)
@@ -282,7 +285,7 @@ class Pipeline:
             shutil.copytree(source, partial, ignore=shutil.ignore_patterns("eval-*"))
             partial.rename(target)
         parts = self.summary["parts"]
-        extra = sum(parts[name]["total"] for name in ("annotations", "stage2", "stage3"))
+        extra = sum(parts[name]["total"] for name in ("annotations", *STAGE_FOLDERS[1:]))
         budget = (self._stage1_checkpoint_seconds() + extra) / 60.0
         overrides = [
             *self.common,
@@ -352,16 +355,10 @@ def evaluate_run(
     counting: bool = True,
 ) -> dict[str, Any]:
     """The final teacher of a run folder on ``split`` of its dataset, with its calibrated count
-    threshold: counting and localisation (:meth:`xmask.evaluation.EvaluationResult.to_dict`;
-    unless ``counting`` is False), and with ``masks`` (an annotation folder) and a mask head,
-    ``segmentation`` (:func:`xmask.segment.scoring.score_segmentation`)."""
-    from xmask.calibration import resolve_count_rule
-    from xmask.data.readers import open_dataset
-    from xmask.device import resolve_device
-    from xmask.evaluation import evaluate_model
-    from xmask.predictor import Predictor
-    from xmask.segment.scoring import score_segmentation
-    from xmask.train.run_folder import load_trained_model
+    threshold: counting and localisation
+    (:meth:`xmask.evaluation.evaluate.EvaluationResult.to_dict`; unless ``counting`` is False), and
+    with ``masks`` (an annotation folder) and a mask head, ``segmentation``
+    (:func:`xmask.evaluation.scoring.score_segmentation`)."""
 
     where = resolve_device(device)
     model, cfg = load_trained_model(run, where)

@@ -1,15 +1,13 @@
 """Training runs of Stage 1 (the P2R counter with Mean Teacher), Stage 2 (the XMask mask head)
-and Stage 3 (mask-constrained counting), REFERENCE.md "Mean Teacher", "XMask discriminative
-loss" and "Mask-constraint losses".
+and Stage 3 (mask-constrained counting), ``docs/equations.md``.
 
 The trainer owns the data (labeled list, unlabeled pool, held-out validation list, and from
 Stage 2 on the label maps of the labeled images), the epochs, the unlabeled-weight ramp and the
-time budget, checkpoints and metrics; each step is :class:`xmask.train.step.MeanTeacherStep`
-(``stage: 1``), :class:`xmask.train.mask_step.MaskStep` (``stage: 2``) or
-:class:`xmask.train.constraint_step.ConstraintStep` (``stage: 3``).
+time budget, checkpoints and metrics; each step is the :class:`~xmask.train.stages.base.Stage`
+that ``cfg.stage`` names (:data:`xmask.train.stages.STAGES`).
 
 The run folder (``RUN = out/name``) gets the resolved config, a log, ``metrics.jsonl`` and
-checkpoints (:mod:`xmask.train.checkpoint`); ``resume=True`` continues from the latest one.
+checkpoints (:mod:`xmask.inference.checkpoint`); ``resume=True`` continues from the latest one.
 """
 
 from __future__ import annotations
@@ -21,36 +19,33 @@ import time
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed
 from tqdm.auto import tqdm
 
+from xmask.annotate.pipeline import annotate_dataset
 from xmask.data.augment import Augmenter
 from xmask.data.image_io import atomic_write_bytes
 from xmask.data.readers import CrowdDataset, open_dataset
 from xmask.data.splits import ALL, read_labeled_list, semi_split
 from xmask.device import resolve_device
 from xmask.errors import DataError, XmaskError
-from xmask.train.checkpoint import (
-    Checkpoint,
-    latest_step,
-    load_checkpoint,
-    optimizer_from_tensors,
-    optimizer_tensors,
-    save_checkpoint,
+from xmask.evaluation.evaluate import evaluate_model
+from xmask.inference.calibration import (
+    CountCalibration,
+    calibrate_weights,
+    read_calibration,
+    write_calibration,
 )
+from xmask.inference.checkpoint import Checkpoint, latest_step, load_checkpoint, save_checkpoint
+from xmask.inference.run_folder import RunFolder
 from xmask.train.config import TrainConfig, to_yaml
-from xmask.train.constraint_step import ConstraintStep
 from xmask.train.data import AugmentedDraws, CachedSamples, epoch_plan, mask_path, step_loader
 from xmask.train.distributed import DistInfo, broadcast_flag, replicas_agree
-from xmask.train.mask_step import MaskStep
-from xmask.train.run_folder import RunFolder
-from xmask.train.step import MeanTeacherStep
-
-if TYPE_CHECKING:
-    from xmask.calibration import CountCalibration
+from xmask.train.run_folder import load_trained_model
+from xmask.train.stages import stage_class
+from xmask.train.stages.base import Stage, optimizer_from_tensors, optimizer_tensors, run_step
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +83,9 @@ class TrainState:
     pseudo_mask_seconds: float = 0.0
 
 
-def build_step(
-    cfg: TrainConfig, device: torch.device, dist_info: DistInfo
-) -> MeanTeacherStep | MaskStep | ConstraintStep:
-    """The step of ``cfg.stage``."""
-    steps: dict[int, type[MeanTeacherStep | MaskStep | ConstraintStep]] = {
-        1: MeanTeacherStep,
-        2: MaskStep,
-        3: ConstraintStep,
-    }
-    if cfg.stage not in steps:
-        raise XmaskError(f"stage must be 1, 2 or 3, got {cfg.stage}")
-    return steps[cfg.stage](cfg, device, dist_info)
+def build_step(cfg: TrainConfig, device: torch.device, dist_info: DistInfo) -> Stage:
+    """The step of ``cfg.stage`` (:data:`xmask.train.stages.STAGES`)."""
+    return stage_class(cfg.stage)(cfg, device, dist_info)
 
 
 class Trainer:
@@ -149,7 +135,7 @@ class Trainer:
         unlabeled = [i for i in pool[cfg.unlabeled_pool] if names[i] not in held_out]
         self.labeled, self.unlabeled = labeled, unlabeled
         self.validation = train.subset([i for i, n in enumerate(names) if n in held_out])
-        masks = self._label_maps(train, labeled) if self.cfg.stage >= 2 else None
+        masks = self._label_maps(train, labeled) if self.step.needs_label_maps else None
         samples = CachedSamples(train, cfg.cache, masks)
         self.samples = samples
         augmenter = Augmenter(self.cfg.augment)
@@ -170,7 +156,6 @@ class Trainer:
     def _label_maps(self, train: CrowdDataset, labeled: list[int]) -> Path:
         """The annotation folder of the labeled images: ``mask.masks``, or ``RUN/annotations``
         filled by ``mask.annotate_backend`` (rank 0, resumable)."""
-        from xmask.annotate.pipeline import annotate_dataset
 
         cfg = self.cfg.mask
         folder = Path(cfg.masks) if cfg.masks else self.run.root / "annotations"
@@ -267,7 +252,8 @@ class Trainer:
         for batch in lab_iter:
             torch.manual_seed(self.cfg.seed + self.state.step)
             weight = unlabeled_weight(self.state.epoch, self.cfg)
-            stats = self.step(
+            stats = run_step(
+                self.step,
                 batch,
                 next(unl_iter) if unl_iter is not None else None,
                 weight,
@@ -345,7 +331,6 @@ class Trainer:
         return len(self.validation) > 0 and (last or (every > 0 and self.state.epoch % every == 0))
 
     def _validate(self) -> dict:
-        from xmask.evaluation import evaluate_model
 
         if not self.dist.is_main:
             return {}
@@ -382,8 +367,6 @@ class Trainer:
         """Count thresholds of the final teacher (and student, if asked; and of ``best/``) on
         the labeled images; those already stored for these weights (a rerun after a kill) are
         kept."""
-        from xmask.calibration import calibrate_weights, read_calibration, write_calibration
-        from xmask.train.run_folder import load_trained_model
 
         samples = [self.samples[i] for i in self.labeled]
         if not samples:
@@ -419,7 +402,6 @@ class Trainer:
     def _inherited_calibration(self) -> CountCalibration | None:
         """Stage 2 with backbone, neck and count head frozen leaves the counter of its Stage-1
         run (``mask.init``) exactly as it was: that run's teacher threshold, if stored."""
-        from xmask.calibration import read_calibration
 
         if not self.cfg.counter_frozen or not self.cfg.mask.init:
             return None

@@ -34,24 +34,39 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save
 from torch import nn
 
-from xmask.count_rule import CountRule
+from xmask import __version__
 from xmask.data.image_io import atomic_write_bytes
 from xmask.errors import XmaskError
-from xmask.models.model import ModelConfig
-from xmask.segment.instances import INFERENCE, SegmentConfig
-from xmask.train.checkpoint import CheckpointError, load_tensors, write_json
+from xmask.inference.checkpoint import CheckpointError, load_tensors, write_json
+from xmask.inference.count_rule import CountRule
+from xmask.models.model import ModelConfig, build_model
+from xmask.segment.instances import SegmentConfig
 
 log = logging.getLogger(__name__)
 
+
 FORMAT = "xmask-model-1"
+
+
 CARD_FILE = "model.json"
+
+
 WEIGHTS_FILE = "weights.safetensors"
+
+
 DEFAULT_MODEL = "shanghaitech-lite0"
 """The shipped model used when none is named."""
+
+
 MODELS_ENV = "XMASK_MODELS"
+
+
 WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
 REQUIRED_KEYS = ("format", "name", "architecture", "count_threshold", "segment", "weights")
 
 
@@ -136,9 +151,6 @@ def write_model_folder(
     Returns:
         The folder.
     """
-    from safetensors.torch import save
-
-    from xmask import __version__
 
     if dtype not in WEIGHT_DTYPES:
         raise XmaskError(f"weights dtype must be one of {sorted(WEIGHT_DTYPES)}, got {dtype!r}")
@@ -229,7 +241,6 @@ def load_model_folder(
             checksum differs from the card's (changed or truncated), a file that is not
             safetensors, or tensors that do not fit the architecture.
     """
-    from xmask.models.model import build_model
 
     folder = Path(folder).expanduser()
     card = read_model_card(folder)
@@ -299,150 +310,3 @@ def resolve_model(spec: str | Path | None) -> Path:
         return models[str(spec)]
     names = "registered: " + (", ".join(models) or "none")
     raise CheckpointError(path, f"not found: no such file, folder or registered model ({names})")
-
-
-@dataclass
-class InferenceModel:
-    """A network ready for inference and where it came from.
-
-    Attributes:
-        model: the network, eval mode, on its device.
-        count_rule: which cells are heads (one logit threshold, or two by density).
-        segment: constants of Eq. 11–12 at inference.
-        source: the model folder or run path it was loaded from.
-        card: the model folder's card (None for a run).
-        dataset: ``(dataset, root, max_short_side)`` it was trained on, where known.
-    """
-
-    model: nn.Module
-    count_rule: CountRule
-    segment: SegmentConfig
-    source: Path
-    card: ModelCard | None
-    dataset: tuple[str, str, int | None] | None
-
-
-def load_inference_model(
-    spec: str | Path | None,
-    device: torch.device,
-    which: str = "teacher",
-    threshold: str | float = "auto",
-) -> InferenceModel:
-    """Load what a ``--model`` / ``--checkpoint`` argument names: a registered name or a model
-    folder (:func:`resolve_model`; None is the shipped default), or a training run (a run
-    folder, its ``checkpoints/`` or ``best/``, a ``.safetensors`` file in it).
-
-    Args:
-        which: the network of a run (``"teacher"`` or ``"student"``); a model folder has one.
-        threshold: ``"auto"`` (the card's threshold, or the calibration stored for a run's
-            weights, else 0) or a logit.
-
-    Raises:
-        CheckpointError: nothing loadable there.
-        XmaskError: a bad threshold.
-    """
-    from xmask.calibration import resolve_count_rule
-
-    path = resolve_model(spec)
-    if is_model_folder(path):
-        model, card = load_model_folder(path, device)
-        value = card.count_rule if threshold == "auto" else threshold
-        training = card.training
-        dataset = None
-        if "dataset" in training:
-            dataset = (
-                training["dataset"],
-                training.get("root", ""),
-                training.get("max_short_side"),
-            )
-        return InferenceModel(
-            model, resolve_count_rule(value, path, which), card.segment, path, card, dataset
-        )
-    from xmask.train.run_folder import load_trained_model
-
-    model, cfg = load_trained_model(path, device, which=which)
-    data = cfg.data
-    return InferenceModel(
-        model,
-        resolve_count_rule(threshold, path, which),
-        INFERENCE,
-        path,
-        None,
-        (data.dataset, data.root, data.max_short_side),
-    )
-
-
-def training_summary(run_path: Path, which: str) -> dict[str, Any]:
-    """What ``model.json`` records about the training run behind ``run_path``: dataset, root,
-    resize rule, labeled list and its size, training images and label fraction (where the
-    dataset is on this machine), recipe(s), stage, network, step and training seconds."""
-    from xmask.data.readers import open_dataset
-    from xmask.data.splits import semi_split
-    from xmask.train.checkpoint import checkpoint_state
-    from xmask.train.run_folder import find_run_folder, weights_folder
-
-    run = find_run_folder(run_path)
-    cfg = run.load_config()
-    state = checkpoint_state(weights_folder(Path(run_path)))
-    summary: dict[str, Any] = {
-        "dataset": cfg.data.dataset,
-        "root": cfg.data.root,
-        "max_short_side": cfg.data.max_short_side,
-        "labeled": cfg.data.labeled,
-        "unlabeled_pool": cfg.data.unlabeled_pool,
-    }
-    try:
-        names = open_dataset(cfg.data.dataset, cfg.data.root, "train").names
-        labeled = len(semi_split(names, cfg.data.labeled).labeled)
-        summary |= {
-            "labeled_images": labeled,
-            "train_images": len(names),
-            "label_fraction": round(labeled / len(names), 4),
-        }
-    except XmaskError as err:
-        log.warning("labeled images not recorded: %s", err)
-    command = run.root.parent / "pipeline-command.json"
-    recipes = json.loads(command.read_text("utf-8"))["recipes"] if command.is_file() else []
-    return summary | {
-        "recipes": recipes or [cfg.name],
-        "run": str(run.root.resolve()),
-        "stage": cfg.stage,
-        "network": which,
-        "step": int(state["step"]),
-        "seconds": round(float(state.get("seconds", 0.0)), 1),
-    }
-
-
-def export_run(
-    run_path: str | Path,
-    out: str | Path,
-    name: str | None = None,
-    description: str = "",
-    which: str = "teacher",
-    dtype: str = "float32",
-) -> Path:
-    """Write the ``which`` network of a training run as a model folder, with the count
-    threshold calibrated for it (else 0) and :func:`training_summary`.
-
-    Args:
-        run_path: a run folder, its ``checkpoints/`` or ``best/``, or a weights file in it.
-        out: the model folder to write.
-        name: the model's name (default: ``out``'s folder name).
-
-    Raises:
-        CheckpointError: not a loadable run.
-    """
-    from xmask.calibration import resolve_count_rule
-    from xmask.train.run_folder import load_trained_model
-
-    run_path, out = Path(run_path).expanduser(), Path(out).expanduser()
-    model, cfg = load_trained_model(run_path, "cpu", which=which)
-    card = ModelCard(
-        name=name or out.name,
-        architecture=dataclasses.replace(cfg.model, weights=None),
-        **ModelCard.rule_fields(resolve_count_rule("auto", run_path, which)),
-        segment=INFERENCE,
-        description=description,
-        training=training_summary(run_path, which),
-    )
-    return write_model_folder(out, model, card, dtype)

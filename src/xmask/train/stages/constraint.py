@@ -18,6 +18,7 @@ the current teacher; the student's strong view gets the P2R loss and the mask-co
 from __future__ import annotations
 
 import time
+from typing import ClassVar
 
 import torch
 
@@ -27,8 +28,14 @@ from xmask.losses.mask_constraint import ConstraintResult, ConstraintTarget, mas
 from xmask.losses.p2r import p2r_loss
 from xmask.train.config import TrainConfig
 from xmask.train.distributed import DistInfo
-from xmask.train.mask_step import check_thresholds, freeze_except, load_start, teacher_pseudo_masks
-from xmask.train.step import StepStats, TeacherStudent, semi_p2r, teacher_points
+from xmask.train.stages.base import StepBatch, StepStats, TeacherStudent
+from xmask.train.stages.mask import (
+    check_thresholds,
+    freeze_except,
+    load_start,
+    teacher_pseudo_masks,
+)
+from xmask.train.stages.p2r import semi_p2r, teacher_points
 
 TRAINABLE = ("backbone", "neck", "count_head")
 """Modules Stage 3 may train (the mask head gets no gradient from the Stage-3 losses)."""
@@ -43,6 +50,10 @@ class ConstraintStep(TeacherStudent):
         device: where the networks live.
         dist_info: this process's rank; with several ranks the student is wrapped in DDP.
     """
+
+    number: ClassVar[int] = 3
+    init_key: ClassVar[str | None] = "constraint.init"
+    needs_label_maps: ClassVar[bool] = True
 
     def __init__(self, cfg: TrainConfig, device: torch.device, dist_info: DistInfo) -> None:
         check_thresholds(cfg.mask)
@@ -73,22 +84,15 @@ class ConstraintStep(TeacherStudent):
         ]
         return points, weights, targets, time.perf_counter() - started
 
-    def __call__(
-        self,
-        labeled: ViewBatch,
-        unlabeled: tuple[ViewBatch, ViewBatch] | None,
-        weight: float,
-        teacher_momentum: float | None = None,
-    ) -> StepStats:
-        """One optimiser step (same contract as :class:`xmask.train.step.MeanTeacherStep`)."""
-        cfg = self.cfg
-        self.train_mode()
-        labeled = labeled.to(self.device)
+    def loss(self, batch: StepBatch) -> tuple[torch.Tensor, StepStats]:
+        """P2R and the mask-constraint terms on the labeled crops, plus ``w·`` the same against
+        the teacher's points and pseudo-masks on the strong view (module docstring)."""
+        cfg, labeled = self.cfg, batch.labeled
         if labeled.labels is None:
             raise XmaskError(f"labeled images without label maps: {labeled.names}")
         images, semi = labeled.images, None
-        if unlabeled is not None and weight > 0:
-            weak, strong = (part.to(self.device) for part in unlabeled)
+        if batch.unlabeled is not None:
+            weak, strong = batch.unlabeled
             semi = (strong, *self.pseudo_labels(weak, strong))
             images = torch.cat([images, strong.images])
         logits = self.network(images, with_embedding=False).logits
@@ -106,11 +110,10 @@ class ConstraintStep(TeacherStudent):
             unl_mask = mask_constraint_loss(logits[n_lab:], targets, cfg.constraint.loss)
             semi_loss = semi_p2r(logits[n_lab:], strong, points, weights, cfg)
             semi_loss = semi_loss + unl_mask.weighted(cfg.constraint.loss)
-            loss = (loss + weight * semi_loss) / (1.0 + weight)
+            loss = (loss + batch.weight * semi_loss) / (1.0 + batch.weight)
             semi_value, pseudo = float(semi_loss.detach()), sum(len(p) for p in points)
             extras |= _log("unl", unl_mask)
-        self.update(loss, teacher_momentum)
-        return StepStats(
+        stats = StepStats(
             float(loss.detach()),
             float(sup.loss.detach()),
             semi_value,
@@ -119,6 +122,7 @@ class ConstraintStep(TeacherStudent):
             seconds,
             extras,
         )
+        return loss, stats
 
 
 def _log(prefix: str, result: ConstraintResult) -> dict[str, float]:

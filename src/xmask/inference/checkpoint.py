@@ -29,6 +29,7 @@ from xmask.errors import XmaskError
 
 log = logging.getLogger(__name__)
 
+
 FORMAT = "xmask-checkpoint-1"
 
 
@@ -133,26 +134,3 @@ def load_checkpoint(folder: str | Path) -> Checkpoint:
     stem = f"step-{latest_step(folder):08d}"
     state = _read_json(folder / f"{stem}.json")
     return Checkpoint(tensors=load_tensors(folder / f"{stem}.safetensors"), state=state)
-
-
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """Adam-style per-parameter state as ``optim.{index}.{key}`` tensors."""
-    out: dict[str, torch.Tensor] = {}
-    for index, state in optimizer.state_dict()["state"].items():
-        for key, value in state.items():
-            tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value)
-            out[f"optim.{index}.{key}"] = tensor
-    return out
-
-
-def optimizer_from_tensors(
-    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
-) -> None:
-    """Restore per-parameter state written by :func:`optimizer_tensors` (groups unchanged)."""
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
-    current = optimizer.state_dict()
-    current["state"] = state
-    optimizer.load_state_dict(current)

@@ -1,10 +1,10 @@
-"""Differentiable centre sampling (paper Eq. 9).
+"""Sampling a per-pixel map at sub-pixel points: the centres of paper Eq. 9.
 
 Convention
     The paper samples at ``p̄ = 2p/(W−1, H−1) − 1`` with ``align_corners=True``, ``p`` in
     pixel-*index* units (pixel ``c``'s centre at ``c``). xmask points use the corner-origin
     grid of :mod:`xmask.geometry` (pixel ``c``'s centre at ``c + 0.5``), so the paper's ``p``
-    is our ``x − 0.5``; we sample at :func:`xmask.geometry.normalized_coords` (``2x/W − 1``)
+    is our ``x − 0.5``; we sample at :func:`xmask.geometry.points.normalized_coords` (``2x/W − 1``)
     with ``align_corners=False``, which addresses exactly the same sub-pixel position (tested).
     Bilinear interpolation, border padding (a point on the image border reads the border
     pixels, not zeros).
@@ -15,7 +15,7 @@ from __future__ import annotations
 from torch import Tensor
 from torch.nn import functional as nnf
 
-from xmask.geometry import normalized_coords
+from xmask.geometry.points import normalized_coords
 
 
 def sample_centres(smoothed: Tensor, points: Tensor) -> Tensor:

@@ -145,7 +145,7 @@ def lowest_cost_labels(
 def forced_costs(
     cost: np.ndarray, keep: np.ndarray, own: np.ndarray, seed: np.ndarray, split: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Costs and permissions of the annotation rules (:func:`xmask.annotate.masks.resolve_labels`):
+    """Costs and permissions of the annotation rules (:func:`xmask.geometry.labels.resolve_labels`):
     an entry that is its head's own point pixel costs −1 and one that is a co-located head's
     seed −0.5, and both are always allowed; any other entry is allowed where ``keep`` and
     ``split`` (the co-located heads' angular runs) both allow it.

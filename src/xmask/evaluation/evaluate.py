@@ -1,30 +1,14 @@
 """Evaluate a counting model on a dataset split: counts, MAE/RMSE and point localisation.
 
-Protocol (REFERENCE.md, Metrics): full test images, batch 1, the model in eval mode under
-``torch.inference_mode``. An image becomes a ``1×3×H×W`` float tensor in ``[0, 1]``; the count
-is the number of stride-4 cells with logit > 0 and the predicted points are those cells'
-centres (:func:`xmask.models.count_head.decode_points`). Images are evaluated at the size the
-dataset gives them (its ``max_short_side`` resize rule, if any); localisation distances are
-converted back to the original image's pixels (divided by :attr:`xmask.types.Sample.scale`),
-so the thresholds ``σ`` are in original pixels.
+Protocol (the field's, ``docs/equations.md``): full test images, batch 1, the model in eval mode
+under ``torch.inference_mode``. An image becomes a ``1×3×H×W`` float tensor in ``[0, 1]``; the count
+is the number of stride-4 cells with logit > 0 and the predicted points are those cells' centres
+(:func:`xmask.models.count_head.decode_points`). Images are evaluated at the size the dataset gives
+them (its ``max_short_side`` resize rule, if any); localisation distances are converted back to the
+original image's pixels (divided by :attr:`xmask.types.Sample.scale`), so the thresholds ``σ`` are
+in original pixels.
 
-Tiling rule (large images)
-    An image with more than ``max_pixels`` pixels runs in overlapping tiles, so memory is
-    bounded by the tile size. Along each axis longer than ``tile``, tiles start at
-    ``0, tile − overlap, 2·(tile − overlap), …`` while they end before the image does, and
-    at the largest multiple of 16 not above ``length − tile`` (unless that is already a
-    start); every tile is ``tile`` pixels long except the last, which runs to the image's end
-    (at most ``tile + 15`` pixels). An axis no longer than ``tile`` is one span. Neighbouring
-    tiles overlap by at least ``overlap`` pixels and split the overlap at its middle (a
-    multiple of 4, since all offsets are multiples of 16); each tile keeps only the stride-4
-    cells between its two split lines. So every cell of the image is decided by exactly one
-    tile, and every kept cell has at least ``overlap / 2`` pixels of real image context
-    towards each neighbouring tile. Tile offsets are multiples of 16 (the model's padding
-    multiple and coarsest stride, :data:`xmask.models.model.PAD_MULTIPLE`), so each tile's
-    cell and feature grids coincide with the full image's. A network whose output at a cell
-    depends only on pixels within ``overlap / 2`` of that cell gives exactly the untiled
-    logits; a deep network's receptive field is wider, so tiles change its logits slightly,
-    mostly near the split lines.
+Large images run in tiles (:mod:`xmask.inference.tiling`).
 """
 
 from __future__ import annotations
@@ -32,21 +16,20 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from xmask.count_rule import CountRule, as_count_rule
 from xmask.data.image_io import atomic_write_bytes
 from xmask.data.readers import CrowdDataset
 from xmask.errors import DataError
+from xmask.inference import tiling
+from xmask.inference.count_rule import CountRule, as_count_rule
 from xmask.metrics.counting import mae, rmse
 from xmask.metrics.localisation import (
     DEFAULT_THRESHOLDS,
@@ -54,177 +37,11 @@ from xmask.metrics.localisation import (
     localisation_counts,
     threshold_key,
 )
-from xmask.models.count_head import COUNT_STRIDE, decode_points
+from xmask.models.count_head import decode_points
 from xmask.models.fusion import inference_copy
-from xmask.models.model import PAD_MULTIPLE
-from xmask.types import ModelOutput, Sample
+from xmask.types import Sample
 
 log = logging.getLogger(__name__)
-
-MAX_PIXELS = 2048 * 2048
-"""Images with more pixels than this (about 4.2 MP) are evaluated in tiles."""
-TILE = 1024
-"""Default tile side in pixels."""
-OVERLAP = 128
-"""Default overlap of neighbouring tiles in pixels (64 px of context kept on each side)."""
-
-
-@dataclass(frozen=True)
-class Span:
-    """One tile along one axis, in pixels of the full image.
-
-    Attributes:
-        start: first pixel of the tile (a multiple of 16).
-        end: one past its last pixel.
-        keep_start: first pixel whose cells this tile decides (a multiple of 4).
-        keep_end: one past the last such pixel (a multiple of 4, or the image's end).
-    """
-
-    start: int
-    end: int
-    keep_start: int
-    keep_end: int
-
-
-def check_tiling(tile: int, overlap: int, align: int = PAD_MULTIPLE) -> None:
-    """Raise ValueError unless ``tile`` and ``overlap`` are multiples of ``align`` (itself a
-    multiple of the stride 4) with ``0 <= overlap < tile``."""
-    if align % COUNT_STRIDE or tile % align or overlap % align or not 0 <= overlap < tile:
-        raise ValueError(
-            f"tile ({tile}) and overlap ({overlap}) must be multiples of {align}, "
-            f"with 0 <= overlap < tile"
-        )
-
-
-def tile_spans(
-    length: int, tile: int = TILE, overlap: int = OVERLAP, align: int = PAD_MULTIPLE
-) -> list[Span]:
-    """The tiles along one axis of ``length`` pixels (module docstring, tiling rule).
-
-    Args:
-        length: image rows or columns.
-        tile: tile side; a multiple of ``align``.
-        overlap: least overlap of neighbouring tiles; a multiple of ``align``, ``< tile``.
-        align: tile offsets are multiples of this (a multiple of the stride 4).
-
-    Returns:
-        Spans in order; their ``[keep_start, keep_end)`` ranges partition ``[0, length)``.
-    """
-    check_tiling(tile, overlap, align)
-    if length <= tile:
-        return [Span(0, length, 0, length)]
-    starts = list(range(0, length - tile, tile - overlap))
-    last = (length - tile) // align * align
-    if last > starts[-1]:
-        starts.append(last)
-    ends = [s + tile for s in starts[:-1]] + [length]
-    cuts = [
-        (nxt + end) // (2 * COUNT_STRIDE) * COUNT_STRIDE
-        for nxt, end in zip(starts[1:], ends[:-1], strict=True)
-    ]
-    bounds = [0, *cuts, length]
-    return [
-        Span(s, e, k0, k1)
-        for s, e, k0, k1 in zip(starts, ends, bounds[:-1], bounds[1:], strict=True)
-    ]
-
-
-def image_tensor(image: np.ndarray, device: torch.device | str) -> torch.Tensor:
-    """``H×W×3 uint8`` RGB → ``1×3×H×W float32`` in ``[0, 1]`` on ``device``."""
-    tensor = torch.from_numpy(np.require(image, requirements=["C", "W"])).to(device)
-    return tensor.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-
-
-def forward_checked(model: nn.Module, images: torch.Tensor) -> ModelOutput:
-    """One network call, with the logit (and embedding) grids checked against the input."""
-    out = model(images)
-    grid = tuple(math.ceil(s / COUNT_STRIDE) for s in images.shape[-2:])
-    for name, tensor in (("logit", out.logits), ("embedding", out.embedding)):
-        if tensor is not None and tuple(tensor.shape[-2:]) != grid:
-            raise ValueError(
-                f"model returned a {tuple(tensor.shape[-2:])} {name} grid for a "
-                f"{tuple(images.shape[-2:])} input, expected {grid}"
-            )
-    return out
-
-
-def tiled_outputs(
-    model: nn.Module, image: torch.Tensor, tile: int = TILE, overlap: int = OVERLAP
-) -> tuple[ModelOutput, int]:
-    """Logits (and embedding, for a model with a mask head) of a large image assembled from
-    overlapping tiles (module docstring: every stride-4 cell comes from exactly one tile).
-
-    Args:
-        model: maps ``1×3×h×w`` to :class:`~xmask.types.ModelOutput` on the stride-4 grid.
-        image: ``1×3×H×W`` float in ``[0, 1]``.
-        tile: tile side in pixels.
-        overlap: least overlap of neighbouring tiles in pixels.
-
-    Returns:
-        (``ModelOutput`` with ``1×1×ceil(H/4)×ceil(W/4)`` logits and, if the model has one,
-        the ``1×D×…`` embedding; number of tiles run).
-    """
-    height, width = image.shape[-2:]
-    rows, cols = tile_spans(height, tile, overlap), tile_spans(width, tile, overlap)
-    grid = (math.ceil(height / COUNT_STRIDE), math.ceil(width / COUNT_STRIDE))
-    logits: torch.Tensor | None = None
-    embedding: torch.Tensor | None = None
-    for r in rows:
-        image_rows, tile_rows = cell_slices(r)
-        for c in cols:
-            image_cols, tile_cols = cell_slices(c)
-            part = forward_checked(model, image[..., r.start : r.end, c.start : c.end])
-            if logits is None:
-                logits = part.logits.new_empty((1, 1, *grid))
-                if part.embedding is not None:
-                    embedding = part.embedding.new_empty((1, part.embedding.shape[1], *grid))
-            logits[..., image_rows, image_cols] = part.logits[..., tile_rows, tile_cols]
-            if embedding is not None and part.embedding is not None:
-                embedding[..., image_rows, image_cols] = part.embedding[..., tile_rows, tile_cols]
-    assert logits is not None
-    return ModelOutput(logits=logits, embedding=embedding), len(rows) * len(cols)
-
-
-def cell_slices(span: Span) -> tuple[slice, slice]:
-    """The stride-4 cells a span keeps: (in the image's grid, in the tile's grid)."""
-    first = span.keep_start // COUNT_STRIDE
-    stop = -(-span.keep_end // COUNT_STRIDE)
-    offset = span.start // COUNT_STRIDE
-    return slice(first, stop), slice(first - offset, stop - offset)
-
-
-def predict_outputs(
-    model: nn.Module,
-    image: torch.Tensor,
-    *,
-    max_pixels: int | None = MAX_PIXELS,
-    tile: int = TILE,
-    overlap: int = OVERLAP,
-) -> tuple[ModelOutput, int]:
-    """Logits (and embedding) of one image, whole or in tiles.
-
-    Call under ``torch.inference_mode()`` with the model in eval mode.
-
-    Args:
-        model: maps ``1×3×H×W`` to :class:`~xmask.types.ModelOutput`.
-        image: ``1×3×H×W`` float in ``[0, 1]``, on the model's device.
-        max_pixels: images with more pixels run in tiles (None: never). A whole image that
-            runs out of GPU memory is retried in tiles.
-        tile: tile side in pixels.
-        overlap: least overlap of neighbouring tiles in pixels.
-
-    Returns:
-        (:class:`~xmask.types.ModelOutput` on the stride-4 grid of the image, number of tiles
-        run (1: whole image)).
-    """
-    height, width = image.shape[-2:]
-    if max_pixels is None or height * width <= max_pixels:
-        try:
-            return forward_checked(model, image), 1
-        except torch.cuda.OutOfMemoryError:
-            log.warning("%d×%d image: out of GPU memory, retrying in tiles", width, height)
-        torch.cuda.empty_cache()
-    return tiled_outputs(model, image, tile, overlap)
 
 
 @dataclass
@@ -264,7 +81,7 @@ class EvaluationResult:
         thresholds: localisation thresholds ``σ`` in pixels.
         skipped: ``{"name", "problem"}`` of every item that could not be read.
         seconds: wall time of the whole evaluation.
-        count_rule: which cells were counted (:class:`~xmask.count_rule.CountRule`).
+        count_rule: which cells were counted (:class:`~xmask.inference.count_rule.CountRule`).
     """
 
     rows: list[ImageResult]
@@ -300,8 +117,8 @@ class EvaluationResult:
     def to_dict(self) -> dict[str, object]:
         """JSON-ready summary: ``images``, ``mae``, ``rmse`` (None without images),
         ``gt_total``, ``pred_total``, ``count_threshold`` (the sparse or only threshold),
-        ``count_rule`` (:meth:`~xmask.count_rule.CountRule.describe`), ``localisation`` (``{"4":
-        {precision, recall, f1, tp, fp, fn}, ...}``), ``skipped`` and ``seconds``."""
+        ``count_rule`` (:meth:`~xmask.inference.count_rule.CountRule.describe`), ``localisation``
+        (``{"4": {precision, recall, f1, tp, fp, fn}, ...}``), ``skipped`` and ``seconds``."""
         empty = not self.rows
         return {
             "images": self.images,
@@ -362,14 +179,16 @@ def evaluate_sample(
     *,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     count_threshold: float | CountRule = 0.0,
-    max_pixels: int | None = MAX_PIXELS,
-    tile: int = TILE,
-    overlap: int = OVERLAP,
+    max_pixels: int | None = tiling.MAX_PIXELS,
+    tile: int = tiling.TILE,
+    overlap: int = tiling.OVERLAP,
 ) -> ImageResult:
     """Count and localise the heads of one sample (call under ``torch.inference_mode()``
     with the model in eval mode on ``device``); see :func:`evaluate_model`."""
-    image = image_tensor(sample.image, device)
-    out, tiles = predict_outputs(model, image, max_pixels=max_pixels, tile=tile, overlap=overlap)
+    image = tiling.image_tensor(sample.image, device)
+    out, tiles = tiling.predict_outputs(
+        model, image, max_pixels=max_pixels, tile=tile, overlap=overlap
+    )
     threshold = as_count_rule(count_threshold).threshold_for(
         out.logits, image.shape[-2] * image.shape[-1]
     )
@@ -387,9 +206,9 @@ def evaluate_model(
     *,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     count_threshold: float | CountRule = 0.0,
-    max_pixels: int | None = MAX_PIXELS,
-    tile: int = TILE,
-    overlap: int = OVERLAP,
+    max_pixels: int | None = tiling.MAX_PIXELS,
+    tile: int = tiling.TILE,
+    overlap: int = tiling.OVERLAP,
     progress: bool = True,
 ) -> EvaluationResult:
     """Evaluate ``model`` on every image of ``dataset``, one full image at a time.
@@ -407,7 +226,8 @@ def evaluate_model(
         device: where the images go.
         thresholds: localisation thresholds ``σ`` in original-image pixels.
         count_threshold: cells with a logit above it are counted and localised (0: the
-            paper's rule; a calibrated value or two-regime rule: :mod:`xmask.calibration`).
+            paper's rule; a calibrated value or two-regime rule:
+            :mod:`xmask.inference.calibration`).
         max_pixels: images with more pixels run in tiles (module docstring; None: never).
         tile: tile side in pixels (a multiple of 16).
         overlap: least overlap of neighbouring tiles (a multiple of 16).
@@ -420,7 +240,7 @@ def evaluate_model(
         ValueError: bad tiling arguments (checked before the first image).
     """
     thresholds = tuple(float(t) for t in thresholds)
-    check_tiling(tile, overlap)
+    tiling.check_tiling(tile, overlap)
     if max_pixels is not None and max_pixels < 1:
         raise ValueError(f"max_pixels must be positive or None, got {max_pixels}")
     names = getattr(dataset, "names", None)

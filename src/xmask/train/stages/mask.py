@@ -22,6 +22,7 @@ import logging
 import math
 import time
 from dataclasses import replace
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -41,7 +42,8 @@ from xmask.segment.instances import (
 from xmask.segment.smoothing import GaussianSmoothing, smoothed_embedding
 from xmask.train.config import MaskStageConfig, TrainConfig
 from xmask.train.distributed import DistInfo
-from xmask.train.step import StepStats, TeacherStudent
+from xmask.train.run_folder import load_trained_model
+from xmask.train.stages.base import StepBatch, StepStats, TeacherStudent
 from xmask.types import ModelOutput
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,6 @@ def load_start(
         fresh_mask_head: Stage 2: a new mask head (seeded by ``cfg.seed``) on the earlier
             network; otherwise every weight is loaded and the earlier run must have a mask head.
     """
-    from xmask.train.run_folder import load_trained_model
 
     if init is None:
         what = (
@@ -151,6 +152,10 @@ class MaskStep(TeacherStudent):
         dist_info: this process's rank; with several ranks the student is wrapped in DDP.
     """
 
+    number: ClassVar[int] = 2
+    init_key: ClassVar[str | None] = "mask.init"
+    needs_label_maps: ClassVar[bool] = True
+
     def __init__(self, cfg: TrainConfig, device: torch.device, dist_info: DistInfo) -> None:
         check_thresholds(cfg.mask)
         student = load_start(cfg, cfg.mask.init, device, fresh_mask_head=True)
@@ -202,20 +207,13 @@ class MaskStep(TeacherStudent):
             centres += len(index)
         return targets, centres, time.perf_counter() - started
 
-    def __call__(
-        self,
-        labeled: ViewBatch,
-        unlabeled: tuple[ViewBatch, ViewBatch] | None,
-        weight: float,
-        teacher_momentum: float | None = None,
-    ) -> StepStats:
-        """One optimiser step (same contract as :class:`xmask.train.step.MeanTeacherStep`)."""
-        cfg = self.cfg
-        self.train_mode()
-        labeled = labeled.to(self.device)
+    def loss(self, batch: StepBatch) -> tuple[torch.Tensor, StepStats]:
+        """Eq. 10 on the labeled crops' label maps, plus ``w·`` Eq. 10 against the teacher's
+        pseudo-masks on the strong view (module docstring)."""
+        cfg, labeled = self.cfg, batch.labeled
         images, semi = labeled.images, None
-        if unlabeled is not None and weight > 0:
-            weak, strong = (part.to(self.device) for part in unlabeled)
+        if batch.unlabeled is not None:
+            weak, strong = batch.unlabeled
             semi = self.pseudo_targets(weak)
             images = torch.cat([images, strong.images])
         out = self.network(images)
@@ -228,9 +226,9 @@ class MaskStep(TeacherStudent):
         if semi is not None:
             semi_targets, centres, seconds = semi
             unl = discriminative_loss(smoothed[n_lab:], semi_targets, cfg.mask.loss)
-            loss = (loss + weight * unl.loss) / (1.0 + weight)
+            loss = (loss + batch.weight * unl.loss) / (1.0 + batch.weight)
             semi_value = float(unl.loss.detach())
-        self.update(loss, teacher_momentum)
-        return StepStats(
+        stats = StepStats(
             float(loss.detach()), float(sup.loss.detach()), semi_value, centres, 0, seconds
         )
+        return loss, stats

@@ -2,7 +2,7 @@
 
 For ``OUT/videos/`` and a video ``NAME.mp4``:
 
-- ``NAME.mp4``: every predicted frame drawn as :meth:`xmask.predictor.Prediction.overlay`
+- ``NAME.mp4``: every predicted frame drawn as :meth:`xmask.inference.prediction.Prediction.overlay`
   (instances, head dots, the count), H.264 at the source rate divided by ``every``;
 - ``NAME.csv``: ``frame,time_s,count`` per predicted frame, written last (a video is done when
   it exists; an interrupted video is redone from its start);
@@ -18,16 +18,18 @@ import io
 import logging
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from xmask.apps.batch import Source
+from xmask.apps.roi import restrict
+from xmask.data.image_io import atomic_write_bytes
 from xmask.errors import DataError, UsageError
-
-if TYPE_CHECKING:
-    from xmask.batch import Source
-    from xmask.predictor import Predictor
+from xmask.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +132,6 @@ def _run(
     roi: np.ndarray | None,
     progress: bool,
 ) -> VideoResult:
-    from fractions import Fraction
-
-    from tqdm.auto import tqdm
-
-    from xmask.roi import restrict
 
     result = VideoResult([], [], [])
     with av.open(str(path)) as container:
@@ -182,7 +179,6 @@ def _encoder(output: Any, rate: Any, shape: tuple[int, ...]) -> Any:
 
 
 def _write_table(path: Path, result: VideoResult) -> None:
-    from xmask.data.image_io import atomic_write_bytes
 
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
@@ -199,7 +195,6 @@ def _write_plot(path: Path, result: VideoResult, title: str) -> None:
     except ImportError:
         log.warning("matplotlib is not installed: no count plot (pip install 'xmask[video]')")
         return
-    from xmask.data.image_io import atomic_write_bytes
 
     figure = Figure(figsize=(8, 3), dpi=100)
     axis = figure.subplots()

@@ -11,97 +11,17 @@ Adam with gradient clipping, rank-0 buffer sync (DDP) and one EMA update of the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from xmask.data.augment import ViewBatch
 from xmask.losses.p2r import p2r_loss
 from xmask.models.count_head import decode_points
-from xmask.models.model import XMaskModel, build_model, param_groups
+from xmask.models.model import build_model
 from xmask.train.config import TrainConfig
 from xmask.train.distributed import DistInfo, sync_buffers
-from xmask.train.ema import EMATeacher
-
-
-@dataclass
-class StepStats:
-    """What one step measured.
-
-    Attributes:
-        loss: the combined loss.
-        sup: the labeled P2R loss.
-        semi: the unlabeled P2R loss (None when the branch did not run).
-        pseudo_points: teacher points used this step.
-        unmatched_points: labeled points that owned no cell (P2R drops them).
-        pseudo_mask_seconds: time spent making the teacher's pseudo-masks (smoothing and
-            Eq. 11–12), the pseudo-label overhead of Stages 2 and 3.
-        extras: other per-step values to log (averaged per epoch in ``metrics.jsonl``).
-    """
-
-    loss: float
-    sup: float
-    semi: float | None
-    pseudo_points: int
-    unmatched_points: int
-    pseudo_mask_seconds: float = 0.0
-    extras: dict[str, float] = field(default_factory=dict)
-
-
-class TeacherStudent:
-    """What every stage's step holds: the student, its EMA teacher, Adam over the student's
-    trainable parameters, and the network to call (the student, or DDP around it).
-
-    Args:
-        cfg: the run's configuration (``optim``, ``teacher``).
-        student: the network being trained, on ``device``.
-        device: where the networks live.
-        dist_info: this process's rank; with several ranks the student is wrapped in DDP.
-        buffers: the teacher's buffer mode (:class:`xmask.train.ema.EMATeacher`).
-    """
-
-    def __init__(
-        self,
-        cfg: TrainConfig,
-        student: XMaskModel,
-        device: torch.device,
-        dist_info: DistInfo,
-        buffers: str,
-    ) -> None:
-        self.cfg = cfg
-        self.dist = dist_info
-        self.device = device
-        self.student = student
-        self.teacher = EMATeacher(student, cfg.teacher.momentum, buffers)
-        self.optimizer = torch.optim.Adam(
-            param_groups(student, cfg.optim.lr, cfg.optim.backbone_lr),
-            weight_decay=cfg.optim.weight_decay,
-        )
-        self.frozen: list[nn.Module] = []
-        self.network: nn.Module = student
-        if dist_info.enabled:
-            ids = [device.index] if device.type == "cuda" else None
-            self.network = DistributedDataParallel(student, device_ids=ids)
-
-    def train_mode(self) -> None:
-        """The student in training mode, except its ``frozen`` modules (eval mode: fixed
-        BatchNorm statistics)."""
-        self.student.train()
-        for module in self.frozen:
-            module.eval()
-
-    def update(self, loss: torch.Tensor, teacher_momentum: float | None) -> None:
-        """Backward, clip, Adam step, rank-0 buffer sync and one EMA step of the teacher
-        (``teacher_momentum`` overrides the configured momentum; 0 copies the student)."""
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.optim.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.optim.grad_clip)
-        self.optimizer.step()
-        sync_buffers(self.student, self.dist)
-        self.teacher.update(self.student, teacher_momentum)
+from xmask.train.stages.base import StepBatch, StepStats, TeacherStudent
 
 
 def teacher_points(
@@ -150,6 +70,10 @@ class MeanTeacherStep(TeacherStudent):
         dist_info: this process's rank; with several ranks the student is wrapped in DDP.
     """
 
+    number: ClassVar[int] = 1
+    init_key: ClassVar[str | None] = None
+    needs_label_maps: ClassVar[bool] = False
+
     def __init__(self, cfg: TrainConfig, device: torch.device, dist_info: DistInfo) -> None:
         torch.manual_seed(cfg.seed)
         student = build_model(cfg.model).to(device)
@@ -161,21 +85,14 @@ class MeanTeacherStep(TeacherStudent):
         sync_buffers(self.teacher.model, self.dist)
         return teacher_points(logits, weak.valid, self.cfg)
 
-    def __call__(
-        self,
-        labeled: ViewBatch,
-        unlabeled: tuple[ViewBatch, ViewBatch] | None,
-        weight: float,
-        teacher_momentum: float | None = None,
-    ) -> StepStats:
-        """One optimiser step; ``unlabeled`` is used only when ``weight > 0``;
-        ``teacher_momentum`` overrides the EMA momentum of this step (0: copy the student)."""
-        cfg = self.cfg
-        labeled = labeled.to(self.device)
+    def loss(self, batch: StepBatch) -> tuple[torch.Tensor, StepStats]:
+        """P2R on the labeled points, plus ``w·`` P2R against the teacher's points on the
+        strong view (module docstring)."""
+        cfg, labeled = self.cfg, batch.labeled
         images = labeled.images
         semi_batch = None
-        if unlabeled is not None and weight > 0:
-            weak, strong = (part.to(self.device) for part in unlabeled)
+        if batch.unlabeled is not None:
+            weak, strong = batch.unlabeled
             semi_batch = (strong, *self.pseudo_points(weak))
             images = torch.cat([images, strong.images])
         logits = self.network(images).logits
@@ -185,9 +102,9 @@ class MeanTeacherStep(TeacherStudent):
         if semi_batch is not None:
             strong, points, weights = semi_batch
             semi = semi_p2r(logits[n_lab:], strong, points, weights, cfg)
-            loss = (loss + weight * semi) / (1.0 + weight)
+            loss = (loss + batch.weight * semi) / (1.0 + batch.weight)
             semi_value, pseudo = float(semi.detach()), sum(len(p) for p in points)
-        self.update(loss, teacher_momentum)
-        return StepStats(
+        stats = StepStats(
             float(loss.detach()), float(sup.loss.detach()), semi_value, pseudo, sup.unmatched_points
         )
+        return loss, stats

@@ -20,17 +20,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
 from xmask.data.image_io import load_label_map
 from xmask.data.readers import CrowdDataset
 from xmask.errors import DataError
+from xmask.inference.predictor import Predictor
 from xmask.metrics.segmentation import SegmentationCounts, segmentation_counts
-
-if TYPE_CHECKING:
-    from xmask.predictor import Predictor
 
 log = logging.getLogger(__name__)
 

@@ -1,18 +1,15 @@
-"""Per-head candidate masks → one instance label map: what every annotation backend shares.
+"""Per-head candidate masks → one instance label map: what annotation and segmentation share.
 
-A backend (superpixels, EDP-SAM, FastSAM baselines) only decides, for each pixel of each head's
-NNEC circle, whether that pixel belongs to the head's *candidate* mask. This module owns
-everything else, so every backend obeys the same rules:
+A backend (superpixels, EDP-SAM, FastSAM baselines, or the embedding of Eq. 11) only decides, for
+each pixel of each head's NNEC circle, whether that pixel belongs to the head's *candidate* mask.
+This module owns everything else, so every backend and the instance segmentation obey the same
+rules:
 
 Circles (paper Eq. 1, 7)
-    ``r_i`` from :func:`xmask.geometry.nnec_radii` with ``r_min = 3`` px;
-    ``C_i`` = pixels whose centre lies within ``r_i`` of ``p_i``, as one flat ragged list
-    (:class:`xmask.geometry.CirclePixels`, memory ``∝ Σ r_i²``, never heads × H × W).
-
-Duplicates policy (default ``"distinct"``)
-    Exact duplicate points measure their radius to the nearest point at a *different*
-    position, so every copy gets the full circle of its head (``"floor"``, Eq. 1 as written,
-    would shrink them to ``r_min``).
+    Each head's candidate mask lives inside its NNEC circle ``C_i``
+    (:func:`xmask.geometry.circles.head_circles`: ``r_i`` floored at
+    :data:`~xmask.geometry.circles.R_MIN`, exact duplicates measured to the nearest point at a
+    different position, so every copy gets the full circle of its head).
 
 Co-located heads (flag ``shared``)
     ``k >= 2`` points in one pixel (exact duplicates, or two clicks closer than a pixel) would
@@ -34,7 +31,7 @@ Candidate masks
     therefore automatic: nothing outside a circle can ever be labelled.
 
 Point pixel (forced)
-    The pixel containing ``p_i`` (:func:`xmask.geometry.pixel_of`) is always in head ``i``'s
+    The pixel containing ``p_i`` (:func:`xmask.geometry.points.pixel_of`) is always in head ``i``'s
     candidate, and it wins that pixel against every other head (cost −1). So every head whose
     point pixel holds no other point gets a non-empty mask containing its own point pixel
     (flag ``forced`` when the backend had left it out). Needs ``min(H, W) >= 2`` (so that
@@ -43,7 +40,7 @@ Point pixel (forced)
 Overlap rule
     A pixel kept by several heads goes to the one of lowest *normalised* distance
     ``||pixel centre − p_i|| / r_i`` (ties to the lowest index, via
-    :func:`xmask.geometry.label_map`): a big head is not eaten by the circle of a small
+    :func:`xmask.geometry.circles.label_map`): a big head is not eaten by the circle of a small
     neighbour. Point pixels are decided first as above; if two points share a pixel, the
     lower index owns it. A caller may pass its own cost instead (instance segmentation passes
     the energy of Eq. 11, :mod:`xmask.segment.instances`).
@@ -56,44 +53,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from xmask import kernels
-from xmask.geometry import (
-    CirclePixels,
-    DuplicatePolicy,
-    circle_pixels,
-    nnec_radii,
-    pixel_of,
-)
-
-R_MIN = 3.0
-"""Smallest NNEC radius in pixels (the authors' code)."""
-
-
-@dataclass
-class HeadCircles:
-    """The NNEC circles of one image's heads.
-
-    Attributes:
-        points: ``N×2 float32``, ``(x, y)`` pixels.
-        radii: ``N float32`` NNEC radii ``r_i``.
-        pixels: circle pixels, flat CSR list of ``P`` entries (CPU tensors).
-        point_pixel: ``N int64`` row-major index ``y·W + x`` of the pixel holding each point.
-        own: ``P bool``, the entry of each head's own point pixel in ``pixels``.
-    """
-
-    points: np.ndarray
-    radii: np.ndarray
-    pixels: CirclePixels
-    point_pixel: np.ndarray
-    own: np.ndarray
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """``(H, W)`` of the image."""
-        return self.pixels.size
-
-    def __len__(self) -> int:
-        return int(self.points.shape[0])
+from xmask.geometry import kernels
+from xmask.geometry.circles import HeadCircles
 
 
 @dataclass
@@ -122,66 +83,6 @@ class MaskResult:
     def empty(self) -> int:
         """Number of heads with an empty mask."""
         return int((self.area == 0).sum())
-
-
-def check_points(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``points`` as ``N×2 float32``, checked to be finite and inside ``[0, W] × [0, H]``.
-
-    Raises:
-        ValueError: wrong shape, NaN/inf, or a point outside the image (readers drop those).
-    """
-    pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
-    h, w = size
-    bad = ~(np.isfinite(pts).all(axis=1) & (pts[:, 0] >= 0) & (pts[:, 0] <= w))
-    bad |= ~((pts[:, 1] >= 0) & (pts[:, 1] <= h))
-    if bad.any():
-        first = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"{int(bad.sum())} point(s) not finite or outside the {w}×{h} image, "
-            f"first: #{first} {pts[first].tolist()}"
-        )
-    return pts
-
-
-def head_circles(
-    points: np.ndarray,
-    size: tuple[int, int],
-    r_min: float = R_MIN,
-    duplicates: DuplicatePolicy = "distinct",
-    lone: float = 0.5,
-) -> HeadCircles:
-    """NNEC radii and circle pixels of every head (see the module docstring for the policies).
-
-    Args:
-        points: ``N×2``, ``(x, y)`` pixels inside the image.
-        size: ``(H, W)``.
-        r_min: floor of the radius in pixels.
-        duplicates: policy for exact duplicate points (:func:`xmask.geometry.nnec_radii`).
-        lone: radius of a point alone in the image, as a fraction of ``min(H, W)``.
-    """
-    pts = check_points(points, size)
-    return circles_of(
-        pts, nnec_radii(pts, size, r_min=r_min, duplicates=duplicates, lone=lone), size
-    )
-
-
-def circles_of(points: np.ndarray, radii: np.ndarray, size: tuple[int, int]) -> HeadCircles:
-    """The circles of heads whose radii are already known (``N×2 float32`` ``(x, y)`` points
-    inside the image, ``N`` radii; e.g. one window of a large image, radii from the whole)."""
-    pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
-    radii = np.asarray(radii, dtype=np.float32).reshape(-1)
-    pixels = circle_pixels(pts, radii, size)
-    cell = pixel_of(pts, size)
-    point_pixel = cell[:, 1] * size[1] + cell[:, 0]
-    own = kernels.owner_value_equal(pixels.flat.numpy(), pixels.point.numpy(), point_pixel)
-    return HeadCircles(pts, radii, pixels, point_pixel, own)
-
-
-def disc_keep(circles: HeadCircles, fraction: float) -> np.ndarray:
-    """``P bool``: circle pixels within ``fraction·r_i`` of their head (a disc fallback)."""
-    pixels = circles.pixels
-    limit = (fraction * torch.from_numpy(circles.radii))[pixels.point]
-    return (pixels.dist2 <= limit * limit).numpy()
 
 
 def resolve_labels(

@@ -13,28 +13,38 @@ Output folder ``OUT/`` (every file written atomically):
   keypoint, rebuilt at the end from every finished image (models with a mask head);
 - ``summary.json``: images and heads of this run, images already done, seconds, skipped items.
 
-Videos go to ``videos/`` (:mod:`xmask.video`). Unreadable images are reported and skipped.
+Videos go to ``videos/`` (:mod:`xmask.apps.video`). Unreadable images are reported and skipped.
 """
 
 from __future__ import annotations
 
 import glob
-import io
 import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from xmask.annotate.coco import ImageRecord, label_maps_to_coco, write_coco
+from xmask.apps.roi import restrict
+from xmask.data.image_io import (
+    IMAGE_SUFFIXES,
+    atomic_write_bytes,
+    load_image,
+    load_label_map,
+    png_bytes,
+    save_label_map,
+)
+from xmask.data.points_io import read_txt_points, write_points_txt
+from xmask.data.readers import natural_key, open_dataset
 from xmask.errors import DataError, UsageError
-
-if TYPE_CHECKING:
-    from xmask.annotate.coco import ImageRecord
-    from xmask.predictor import Prediction, Predictor
+from xmask.inference.prediction import Prediction
+from xmask.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +94,6 @@ class BatchSummary:
 
 
 def _media(paths: Sequence[Path]) -> list[Path]:
-    from xmask.data.image_io import IMAGE_SUFFIXES
-    from xmask.data.readers import natural_key
 
     suffixes = IMAGE_SUFFIXES + VIDEO_SUFFIXES
     files = [p for p in paths if p.is_file() and p.suffix.lower() in suffixes]
@@ -118,7 +126,6 @@ def find_sources(specs: Sequence[str | Path]) -> list[Source]:
 
 def dataset_sources(dataset: str, root: str | Path, split: str) -> list[Source]:
     """The images of a dataset split (their ground truth is not read)."""
-    from xmask.data.readers import open_dataset
 
     opened = open_dataset(dataset, root, split)
     return [Source(item.name, item.image, opened.apply_exif) for item in opened.items]
@@ -152,16 +159,6 @@ class ImageOutputs:
         return self.out / "overlays" / f"{self.stem}.png"
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    """``image`` (``H×W×3 uint8``) encoded as PNG, at zlib level 1: a photo-like overlay
-    compresses about as well as at the default level 6 (5 % larger), four to five times faster."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
 def prediction_record(prediction: Prediction, name: str, model: str) -> dict[str, Any]:
     """The JSON of one prediction (``predictions/STEM.json``)."""
     record: dict[str, Any] = {
@@ -186,8 +183,6 @@ def write_image_outputs(files: ImageOutputs, prediction: Prediction, record: dic
     Raises:
         DataError: more heads than a 16-bit label map holds.
     """
-    from xmask.data.image_io import atomic_write_bytes, save_label_map
-    from xmask.data.points_io import write_points_txt
 
     if prediction.labels is not None and len(prediction.points) > np.iinfo(np.uint16).max:
         raise DataError(files.mask, f"{len(prediction.points)} heads do not fit a 16-bit map")
@@ -212,20 +207,16 @@ def predict_images(
 
     Args:
         predictor: the model.
-        sources: images, in output order (videos are left to :mod:`xmask.video`).
+        sources: images, in output order (videos are left to :mod:`xmask.apps.video`).
         out: the output folder.
         model: the model's name or path, recorded in the outputs.
-        roi: ``K×2`` ``(x, y)`` polygon to count inside (:mod:`xmask.roi`), or None.
+        roi: ``K×2`` ``(x, y)`` polygon to count inside (:mod:`xmask.apps.roi`), or None.
         summary: totals to add to (a new one when None).
         progress: show a tqdm bar on stderr.
 
     Returns:
         The summary (``summary.json`` is written by :func:`finish`).
     """
-    from tqdm.auto import tqdm
-
-    from xmask.data.image_io import load_image
-    from xmask.roi import restrict
 
     out = Path(out)
     summary = summary or BatchSummary(model, predictor.count_rule.describe())
@@ -263,8 +254,6 @@ def predict_images(
 def finish(summary: BatchSummary, sources: Sequence[Source], out: str | Path) -> None:
     """Write ``annotations.json`` (COCO, from every finished image with a label map) and
     ``summary.json``."""
-    from xmask.annotate.coco import label_maps_to_coco, write_coco
-    from xmask.data.image_io import atomic_write_bytes
 
     out = Path(out)
     records = list(_finished(sources, out))
@@ -275,9 +264,6 @@ def finish(summary: BatchSummary, sources: Sequence[Source], out: str | Path) ->
 
 def _finished(sources: Sequence[Source], out: Path) -> Iterator[ImageRecord]:
     """The records of every finished image of ``sources`` with a label map, read back."""
-    from xmask.annotate.coco import ImageRecord
-    from xmask.data.image_io import load_label_map
-    from xmask.data.points_io import read_txt_points
 
     seen: set[str] = set()
     for source in sources:

@@ -12,14 +12,12 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+from skimage.draw import polygon2mask
 
 from xmask.errors import DataError, UsageError
-
-if TYPE_CHECKING:
-    from xmask.predictor import Prediction
+from xmask.inference.prediction import Prediction
 
 
 def parse_polygon(text: str) -> np.ndarray:
@@ -73,7 +71,6 @@ def polygon_mask(vertices: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     Raises:
         UsageError: the polygon covers no pixel of the image.
     """
-    from skimage.draw import polygon2mask
 
     rows_cols = np.stack([vertices[:, 1] - 0.5, vertices[:, 0] - 0.5], axis=1)
     mask = polygon2mask(size, rows_cols)

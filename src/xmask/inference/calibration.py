@@ -22,23 +22,19 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from xmask.count_rule import CountRule, fit_count_rule
+from xmask.data.readers import CrowdDataset
 from xmask.errors import XmaskError
-from xmask.evaluation import MAX_PIXELS, image_tensor, predict_outputs
+from xmask.inference.checkpoint import CheckpointError, latest_step, write_json
+from xmask.inference.count_rule import CountRule, fit_count_rule
+from xmask.inference.run_folder import weights_folder
+from xmask.inference.tiling import MAX_PIXELS, image_tensor, predict_outputs
 from xmask.models.fusion import inference_copy
-from xmask.train.checkpoint import CheckpointError, latest_step, write_json
-from xmask.train.run_folder import weights_folder
 from xmask.types import Sample
-
-if TYPE_CHECKING:
-    from xmask.data.readers import CrowdDataset
-    from xmask.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +180,8 @@ def choose_calibration(
     """The calibration of ``N`` images' counts at ``K`` candidate thresholds.
 
     The single threshold is :func:`pick_threshold`'s. With ``two_regimes`` a
-    :func:`~xmask.count_rule.fit_count_rule` split replaces it only when it lowers the MAE;
-    each regime must hold at least 5 images and a tenth of them.
+    :func:`~xmask.inference.count_rule.fit_count_rule` split replaces it only when it lowers the
+    MAE; each regime must hold at least 5 images and a tenth of them.
 
     Args:
         counts: ``N×K`` cells above each threshold.
@@ -275,17 +271,6 @@ def read_calibration(path: str | Path, which: str) -> CountCalibration | None:
         )
         return None
     return calibration
-
-
-def labeled_training_images(cfg: TrainConfig) -> CrowdDataset:
-    """The labeled training images of a run's config (its dataset, root, split list and
-    resize rule): the images a threshold may be calibrated on."""
-    from xmask.data.readers import open_dataset
-    from xmask.data.splits import semi_split
-
-    data = cfg.data
-    train = open_dataset(data.dataset, data.root, "train", max_short_side=data.max_short_side)
-    return train.subset(semi_split(train.names, data.labeled).labeled)
 
 
 def calibrate_weights(

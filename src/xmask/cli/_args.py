@@ -1,0 +1,68 @@
+"""Options several sub-commands share, declared once: which model, which network, the count
+threshold, the device."""
+
+from __future__ import annotations
+
+import argparse
+
+MODEL_HELP = (
+    "a model name (`xmask model list`), a model folder, or a training run (its folder, "
+    "checkpoints/ or best/, or a .safetensors file in it)"
+)
+RUN_HELP = "a training run: its folder, checkpoints/ or best/, or a step-N.safetensors file in it"
+THRESHOLD_HELP = (
+    "count cells with a logit above this; auto (default): the model's own threshold (a model "
+    "folder's, or the one `xmask calibrate` or the end of training stored for a run's weights), "
+    "else 0"
+)
+
+
+def add_model_options(
+    parser: argparse.ArgumentParser,
+    *,
+    default: str = "the model shipped with xmask",
+    runs_only: bool = False,
+    required: bool = False,
+    threshold: bool = True,
+    which: tuple[str, ...] = ("teacher", "student"),
+) -> None:
+    """``--model`` (alias ``--checkpoint``), ``--which``, and optionally ``--threshold``.
+
+    Args:
+        default: what no ``--model`` means, for the help text.
+        runs_only: the command takes a training run, not a model folder.
+        required: ``--model`` must be given.
+        threshold: add ``--threshold``.
+        which: the networks ``--which`` may name (the first is the default).
+    """
+    parser.add_argument(
+        "--model",
+        "--checkpoint",
+        dest="model",
+        metavar="MODEL",
+        required=required,
+        help=(RUN_HELP if runs_only else MODEL_HELP)
+        + ("" if required else f"; default: {default}"),
+    )
+    add_which_option(parser, which)
+    if threshold:
+        parser.add_argument("--threshold", default="auto", metavar="LOGIT", help=THRESHOLD_HELP)
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    """``--device``."""
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N"
+    )
+
+
+def add_which_option(
+    parser: argparse.ArgumentParser, which: tuple[str, ...] = ("teacher", "student")
+) -> None:
+    """``--which``: the network of a training run (the first of ``which`` by default)."""
+    parser.add_argument(
+        "--which",
+        choices=which,
+        default=which[0],
+        help="the network of a training run (a model folder holds one)",
+    )

@@ -1,0 +1,282 @@
+"""NNEC circles: how far a head's mask may reach (paper Eq. 1, 6, 7) and ``R_MIN``.
+
+Every part of xmask that bounds a head's region (annotation backends, pseudo-masks, the
+discriminative loss, inference) takes it from here, so the rule is defined once.
+
+NNEC (nearest-neighbour exclusion circle)
+    ``r_i = min_{j≠i} ||p_i − p_j||`` (Eq. 1), one point alone gets ``lone·min(H, W)`` (Eq. 6:
+    ``lone = 0.5``), then ``r_i`` is clamped to ``[R_MIN, 0.5·min(H, W)]``. ``C_i`` is the set of
+    pixels whose *centre* lies within ``r_i`` of ``p_i`` (Eq. 7, distance ``<= r_i``), held as
+    one flat ragged list (:class:`CirclePixels`, memory ``∝ Σ r_i²``, never heads × H × W).
+
+Duplicates policy
+    Exact duplicate points are at distance 0 from each other. ``"floor"`` (Eq. 1 as written)
+    gives them radius 0, raised to ``R_MIN``; ``"distinct"`` (the default of
+    :func:`head_circles`) measures each point to the nearest point at a *different* position,
+    so every copy gets the full circle of its head.
+
+Point pixel
+    The pixel containing ``p_i`` (:func:`xmask.geometry.points.pixel_of`) is head ``i``'s own
+    pixel (:attr:`HeadCircles.own`); :mod:`xmask.geometry.labels` always gives it to the head.
+    Needs ``min(H, W) >= 2`` (so that ``r_i >= 1`` puts the point pixel's centre inside ``C_i``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from xmask.geometry import kernels
+from xmask.geometry.points import pixel_of
+
+R_MIN = 3.0
+"""Smallest NNEC radius in pixels (the authors' code)."""
+
+
+DuplicatePolicy = Literal["floor", "distinct"]
+
+
+def _nearest_other(points: np.ndarray) -> np.ndarray:
+    """Distance from each point to its nearest other point (0 for exact duplicates); N >= 2."""
+    dist, _ = cKDTree(points).query(points, k=2)
+    return dist[:, 1]
+
+
+def nnec_radii(
+    points: np.ndarray,
+    size: tuple[int, int],
+    r_min: float = R_MIN,
+    duplicates: DuplicatePolicy = "floor",
+    lone: float = 0.5,
+) -> np.ndarray:
+    """NNEC radius of every point (paper Eq. 1 and 6), with a k-d tree (no N×N matrix).
+
+    Args:
+        points: ``N×2``, ``(x, y)`` pixels, finite.
+        size: ``(H, W)`` of the image.
+        r_min: floor of the radius in pixels (the authors use 3).
+        duplicates: exact duplicate points are at distance 0 from each other. ``"floor"``
+            (Eq. 1 as written) gives them radius 0, raised to ``r_min``; ``"distinct"``
+            measures each point to the nearest point at a *different* position, so copies of
+            a head share that head's circle.
+        lone: a point with no other (distinct) point gets ``lone·min(H, W)`` (Eq. 6: 0.5;
+            the authors' mask builder: 0.25).
+
+    Returns:
+        ``N float32`` radii in ``[r_min, 0.5·min(H, W)]`` (the upper bound wins if smaller).
+    """
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    r_max = 0.5 * min(size)
+    n = len(pts)
+    if n == 0:
+        return np.zeros(0, dtype=np.float32)
+    if duplicates == "distinct":
+        unique, inverse = np.unique(pts, axis=0, return_inverse=True)
+        single = lone * min(size)
+        radii = _nearest_other(unique)[inverse.ravel()] if len(unique) > 1 else np.full(n, single)
+    elif duplicates == "floor":
+        radii = _nearest_other(pts) if n > 1 else np.full(1, lone * min(size))
+    else:
+        raise ValueError(f"duplicates must be 'floor' or 'distinct', got {duplicates!r}")
+    return np.minimum(np.maximum(radii, r_min), r_max).astype(np.float32)
+
+
+@dataclass
+class CirclePixels:
+    """The pixels of every circle ``C_i`` as one flat, ragged list (CSR layout).
+
+    Memory is proportional to ``Σ r_i²``. Pixels of point ``i`` are the slice
+    ``offsets[i]:offsets[i+1]`` of the flat arrays, in row-major order.
+
+    Attributes:
+        point: ``P int64``, index of the point each pixel belongs to.
+        x: ``P int64``, pixel column.
+        y: ``P int64``, pixel row.
+        flat: ``P int64``, row-major pixel index ``y·W + x``.
+        dist2: ``P float32``, squared distance from the pixel centre to its point (exact float32
+            arithmetic, so identical on every device; Eq. 11 uses it directly).
+        offsets: ``N+1 int64``.
+        size: ``(H, W)`` of the image.
+    """
+
+    point: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    flat: torch.Tensor
+    dist2: torch.Tensor
+    offsets: torch.Tensor
+    size: tuple[int, int]
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """``N int64``: number of pixels in each circle."""
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def __len__(self) -> int:
+        return int(self.point.numel())
+
+
+def circle_pixels(
+    points: np.ndarray | torch.Tensor,
+    radii: np.ndarray | torch.Tensor,
+    size: tuple[int, int],
+) -> CirclePixels:
+    """Pixels whose centre lies within ``radii[i]`` of ``points[i]`` (Eq. 7), clipped to the image.
+
+    One compiled pass over the circles' bounding boxes (:mod:`xmask.geometry.kernels`), so time and
+    memory are ``O(Σ r_i²)``; computed on the CPU and returned on the device of ``points``
+    when it is a tensor.
+
+    Args:
+        points: ``N×2``, ``(x, y)`` pixels.
+        radii: ``N`` radii in pixels.
+        size: ``(H, W)``.
+    """
+    device = points.device if isinstance(points, torch.Tensor) else torch.device("cpu")
+    pts = _cpu_float32(points).reshape(-1, 2)
+    rad = _cpu_float32(radii).reshape(-1)
+    h, w = size
+    counts = kernels.circle_counts(pts, rad, h, w)
+    offsets = np.zeros(len(pts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    total = int(offsets[-1])
+    owner = np.empty(total, np.int64)
+    xs, ys, flat = np.empty(total, np.int64), np.empty(total, np.int64), np.empty(total, np.int64)
+    dist2 = np.empty(total, np.float32)
+    kernels.circle_fill(pts, rad, h, w, offsets, owner, xs, ys, flat, dist2)
+    arrays = (owner, xs, ys, flat, dist2, offsets)
+    point, x, y, flat_index, d2, off = (torch.from_numpy(a).to(device) for a in arrays)
+    return CirclePixels(point, x, y, flat_index, d2, off, (h, w))
+
+
+def _cpu_float32(values: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A contiguous ``float32`` NumPy copy (or view) of ``values``, from any device."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().to("cpu", torch.float32).numpy()
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def label_map(
+    pixels: CirclePixels,
+    cost: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Instance label map from circle pixels: every pixel goes to exactly one point.
+
+    Overlap rule: a pixel claimed by several circles goes to the point of lowest ``cost``
+    (ties to the lowest point index). The default cost is the squared distance from the pixel
+    centre to each point, so the nearest head wins (a Voronoi split of the overlap).
+
+    Args:
+        pixels: from :func:`circle_pixels`.
+        cost: ``P`` float, lower wins, never NaN; defaults to ``pixels.dist2``.
+        keep: ``P`` bool, pixels that may be labelled at all (e.g. inside a SAM mask); the only
+            way to leave a circle pixel unlabelled (an infinite cost still labels it).
+
+    Returns:
+        ``H×W int32`` map, 0 = background, ``i + 1`` = point ``i``.
+    """
+    h, w = pixels.size
+    cost = pixels.dist2 if cost is None else cost
+    allowed = torch.ones_like(pixels.point, dtype=torch.bool) if keep is None else keep
+    labels, _ = kernels.lowest_cost_labels(
+        pixels.flat.cpu().numpy(),
+        pixels.point.cpu().numpy(),
+        _cpu_float32(cost),
+        allowed.cpu().numpy(),
+        h * w,
+        len(pixels.offsets) - 1,
+    )
+    return torch.from_numpy(labels).reshape(h, w).to(pixels.point.device)
+
+
+@dataclass
+class HeadCircles:
+    """The NNEC circles of one image's heads.
+
+    Attributes:
+        points: ``N×2 float32``, ``(x, y)`` pixels.
+        radii: ``N float32`` NNEC radii ``r_i``.
+        pixels: circle pixels, flat CSR list of ``P`` entries (CPU tensors).
+        point_pixel: ``N int64`` row-major index ``y·W + x`` of the pixel holding each point.
+        own: ``P bool``, the entry of each head's own point pixel in ``pixels``.
+    """
+
+    points: np.ndarray
+    radii: np.ndarray
+    pixels: CirclePixels
+    point_pixel: np.ndarray
+    own: np.ndarray
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(H, W)`` of the image."""
+        return self.pixels.size
+
+    def __len__(self) -> int:
+        return int(self.points.shape[0])
+
+
+def check_points(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``points`` as ``N×2 float32``, checked to be finite and inside ``[0, W] × [0, H]``.
+
+    Raises:
+        ValueError: wrong shape, NaN/inf, or a point outside the image (readers drop those).
+    """
+    pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+    h, w = size
+    bad = ~(np.isfinite(pts).all(axis=1) & (pts[:, 0] >= 0) & (pts[:, 0] <= w))
+    bad |= ~((pts[:, 1] >= 0) & (pts[:, 1] <= h))
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{int(bad.sum())} point(s) not finite or outside the {w}×{h} image, "
+            f"first: #{first} {pts[first].tolist()}"
+        )
+    return pts
+
+
+def head_circles(
+    points: np.ndarray,
+    size: tuple[int, int],
+    *,
+    r_min: float = R_MIN,
+    lone: float = 0.5,
+    duplicates: DuplicatePolicy = "distinct",
+) -> HeadCircles:
+    """NNEC radii and circle pixels of every head (see the module docstring for the policies).
+
+    Args:
+        points: ``N×2``, ``(x, y)`` pixels inside the image.
+        size: ``(H, W)``.
+        r_min: floor of the radius in pixels.
+        duplicates: policy for exact duplicate points (:func:`xmask.geometry.circles.nnec_radii`).
+        lone: radius of a point alone in the image, as a fraction of ``min(H, W)``.
+    """
+    pts = check_points(points, size)
+    return circles_of(
+        pts, nnec_radii(pts, size, r_min=r_min, duplicates=duplicates, lone=lone), size
+    )
+
+
+def circles_of(points: np.ndarray, radii: np.ndarray, size: tuple[int, int]) -> HeadCircles:
+    """The circles of heads whose radii are already known (``N×2 float32`` ``(x, y)`` points
+    inside the image, ``N`` radii; e.g. one window of a large image, radii from the whole)."""
+    pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+    radii = np.asarray(radii, dtype=np.float32).reshape(-1)
+    pixels = circle_pixels(pts, radii, size)
+    cell = pixel_of(pts, size)
+    point_pixel = cell[:, 1] * size[1] + cell[:, 0]
+    own = kernels.owner_value_equal(pixels.flat.numpy(), pixels.point.numpy(), point_pixel)
+    return HeadCircles(pts, radii, pixels, point_pixel, own)
+
+
+def disc_keep(circles: HeadCircles, fraction: float) -> np.ndarray:
+    """``P bool``: circle pixels within ``fraction·r_i`` of their head (a disc fallback)."""
+    pixels = circles.pixels
+    limit = (fraction * torch.from_numpy(circles.radii))[pixels.point]
+    return (pixels.dist2 <= limit * limit).numpy()

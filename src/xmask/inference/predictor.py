@@ -1,0 +1,354 @@
+"""Inference on one image: count, head points and one instance mask per head.
+
+:class:`Predictor` wraps a trained :class:`~xmask.models.XMaskModel` (eval mode, on its device)
+and turns an image (``H×W×3 uint8`` RGB array, PIL image or file path) into a
+:class:`Prediction`:
+
+1. **Network** (``network_s``): the image as a ``1×3×H×W`` float tensor in ``[0, 1]`` →
+   stride-4 logits (and, with a mask head, the stride-4 embedding), under
+   ``torch.inference_mode``.
+2. **Post-network** (``post_s``): the heads are the cells whose logit is above the count
+   threshold (:func:`xmask.models.count_head.decode_points`; 0 is the paper's rule, a
+   calibrated value comes from :mod:`xmask.inference.calibration`), each at its cell centre (a
+   cell cut by the right or bottom image border puts its point at the centre of its part inside
+   the image, so every point lies in the image); then the embedding is upsampled and smoothed
+   (Eq. 2–5) and every head is segmented (Eq. 11–12, :data:`xmask.segment.instances.INFERENCE`:
+   λ = 0.8, τ_g = 1.1, σ = 3). Every head gets a non-empty mask; overlaps go to the lowest
+   energy. The label map is ``H×W int32``, 0 background, ``k`` = ``points[k − 1]``.
+
+A model without a mask head (Stage 1) still gives the count and the points; ``labels`` is then
+None.
+
+Two levels, as in segment-anything's predictor: ``predictor(image)`` does everything at once;
+or :meth:`Predictor.set_image` runs the network once, then :meth:`Predictor.predict` gives the
+predicted heads and :meth:`Predictor.segment` the masks of heads the caller gives (ground-truth
+points, clicks), each without running the network again; the network's own count is always
+reported.
+
+Large images
+    An image with more than ``max_pixels`` pixels (default
+    :data:`xmask.inference.tiling.MAX_PIXELS`, about 4.2 MP) runs the network in the overlapping
+    tiles of :mod:`xmask.inference.tiling` (its tiling rule): logits *and* embedding are assembled
+    from the same tiles, each cell decided by exactly one tile, so network memory is bounded by
+    the tile size. (The mask head's CoordConv channels then span each tile rather than the
+    whole image, as they spanned each training crop.) Heads are then segmented window by
+    window (:mod:`xmask.segment.windows`, cores of ``core`` = 2048 px): the smoothed embedding
+    ``Ẽ`` (``4·D`` = 64 bytes per pixel) exists for one window at a time, in a buffer the
+    predictor reuses, and each pixel is labelled from exactly one window, with the same result
+    as the whole image at once. What grows with the image is its ``H×W int32`` label map, the
+    stride-4 outputs (``4·(D + 1)/16`` bytes per pixel) and the ``1×3×H×W`` input.
+
+Timing
+    ``network_s`` and ``post_s`` are wall-clock seconds of the two phases of each call (the
+    device is synchronised at the phase boundary on CUDA); reading and decoding an image file
+    is in neither.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from torch import nn
+
+from xmask.data.image_io import load_image, to_rgb_array
+from xmask.device import resolve_device
+from xmask.errors import UsageError
+from xmask.geometry.circles import check_points
+from xmask.inference.count_rule import CountRule, as_count_rule
+from xmask.inference.loading import load_inference_model
+from xmask.inference.prediction import Prediction
+from xmask.inference.tiling import (
+    MAX_PIXELS,
+    OVERLAP,
+    TILE,
+    check_tiling,
+    image_tensor,
+    predict_outputs,
+)
+from xmask.models.count_head import COUNT_STRIDE, DecodedPoints, decode_points
+from xmask.models.fusion import inference_copy
+from xmask.segment.instances import INFERENCE, SegmentConfig
+from xmask.segment.windows import CORE, TableBuffer, segment_in_windows
+from xmask.types import ModelOutput
+
+log = logging.getLogger(__name__)
+
+
+ImageInput = np.ndarray | PIL.Image.Image | str | Path
+"""What :class:`Predictor` accepts: ``H×W×3 uint8`` RGB, a PIL image, or an image file."""
+
+
+def as_rgb_array(image: ImageInput) -> np.ndarray:
+    """``H×W×3 uint8`` RGB of an array, a PIL image or an image file.
+
+    A file is decoded by :func:`xmask.data.image_io.load_image` with its EXIF orientation
+    applied (the image as a viewer shows it); a PIL image is converted as that function
+    converts files (greyscale, 16-bit, palette, alpha).
+
+    Raises:
+        DataError: an unreadable file.
+        UsageError: an array that is not ``H×W×3 uint8``, or another type.
+    """
+    if isinstance(image, (str, Path)):
+        return load_image(image, apply_exif=True).array
+    if isinstance(image, PIL.Image.Image):
+        return to_rgb_array(image, Path(f"<PIL image {image.mode}>"))
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise UsageError(f"image array must be H×W×3 uint8, got {image.shape} {image.dtype}")
+        return image
+    raise UsageError(f"expected an image array, PIL image or path, got {type(image).__name__}")
+
+
+def inside_points(centres: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Cell centres → head points inside the image: a cell cut by the right or bottom border
+    gets the centre of its part inside the image (``N×2 float32`` ``(x, y)``)."""
+    half = COUNT_STRIDE / 2.0
+    limit = np.array([size[1], size[0]], dtype=np.float32)
+    return ((centres - half + np.minimum(centres + half, limit)) / 2.0).astype(np.float32)
+
+
+@dataclass
+class ImageFeatures:
+    """What :meth:`Predictor.set_image` keeps of one image.
+
+    Attributes:
+        image: the ``H×W×3 uint8`` RGB input.
+        outputs: the network's stride-4 logits (``1×1×h×w``) and, with a mask head, its
+            embedding (``1×D×h×w``).
+        tiles: network tiles run (1: whole image).
+        network_s: seconds in the network.
+    """
+
+    image: np.ndarray
+    outputs: ModelOutput
+    tiles: int
+    network_s: float
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(H, W)`` of the image."""
+        height, width = self.image.shape[:2]
+        return int(height), int(width)
+
+
+class Predictor:
+    """Count, head points and one instance mask per head for single images (module docstring).
+
+    Args:
+        model: a trained network (an :class:`~xmask.models.XMaskModel`). The predictor runs an
+            :func:`~xmask.models.fusion.inference_copy` of it on ``device`` (BatchNorm folded,
+            channels-last, eval mode); ``model`` itself is untouched.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"``, or a device.
+        count_threshold: logit above which a cell counts as a head (0: the paper's rule), or a
+            two-regime :class:`~xmask.inference.count_rule.CountRule`.
+        segment: constants of Eq. 11–12 and of the smoothing (default: evaluation's).
+        max_pixels: images with more pixels run in tiles (None: never).
+        tile: tile side in pixels (a multiple of 16).
+        overlap: least overlap of neighbouring tiles (a multiple of 16).
+        core: side of the windows heads are segmented in (a multiple of 4;
+            :mod:`xmask.segment.windows`).
+
+    Raises:
+        ValueError: bad tiling arguments.
+        XmaskError: an unavailable device.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str | torch.device = "auto",
+        count_threshold: float | CountRule = 0.0,
+        segment: SegmentConfig = INFERENCE,
+        *,
+        max_pixels: int | None = MAX_PIXELS,
+        tile: int = TILE,
+        overlap: int = OVERLAP,
+        core: int = CORE,
+    ) -> None:
+        check_tiling(tile, overlap)
+        if core <= 0 or core % COUNT_STRIDE:
+            raise ValueError(f"core must be a positive multiple of {COUNT_STRIDE}, got {core}")
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.model = inference_copy(model).to(self.device)
+        self.count_rule = as_count_rule(count_threshold)
+        self.segment_config = segment
+        self.max_pixels, self.tile, self.overlap = max_pixels, tile, overlap
+        self.core = core
+        self._buffer = TableBuffer()
+        self.source: Path | None = None
+        """The model folder or run it was loaded from (:meth:`load`), else None."""
+        self.features: ImageFeatures | None = None
+        """The network's outputs for the last :meth:`set_image`."""
+
+    @classmethod
+    def load(
+        cls,
+        model: str | Path | None = None,
+        device: str | torch.device = "auto",
+        which: str = "teacher",
+        threshold: str | float = "auto",
+        **kwargs: Any,
+    ) -> Predictor:
+        """A predictor for a model folder, a registered model name or a training run
+        (:func:`xmask.inference.loading.load_inference_model`).
+
+        Args:
+            model: a model folder or name (None: the shipped default model), or a run folder,
+                its ``checkpoints/`` or ``best/`` folder, or a ``.safetensors`` file in a run.
+            device: where the network runs.
+            which: ``"teacher"`` or ``"student"`` (runs only).
+            threshold: a logit, or ``"auto"``: the model folder's threshold, or the
+                calibration stored for a run's weights, else 0.
+            kwargs: the other arguments of :class:`Predictor` (``segment`` defaults to the
+                model folder's).
+
+        Raises:
+            CheckpointError: missing, corrupt, tampered or foreign files.
+            XmaskError: a bad threshold or device.
+        """
+
+        resolved = device if isinstance(device, torch.device) else resolve_device(device)
+        loaded = load_inference_model(model, resolved, which, threshold)
+        kwargs.setdefault("segment", loaded.segment)
+        predictor = cls(loaded.model, resolved, loaded.count_rule, **kwargs)
+        predictor.source = loaded.source
+        return predictor
+
+    @property
+    def has_masks(self) -> bool:
+        """The model has a mask head (predictions carry label maps)."""
+        return getattr(self.model, "mask_head", None) is not None
+
+    def set_image(self, image: ImageInput) -> ImageFeatures:
+        """Run the network on one image and keep its outputs: :meth:`predict` and
+        :meth:`segment` then work on them without running the network again.
+
+        Args:
+            image: ``H×W×3 uint8`` RGB, a PIL image or an image file.
+
+        Returns:
+            The kept :class:`ImageFeatures` (also :attr:`features`).
+        """
+        array = as_rgb_array(image)
+        with torch.inference_mode():
+            start = time.perf_counter()
+            out, tiles = predict_outputs(
+                self.model,
+                image_tensor(array, self.device),
+                max_pixels=self.max_pixels,
+                tile=self.tile,
+                overlap=self.overlap,
+            )
+            self._synchronize()
+        self.features = ImageFeatures(array, out, tiles, time.perf_counter() - start)
+        return self.features
+
+    def predict(self) -> Prediction:
+        """Count, points and (with a mask head) masks of the heads the network finds in the
+        image of the last :meth:`set_image`.
+
+        Raises:
+            UsageError: no image set.
+        """
+        features = self._features()
+        decoded = self._decoded(features)
+        points = inside_points(decoded.points.cpu().numpy(), features.size)
+        scores = decoded.scores.cpu().numpy().astype(np.float32)
+        return self._segmented(features, points, scores, len(decoded))
+
+    def segment(self, points: np.ndarray, scores: np.ndarray | None = None) -> Prediction:
+        """Masks of heads the caller gives (e.g. ground-truth points or a click) in the image
+        of the last :meth:`set_image`, instead of the predicted ones; ``count`` is still the
+        network's own count.
+
+        Args:
+            points: ``N×2`` ``(x, y)`` pixels inside ``[0, W] × [0, H]``.
+            scores: ``N`` head probabilities kept in the result (default 1).
+
+        Raises:
+            UsageError: no image set, or the model has no mask head.
+            ValueError: points not ``N×2``, not finite, or outside the image.
+        """
+        features = self._features()
+        if not self.has_masks:
+            raise UsageError("segmenting given points needs a model with a mask head")
+        if np.ndim(points) != 2 or np.shape(points)[1] != 2:
+            raise ValueError(f"points must be N×2 (x, y), got shape {np.shape(points)}")
+        pts = check_points(points, features.size)
+        given = np.ones(len(pts), np.float32) if scores is None else np.asarray(scores, np.float32)
+        count = len(self._decoded(features))
+        return self._segmented(features, pts, given.reshape(len(pts)), count)
+
+    def __call__(self, image: ImageInput) -> Prediction:
+        """:meth:`set_image` then :meth:`predict`: one image's count, points and masks."""
+        self.set_image(image)
+        return self.predict()
+
+    def segment_points(
+        self, image: ImageInput, points: np.ndarray, scores: np.ndarray | None = None
+    ) -> Prediction:
+        """:meth:`set_image` then :meth:`segment`: masks of the given heads of one image."""
+        self.set_image(image)
+        return self.segment(points, scores)
+
+    def predict_and_segment_points(
+        self, image: ImageInput, points: np.ndarray
+    ) -> tuple[Prediction, Prediction]:
+        """``(predict(), segment(points))`` of one image, from one network pass."""
+        self.set_image(image)
+        return self.predict(), self.segment(points)
+
+    def _features(self) -> ImageFeatures:
+        if self.features is None:
+            raise UsageError("no image set: call set_image(image) first")
+        return self.features
+
+    def _decoded(self, features: ImageFeatures) -> DecodedPoints:
+        """The cells the count rule selects."""
+        logits = features.outputs.logits
+        threshold = self.count_rule.threshold_for(logits, features.size[0] * features.size[1])
+        return decode_points(logits, threshold)[0]
+
+    def _segmented(
+        self, features: ImageFeatures, points: np.ndarray, scores: np.ndarray, count: int
+    ) -> Prediction:
+        """The :class:`Prediction` of one head set (``N×2`` ``(x, y)`` points, ``N`` scores)."""
+        start = time.perf_counter()
+        labels = areas = None
+        embedding = features.outputs.embedding
+        if embedding is not None:
+            with torch.inference_mode():
+                instances = segment_in_windows(
+                    embedding[0],
+                    features.size,
+                    points,
+                    scores,
+                    self.segment_config,
+                    self.core,
+                    self._buffer,
+                )
+            labels, areas = instances.labels, instances.area
+        return Prediction(
+            count=count,
+            points=points,
+            scores=scores,
+            labels=labels,
+            size=features.size,
+            network_s=features.network_s,
+            post_s=time.perf_counter() - start,
+            tiles=features.tiles,
+            areas=areas,
+            image=features.image,
+        )
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)

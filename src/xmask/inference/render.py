@@ -1,0 +1,57 @@
+"""Drawing a prediction: instance colours, head dots, the region outline and the count caption."""
+
+from __future__ import annotations
+
+import numpy as np
+import PIL.Image
+from PIL import ImageDraw, ImageFont
+
+DOT_COLOUR = (255, 32, 32)
+"""Colour of the head-point dots of :meth:`Prediction.overlay`."""
+
+
+ROI_COLOUR = (255, 220, 0)
+"""Colour of the region outline of :meth:`Prediction.overlay`."""
+
+
+def instance_colours(n: int, seed: int = 0) -> np.ndarray:
+    """``n×3 float32`` bright colours (channels in ``[64, 255]``), the same for every call."""
+    return np.random.default_rng(seed).integers(64, 256, (n, 3)).astype(np.float32)
+
+
+def draw_dots(image: np.ndarray, points: np.ndarray, radius: int, colour: tuple[int, ...]) -> None:
+    """Paint a filled disc of ``radius`` px around each ``(x, y)`` point, in place.
+
+    Args:
+        image: ``H×W×3 uint8``.
+        points: ``N×2`` ``(x, y)`` pixels.
+        radius: disc radius (0: nothing drawn).
+        colour: RGB.
+    """
+    if radius <= 0 or len(points) == 0:
+        return
+    h, w = image.shape[:2]
+    span = np.arange(-radius, radius + 1)
+    dy, dx = np.meshgrid(span, span, indexing="ij")
+    disc = dx * dx + dy * dy <= radius * radius
+    cols = np.floor(points[:, 0]).astype(np.int64)[:, None] + dx[disc][None]
+    rows = np.floor(points[:, 1]).astype(np.int64)[:, None] + dy[disc][None]
+    ok = (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)
+    image[rows[ok], cols[ok]] = colour
+
+
+def draw_annotations(image: np.ndarray, roi: np.ndarray | None, text: str | None) -> np.ndarray:
+    """``image`` with the region's outline and a caption box in the top-left corner, sized
+    to the image (a copy, ``H×W×3 uint8``)."""
+
+    canvas = PIL.Image.fromarray(image)
+    draw = ImageDraw.Draw(canvas)
+    scale = max(1, round(min(image.shape[:2]) / 400))
+    if roi is not None:
+        draw.polygon([tuple(v) for v in roi.tolist()], outline=ROI_COLOUR, width=2 * scale)
+    if text is not None:
+        font = ImageFont.load_default(size=14 * scale)
+        *_, right, bottom = draw.textbbox((6 * scale, 4 * scale), text, font=font)
+        draw.rectangle((0, 0, right + 6 * scale, bottom + 4 * scale), fill=(0, 0, 0))
+        draw.text((6 * scale, 4 * scale), text, fill=(255, 255, 255), font=font)
+    return np.asarray(canvas)
