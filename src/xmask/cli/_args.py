@@ -47,6 +47,14 @@ def add_model_options(
     add_which_option(parser, which)
     if threshold:
         parser.add_argument("--threshold", default="auto", metavar="LOGIT", help=THRESHOLD_HELP)
+        parser.add_argument(
+            "--scale",
+            choices=("auto", "off", "adaptive"),
+            default="auto",
+            help="how the network input is sized: auto (default): the model's own rule; off: "
+            "the image as it is, one pass; adaptive: shrink to 1024 px, enlarge dense crowds "
+            "(docs/accuracy.md)",
+        )
 
 
 def add_device_option(parser: argparse.ArgumentParser) -> None:

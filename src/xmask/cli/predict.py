@@ -77,7 +77,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if not sources:
         raise UsageError(f"{' '.join(args.source) or args.root}: no images or videos")
     roi = None if args.roi is None else read_polygon(args.roi)
-    predictor = Predictor.load(args.model, args.device, args.which, args.threshold)
+    predictor = Predictor.load(args.model, args.device, args.which, args.threshold, args.scale)
     model = str(predictor.source)
     out = Path(args.out) if args.out else _default_out(args)
     images = [s for s in sources if not s.is_video]

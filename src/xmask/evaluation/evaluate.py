@@ -30,6 +30,7 @@ from xmask.data.readers import CrowdDataset
 from xmask.errors import DataError
 from xmask.inference import tiling
 from xmask.inference.count_rule import CountRule, as_count_rule
+from xmask.inference.scale import ONE_PASS, ScaleRule, adaptive_outputs
 from xmask.metrics.counting import mae, rmse
 from xmask.metrics.localisation import (
     DEFAULT_THRESHOLDS,
@@ -182,17 +183,18 @@ def evaluate_sample(
     max_pixels: int | None = tiling.MAX_PIXELS,
     tile: int = tiling.TILE,
     overlap: int = tiling.OVERLAP,
+    scale: ScaleRule = ONE_PASS,
 ) -> ImageResult:
     """Count and localise the heads of one sample (call under ``torch.inference_mode()``
     with the model in eval mode on ``device``); see :func:`evaluate_model`."""
-    image = tiling.image_tensor(sample.image, device)
-    out, tiles = tiling.predict_outputs(
-        model, image, max_pixels=max_pixels, tile=tile, overlap=overlap
+    rule = as_count_rule(count_threshold)
+    scaled = adaptive_outputs(
+        model, sample.image, device, scale, rule, max_pixels=max_pixels, tile=tile, overlap=overlap
     )
-    threshold = as_count_rule(count_threshold).threshold_for(
-        out.logits, image.shape[-2] * image.shape[-1]
-    )
-    pred = decode_points(out.logits, threshold)[0].points.cpu().numpy()
+    logits, (h, w) = scaled.outputs.logits, scaled.size
+    found = decode_points(logits, rule.threshold_for(logits, h * w))[0].points.cpu().numpy()
+    pred = scaled.to_original(found)
+    tiles = scaled.tiles
     # Distances in the original image's pixels: both point sets shrank by sample.scale.
     matches = localisation_counts(pred / sample.scale, sample.points / sample.scale, thresholds)
     height, width = sample.size
@@ -209,6 +211,7 @@ def evaluate_model(
     max_pixels: int | None = tiling.MAX_PIXELS,
     tile: int = tiling.TILE,
     overlap: int = tiling.OVERLAP,
+    scale: ScaleRule = ONE_PASS,
     progress: bool = True,
 ) -> EvaluationResult:
     """Evaluate ``model`` on every image of ``dataset``, one full image at a time.
@@ -231,6 +234,8 @@ def evaluate_model(
         max_pixels: images with more pixels run in tiles (module docstring; None: never).
         tile: tile side in pixels (a multiple of 16).
         overlap: least overlap of neighbouring tiles (a multiple of 16).
+        scale: how the network input is sized from each image
+            (:class:`~xmask.inference.scale.ScaleRule`; default: as it is, one pass).
         progress: show a tqdm bar on stderr.
 
     Returns:
@@ -269,6 +274,7 @@ def evaluate_model(
                     max_pixels=max_pixels,
                     tile=tile,
                     overlap=overlap,
+                    scale=scale,
                 )
                 result.rows.append(row)
                 abs_sum += row.abs_error

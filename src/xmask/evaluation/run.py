@@ -20,6 +20,7 @@ from xmask.inference.loading import InferenceModel, load_inference_model
 from xmask.inference.model_folder import record_metrics
 from xmask.inference.predictor import Predictor
 from xmask.inference.run_folder import find_run_folder
+from xmask.inference.scale import resolve_scale
 from xmask.inference.tiling import MAX_PIXELS, OVERLAP, TILE, check_tiling
 from xmask.metrics.localisation import DEFAULT_THRESHOLDS
 
@@ -34,6 +35,8 @@ class EvaluationRequest:
         model: a model name or folder, or a training run (None: the shipped model).
         which: the network of a run, ``"teacher"`` or ``"student"``.
         threshold: ``"auto"`` or a logit (:func:`~xmask.inference.calibration.resolve_count_rule`).
+        scale: ``"auto"`` (the model's rule), ``"off"`` or ``"adaptive"``
+            (:func:`~xmask.inference.scale.resolve_scale`).
         device: ``"auto"``, ``"cpu"``, ``"cuda:N"``.
         dataset: reader key; None: the run's training dataset.
         root: dataset folder; None: the run's.
@@ -54,6 +57,7 @@ class EvaluationRequest:
     model: str | None = None
     which: str = "teacher"
     threshold: str = "auto"
+    scale: str = "auto"
     device: str = "auto"
     dataset: str | None = None
     root: str | None = None
@@ -202,6 +206,7 @@ def run_evaluation(request: EvaluationRequest) -> EvaluationReport:
         device,
         thresholds=request.thresholds,
         count_threshold=loaded.count_rule,
+        scale=resolve_scale(request.scale, loaded.scale),
         **tiling,
     )
     csv = Path(request.csv) if request.csv else default_csv(loaded, chosen.name, request.split)
@@ -209,7 +214,8 @@ def run_evaluation(request: EvaluationRequest) -> EvaluationReport:
     log.info("wrote per-image results to %s", csv)
     segmentation = None
     if request.masks:
-        predictor = Predictor(loaded.model, device, loaded.count_rule, **tiling)
+        rule = resolve_scale(request.scale, loaded.scale)
+        predictor = Predictor(loaded.model, device, loaded.count_rule, scale=rule, **tiling)
         if not predictor.has_masks:
             raise XmaskError("--masks: this model has no mask head (train Stage 2 first)")
         segmentation = score_segmentation(predictor, chosen.images, request.masks)

@@ -32,7 +32,8 @@ from xmask.errors import XmaskError
 from xmask.inference.checkpoint import CheckpointError, latest_step, write_json
 from xmask.inference.count_rule import CountRule, fit_count_rule
 from xmask.inference.run_folder import weights_folder
-from xmask.inference.tiling import MAX_PIXELS, image_tensor, predict_outputs
+from xmask.inference.scale import ONE_PASS, ScaleRule, adaptive_outputs
+from xmask.inference.tiling import MAX_PIXELS
 from xmask.models.fusion import inference_copy
 from xmask.types import Sample
 
@@ -125,6 +126,7 @@ def calibrate_count_threshold(
     candidates: Sequence[float] = DEFAULT_CANDIDATES,
     max_pixels: int | None = MAX_PIXELS,
     two_regimes: bool = False,
+    scale: ScaleRule = ONE_PASS,
     progress: bool = True,
 ) -> CountCalibration:
     """The count threshold that minimises the MAE over ``samples`` (full images, batch 1).
@@ -138,6 +140,9 @@ def calibrate_count_threshold(
         candidates: logit thresholds to try (must include 0).
         two_regimes: also try one threshold for sparse and one for dense images
             (:func:`choose_calibration`).
+        scale: how the network input is sized from each image, as it will be at inference
+            (:class:`~xmask.inference.scale.ScaleRule`; its enlarged pass is decided with
+            threshold 0).
 
     Raises:
         ValueError: no samples, or 0 not among the candidates.
@@ -151,11 +156,12 @@ def calibrate_count_threshold(
     network = inference_copy(model)
     with torch.inference_mode():
         for sample in tqdm(samples, desc="calibrate", unit="img", disable=not progress):
-            image = image_tensor(sample.image, device)
-            out, _ = predict_outputs(network, image, max_pixels=max_pixels)
-            counts.append(counts_above(out.logits.cpu(), thresholds))
+            scaled = adaptive_outputs(
+                network, sample.image, device, scale, CountRule(0.0), max_pixels=max_pixels
+            )
+            counts.append(counts_above(scaled.outputs.logits.cpu(), thresholds))
             true_counts.append(sample.count)
-            pixels.append(image.shape[-2] * image.shape[-1])
+            pixels.append(scaled.size[0] * scaled.size[1])
     return choose_calibration(
         torch.stack(counts),
         true_counts,

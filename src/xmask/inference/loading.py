@@ -38,6 +38,7 @@ from xmask.inference.run_folder import (
     read_run_info,
     weights_folder,
 )
+from xmask.inference.scale import ONE_PASS, ScaleRule
 from xmask.segment.instances import INFERENCE, SegmentConfig
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class InferenceModel:
         model: the network, eval mode, on its device.
         count_rule: which cells are heads (one logit threshold, or two by density).
         segment: constants of Eq. 11–12 at inference.
+        scale: how the network input is sized (a model folder's rule; a run: one pass).
         source: the model folder or run path it was loaded from.
         card: the model folder's card (None for a run).
         dataset: ``(dataset, root, max_short_side)`` it was trained on, where known; a model
@@ -60,6 +62,7 @@ class InferenceModel:
     model: nn.Module
     count_rule: CountRule
     segment: SegmentConfig
+    scale: ScaleRule
     source: Path
     card: ModelCard | None
     dataset: tuple[str, str, int | None] | None
@@ -91,13 +94,15 @@ def load_inference_model(
         dataset = None
         if "dataset" in training:
             dataset = (str(training["dataset"]), "", training.get("max_short_side"))
-        return InferenceModel(model, rule, card.segment, path, card, dataset)
+        scale = card.scale or ONE_PASS
+        return InferenceModel(model, rule, card.segment, scale, path, card, dataset)
     model, info = load_run_model(path, device, which=which)
     data = info.data
     return InferenceModel(
         model,
         resolve_count_rule(threshold, path, which),
         INFERENCE,
+        ONE_PASS,
         path,
         None,
         (data.dataset, data.root, data.max_short_side),
@@ -152,6 +157,7 @@ def export_run(
     description: str = "",
     which: str = "teacher",
     dtype: str = "float32",
+    scale: ScaleRule | None = None,
 ) -> Path:
     """Write the ``which`` network of a training run as a model folder, with the count
     threshold calibrated for it (else 0) and :func:`training_summary`.
@@ -160,6 +166,8 @@ def export_run(
         run_path: a run folder, its ``checkpoints/`` or ``best/``, or a weights file in it.
         out: the model folder to write.
         name: the model's name (default: ``out``'s folder name).
+        scale: the card's :class:`~xmask.inference.scale.ScaleRule` (default: the adaptive
+            rule, :class:`ScaleRule` ``()``).
 
     Raises:
         CheckpointError: not a loadable run.
@@ -171,6 +179,7 @@ def export_run(
         architecture=dataclasses.replace(info.model, weights=None),
         **ModelCard.rule_fields(resolve_count_rule("auto", run_path, which)),
         segment=INFERENCE,
+        scale=ScaleRule() if scale is None else scale,
         description=description,
         training=training_summary(run_path, which),
     )

@@ -5,7 +5,9 @@ A model folder ``MODEL/`` holds two files:
 - ``model.json``: ``format`` (:data:`FORMAT`), ``name``, ``description``, ``architecture``
   (:class:`~xmask.models.model.ModelConfig`), ``count_threshold`` (logit; with optional
   ``count_split`` and ``count_dense_threshold``, a two-regime rule), ``segment``
-  (:class:`~xmask.segment.instances.SegmentConfig`, Eq. 11–12 at inference), ``training``
+  (:class:`~xmask.segment.instances.SegmentConfig`, Eq. 11–12 at inference), ``scale``
+  (optional, :class:`~xmask.inference.scale.ScaleRule`: how the network input is sized; a card
+  without it runs the image as it is, in one pass), ``training``
   (dataset, labeled list, label fraction, images, recipe, run, step, seconds), ``metrics``
   (``"DATASET-SPLIT"`` → the figures of ``xmask evaluate --record``), ``weights`` (file name,
   SHA-256, dtype, tensor count), ``xmask_version`` and ``created``;
@@ -42,6 +44,7 @@ from xmask.data.image_io import atomic_write_bytes
 from xmask.errors import XmaskError
 from xmask.inference.checkpoint import CheckpointError, load_tensors, write_json
 from xmask.inference.count_rule import CountRule
+from xmask.inference.scale import ScaleRule
 from xmask.models.model import ModelConfig, build_model
 from xmask.segment.instances import SegmentConfig
 
@@ -82,6 +85,7 @@ class ModelCard:
         count_split: heads per 10,000 px above which an image is dense, or None.
         count_dense_threshold: the threshold of dense images, or None.
         segment: constants of Eq. 11–12 and of the smoothing at inference.
+        scale: how the network input is sized from the image (None: as it is, one pass).
         description: one line for people.
         training: how it was trained (dataset, labeled list, label fraction, ...).
         metrics: ``"DATASET-SPLIT"`` → figures measured on the shipped weights.
@@ -96,6 +100,7 @@ class ModelCard:
     count_split: float | None = None
     count_dense_threshold: float | None = None
     segment: SegmentConfig = field(default_factory=SegmentConfig)
+    scale: ScaleRule | None = None
     description: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -213,6 +218,7 @@ def read_model_card(folder: str | Path) -> ModelCard:
             count_split=_optional_float(content.get("count_split")),
             count_dense_threshold=_optional_float(content.get("count_dense_threshold")),
             segment=SegmentConfig(**content["segment"]),
+            scale=None if content.get("scale") is None else ScaleRule(**content["scale"]),
             description=str(content.get("description", "")),
             training=dict(content.get("training", {})),
             metrics=dict(content.get("metrics", {})),

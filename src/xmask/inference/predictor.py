@@ -61,22 +61,22 @@ from xmask.data.image_io import load_image, to_rgb_array
 from xmask.device import resolve_device
 from xmask.errors import UsageError
 from xmask.geometry.circles import check_points
+from xmask.geometry.points import pixel_of
 from xmask.inference.count_rule import CountRule, as_count_rule
 from xmask.inference.loading import load_inference_model
 from xmask.inference.prediction import Prediction
-from xmask.inference.tiling import (
-    MAX_PIXELS,
-    OVERLAP,
-    TILE,
-    check_tiling,
-    image_tensor,
-    predict_outputs,
+from xmask.inference.scale import (
+    ONE_PASS,
+    ScaledOutputs,
+    ScaleRule,
+    adaptive_outputs,
+    resolve_scale,
 )
+from xmask.inference.tiling import MAX_PIXELS, OVERLAP, TILE, check_tiling
 from xmask.models.count_head import COUNT_STRIDE, DecodedPoints, decode_points
 from xmask.models.fusion import inference_copy
 from xmask.segment.instances import INFERENCE, SegmentConfig
 from xmask.segment.windows import CORE, TableBuffer, segment_in_windows
-from xmask.types import ModelOutput
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +121,14 @@ class ImageFeatures:
 
     Attributes:
         image: the ``H×W×3 uint8`` RGB input.
-        outputs: the network's stride-4 logits (``1×1×h×w``) and, with a mask head, its
-            embedding (``1×D×h×w``).
-        tiles: network tiles run (1: whole image).
-        network_s: seconds in the network.
+        scaled: the network's stride-4 logits (``1×1×h×w``) and, with a mask head, its
+            embedding (``1×D×h×w``), for the network input at the scale the predictor's
+            :class:`~xmask.inference.scale.ScaleRule` chose.
+        network_s: seconds in the network (every pass).
     """
 
     image: np.ndarray
-    outputs: ModelOutput
-    tiles: int
+    scaled: ScaledOutputs
     network_s: float
 
     @property
@@ -137,6 +136,37 @@ class ImageFeatures:
         """``(H, W)`` of the image."""
         height, width = self.image.shape[:2]
         return int(height), int(width)
+
+    @property
+    def tiles(self) -> int:
+        """Network tiles of the final pass (1: the whole input at once)."""
+        return self.scaled.tiles
+
+
+def labels_to_size(
+    labels: np.ndarray, size: tuple[int, int], points: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A label map of the network input brought to the image's ``size = (H, W)``: each image
+    pixel takes the label under its centre (nearest, the grid of :mod:`xmask.geometry.points`),
+    then every head's point pixel is given back to it (lowest index first where two share one).
+
+    Args:
+        labels: ``h×w int32`` label map of the network input.
+        points: ``N×2`` ``(x, y)`` heads in image pixels (label ``k`` is ``points[k − 1]``).
+
+    Returns:
+        ``(H×W int32 labels, N int64 areas)``.
+    """
+    h, w = labels.shape
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.int64), w - 1)
+    out = labels[rows[:, None], cols[None, :]]
+    if len(points):
+        cell = pixel_of(points, size)
+        order = np.arange(len(points))[::-1]
+        out[cell[order, 1], cell[order, 0]] = (order + 1).astype(out.dtype)
+    areas = np.bincount(out.ravel(), minlength=len(points) + 1)[1:].astype(np.int64)
+    return out, areas
 
 
 class Predictor:
@@ -155,6 +185,9 @@ class Predictor:
         overlap: least overlap of neighbouring tiles (a multiple of 16).
         core: side of the windows heads are segmented in (a multiple of 4;
             :mod:`xmask.segment.windows`).
+        scale: how the network input is sized from the image
+            (:class:`~xmask.inference.scale.ScaleRule`; default: the image as it is, one pass;
+            :meth:`load` takes the model folder's rule).
 
     Raises:
         ValueError: bad tiling arguments.
@@ -172,6 +205,7 @@ class Predictor:
         tile: int = TILE,
         overlap: int = OVERLAP,
         core: int = CORE,
+        scale: ScaleRule = ONE_PASS,
     ) -> None:
         check_tiling(tile, overlap)
         if core <= 0 or core % COUNT_STRIDE:
@@ -182,6 +216,7 @@ class Predictor:
         self.segment_config = segment
         self.max_pixels, self.tile, self.overlap = max_pixels, tile, overlap
         self.core = core
+        self.scale = scale
         self._buffer = TableBuffer()
         self.source: Path | None = None
         """The model folder or run it was loaded from (:meth:`load`), else None."""
@@ -195,6 +230,7 @@ class Predictor:
         device: str | torch.device = "auto",
         which: str = "teacher",
         threshold: str | float = "auto",
+        scale: str | ScaleRule = "auto",
         **kwargs: Any,
     ) -> Predictor:
         """A predictor for a model folder, a registered model name or a training run
@@ -207,6 +243,8 @@ class Predictor:
             which: ``"teacher"`` or ``"student"`` (runs only).
             threshold: a logit, or ``"auto"``: the model folder's threshold, or the
                 calibration stored for a run's weights, else 0.
+            scale: a :class:`~xmask.inference.scale.ScaleRule`, or ``"auto"`` (the model
+                folder's rule; a run's: one pass), ``"off"`` or ``"adaptive"``.
             kwargs: the other arguments of :class:`Predictor` (``segment`` defaults to the
                 model folder's).
 
@@ -218,7 +256,8 @@ class Predictor:
         resolved = device if isinstance(device, torch.device) else resolve_device(device)
         loaded = load_inference_model(model, resolved, which, threshold)
         kwargs.setdefault("segment", loaded.segment)
-        predictor = cls(loaded.model, resolved, loaded.count_rule, **kwargs)
+        rule = resolve_scale(scale, loaded.scale) if isinstance(scale, str) else scale
+        predictor = cls(loaded.model, resolved, loaded.count_rule, scale=rule, **kwargs)
         predictor.source = loaded.source
         return predictor
 
@@ -240,29 +279,36 @@ class Predictor:
         array = as_rgb_array(image)
         with torch.inference_mode():
             start = time.perf_counter()
-            out, tiles = predict_outputs(
+            scaled = adaptive_outputs(
                 self.model,
-                image_tensor(array, self.device),
+                array,
+                self.device,
+                self.scale,
+                self.count_rule,
                 max_pixels=self.max_pixels,
                 tile=self.tile,
                 overlap=self.overlap,
             )
             self._synchronize()
-        self.features = ImageFeatures(array, out, tiles, time.perf_counter() - start)
+        self.features = ImageFeatures(array, scaled, time.perf_counter() - start)
         return self.features
 
-    def predict(self) -> Prediction:
+    def predict(self, masks: bool = True) -> Prediction:
         """Count, points and (with a mask head) masks of the heads the network finds in the
         image of the last :meth:`set_image`.
+
+        Args:
+            masks: segment the heads (False: count and points only, ``labels`` None).
 
         Raises:
             UsageError: no image set.
         """
         features = self._features()
         decoded = self._decoded(features)
-        points = inside_points(decoded.points.cpu().numpy(), features.size)
+        inside = inside_points(decoded.points.cpu().numpy(), features.scaled.size)
+        points = features.scaled.to_original(inside)
         scores = decoded.scores.cpu().numpy().astype(np.float32)
-        return self._segmented(features, points, scores, len(decoded))
+        return self._segmented(features, points, scores, len(decoded), masks)
 
     def segment(self, points: np.ndarray, scores: np.ndarray | None = None) -> Prediction:
         """Masks of heads the caller gives (e.g. ground-truth points or a click) in the image
@@ -313,29 +359,39 @@ class Predictor:
 
     def _decoded(self, features: ImageFeatures) -> DecodedPoints:
         """The cells the count rule selects."""
-        logits = features.outputs.logits
-        threshold = self.count_rule.threshold_for(logits, features.size[0] * features.size[1])
-        return decode_points(logits, threshold)[0]
+        logits, (h, w) = features.scaled.outputs.logits, features.scaled.size
+        return decode_points(logits, self.count_rule.threshold_for(logits, h * w))[0]
 
     def _segmented(
-        self, features: ImageFeatures, points: np.ndarray, scores: np.ndarray, count: int
+        self,
+        features: ImageFeatures,
+        points: np.ndarray,
+        scores: np.ndarray,
+        count: int,
+        masks: bool = True,
     ) -> Prediction:
-        """The :class:`Prediction` of one head set (``N×2`` ``(x, y)`` points, ``N`` scores)."""
+        """The :class:`Prediction` of one head set (``N×2`` ``(x, y)`` image pixels, ``N``
+        scores), segmented on the network input and brought to the image's size."""
         start = time.perf_counter()
         labels = areas = None
-        embedding = features.outputs.embedding
-        if embedding is not None:
+        scaled = features.scaled
+        embedding = scaled.outputs.embedding
+        if embedding is not None and masks:
+            on_input = points if scaled.size == features.size else scaled.to_input(points)
+            on_input = np.minimum(on_input, np.array([scaled.size[1], scaled.size[0]], np.float32))
             with torch.inference_mode():
                 instances = segment_in_windows(
                     embedding[0],
-                    features.size,
-                    points,
+                    scaled.size,
+                    on_input,
                     scores,
                     self.segment_config,
                     self.core,
                     self._buffer,
                 )
             labels, areas = instances.labels, instances.area
+            if scaled.size != features.size:
+                labels, areas = labels_to_size(labels, features.size, points)
         return Prediction(
             count=count,
             points=points,

@@ -1,0 +1,213 @@
+"""Scale-adaptive inference: the network sees every scene with heads of the sizes it was trained
+on, whatever the resolution of the photo.
+
+A counter trained on ShanghaiTech sees heads of roughly 5–60 px in images of about 1024 px. The
+same scene photographed at 4000 px shows heads four times larger (it fires several times on one
+head, and on leaves and pavement), and a far, dense crowd shows heads of a few pixels (it fires
+in cell after cell, a regular lattice, or misses them). :func:`adaptive_outputs` runs the
+network in up to two passes:
+
+1. **Canonical pass**: the image resized so that its longer side is at most ``canonical_side``
+   (never enlarged), so that a photo of a scene gives the same count at any resolution.
+2. **Enlarged pass**, only where the first pass finds heads closer together than
+   ``target_spacing``: the spacing of a crowd is the distance from each predicted head to its
+   nearest neighbour, and a low quantile of it (``quantile``) speaks for the densest part of
+   the image (in a perspective view, the far crowd). The canonical image is then enlarged by
+   ``target_spacing / spacing``, at most ``max_enlarge`` times the original resolution, and the
+   network runs again on it; the counts and points of that pass are the image's.
+
+Images with fewer than ``min_heads`` heads in the first pass keep it (their spacing says little).
+Points come back in pixels of the original image (``(x, y) / scale``). Every constant is chosen
+on held-out training images (``docs/accuracy.md``), never on test images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+from torch import nn
+from torch.nn import functional as nnf
+
+from xmask.inference.count_rule import CountRule
+from xmask.inference.tiling import MAX_PIXELS, OVERLAP, TILE, image_tensor, predict_outputs
+from xmask.models.count_head import decode_points
+from xmask.types import ModelOutput
+
+
+@dataclass(frozen=True)
+class ScaleRule:
+    """How the network input is sized from the image (module docstring).
+
+    Attributes:
+        canonical_side: the first pass shrinks images whose longer side is longer to this many
+            pixels (None: no shrinking, the image as it is).
+        target_spacing: heads closer than this (pixels of the first pass, at ``quantile``)
+            trigger the enlarged pass (None: one pass only).
+        quantile: which quantile of the nearest-neighbour distances is the spacing.
+        min_heads: images with fewer heads in the first pass keep it.
+        max_enlarge: the enlarged pass is at most this many times the original resolution.
+    """
+
+    canonical_side: int | None = 1024
+    target_spacing: float | None = 12.0
+    quantile: float = 0.25
+    min_heads: int = 20
+    max_enlarge: float = 2.0
+
+    def __post_init__(self) -> None:
+        bad = []
+        if self.canonical_side is not None and self.canonical_side < 64:
+            bad.append("canonical_side")
+        if self.target_spacing is not None and not self.target_spacing > 0:
+            bad.append("target_spacing")
+        if not 0.0 <= self.quantile <= 1.0:
+            bad.append("quantile")
+        if self.min_heads < 2:
+            bad.append("min_heads")
+        if not self.max_enlarge >= 1.0:
+            bad.append("max_enlarge")
+        if bad:
+            raise ValueError(f"invalid ScaleRule field(s): {', '.join(bad)}")
+
+    def first_scale(self, size: tuple[int, int]) -> float:
+        """Scale of the canonical pass for an image of ``size = (H, W)`` (at most 1)."""
+        if self.canonical_side is None:
+            return 1.0
+        return min(1.0, self.canonical_side / max(size))
+
+    def enlarged_scale(self, points: np.ndarray, first: float) -> float | None:
+        """Scale of the enlarged pass, or None to keep the first pass.
+
+        Args:
+            points: ``N×2`` ``(x, y)`` heads of the first pass, in its pixels.
+            first: the scale of the first pass (relative to the original image).
+        """
+        if self.target_spacing is None or len(points) < self.min_heads:
+            return None
+        spacing = float(np.quantile(nearest_distances(points), self.quantile))
+        if spacing >= self.target_spacing:
+            return None
+        wanted = first * self.target_spacing / max(spacing, 1e-6)
+        scale = min(wanted, self.max_enlarge)
+        return scale if scale > first * 1.05 else None
+
+
+ONE_PASS = ScaleRule(canonical_side=None, target_spacing=None)
+"""The image as it is, one pass (what xmask did before scale adaptation)."""
+
+
+SCALE_OPTIONS = ("auto", "off", "adaptive")
+"""What ``--scale`` accepts: the model's own rule, one pass at the image's size, or
+:class:`ScaleRule` ``()``."""
+
+
+def resolve_scale(option: str, own: ScaleRule) -> ScaleRule:
+    """The rule a ``--scale`` option names (:data:`SCALE_OPTIONS`), ``own`` for ``"auto"``.
+
+    Raises:
+        ValueError: another option.
+    """
+    rules = {"auto": own, "off": ONE_PASS, "adaptive": ScaleRule()}
+    if option not in rules:
+        raise ValueError(f"scale must be one of {', '.join(SCALE_OPTIONS)}, got {option!r}")
+    return rules[option]
+
+
+def nearest_distances(points: np.ndarray) -> np.ndarray:
+    """Distance from each of ``N >= 2`` points (``N×2``) to its nearest other point."""
+    dist, _ = cKDTree(np.asarray(points, dtype=np.float64)).query(points, k=2)
+    return dist[:, 1]
+
+
+def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """``(H, W)`` of an image of ``size`` resized by ``scale`` (at least 1 pixel)."""
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def resize_tensor(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A ``1×3×H×W`` float image resized to ``size`` (bilinear, antialiased when shrinking)."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    shrinking = size[0] < image.shape[-2] or size[1] < image.shape[-1]
+    resized = nnf.interpolate(
+        image, size=size, mode="bilinear", align_corners=False, antialias=shrinking
+    )
+    return resized.clamp_(0.0, 1.0)
+
+
+@dataclass
+class ScaledOutputs:
+    """The network's outputs for one image at the scale it chose.
+
+    Attributes:
+        outputs: stride-4 logits (and embedding) of the input at ``size``.
+        scale: ``size / original size`` (per axis it may differ by rounding: ``axis_scale``).
+        size: ``(h, w)`` of the network input.
+        original: ``(H, W)`` of the image.
+        tiles: network tiles run in the final pass.
+        passes: 1 or 2.
+    """
+
+    outputs: ModelOutput
+    scale: float
+    size: tuple[int, int]
+    original: tuple[int, int]
+    tiles: int
+    passes: int
+
+    @property
+    def axis_scale(self) -> tuple[float, float]:
+        """``(sx, sy)``: network-input pixels per original pixel along x and y."""
+        return self.size[1] / self.original[1], self.size[0] / self.original[0]
+
+    def to_original(self, points: np.ndarray) -> np.ndarray:
+        """``N×2`` ``(x, y)`` points of the network input in pixels of the original image."""
+        sx, sy = self.axis_scale
+        return (np.asarray(points, dtype=np.float32) / np.array([sx, sy], np.float32)).astype(
+            np.float32
+        )
+
+    def to_input(self, points: np.ndarray) -> np.ndarray:
+        """``N×2`` ``(x, y)`` original pixels in pixels of the network input."""
+        sx, sy = self.axis_scale
+        return (np.asarray(points, dtype=np.float32) * np.array([sx, sy], np.float32)).astype(
+            np.float32
+        )
+
+
+def adaptive_outputs(
+    model: nn.Module,
+    image: np.ndarray,
+    device: torch.device | str,
+    rule: ScaleRule,
+    count_rule: CountRule,
+    *,
+    max_pixels: int | None = MAX_PIXELS,
+    tile: int = TILE,
+    overlap: int = OVERLAP,
+) -> ScaledOutputs:
+    """The network's outputs for one ``H×W×3 uint8`` image at the scale ``rule`` chooses
+    (module docstring). Call under ``torch.inference_mode()`` with the model in eval mode.
+
+    Args:
+        count_rule: decides which cells of the first pass are heads (their spacing).
+        max_pixels: network inputs with more pixels run in tiles (:mod:`xmask.inference.tiling`).
+    """
+    original = (int(image.shape[0]), int(image.shape[1]))
+    full = image_tensor(image, device)
+    tiling = {"max_pixels": max_pixels, "tile": tile, "overlap": overlap}
+    first = rule.first_scale(original)
+    size = scaled_size(original, first)
+    out, tiles = predict_outputs(model, resize_tensor(full, size), **tiling)
+    logits = out.logits
+    threshold = count_rule.threshold_for(logits, size[0] * size[1])
+    points = decode_points(logits, threshold)[0].points.cpu().numpy()
+    enlarged = rule.enlarged_scale(points, first)
+    if enlarged is None:
+        return ScaledOutputs(out, first, size, original, tiles, 1)
+    size = scaled_size(original, enlarged)
+    out, tiles = predict_outputs(model, resize_tensor(full, size), **tiling)
+    return ScaledOutputs(out, enlarged, size, original, tiles, 2)

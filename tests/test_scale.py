@@ -1,0 +1,139 @@
+"""Scale-adaptive inference: the same scene gives the same count at any resolution, dense tiny
+heads get an enlarged pass, and points and masks come back in the image's own pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torch.nn import functional as nnf
+
+from conftest import tiny_model
+from xmask.data.synthetic import make_crowd
+from xmask.geometry.points import pixel_of
+from xmask.inference.count_rule import CountRule
+from xmask.inference.predictor import Predictor, labels_to_size
+from xmask.inference.scale import (
+    ONE_PASS,
+    ScaleRule,
+    adaptive_outputs,
+    nearest_distances,
+    resolve_scale,
+)
+from xmask.types import ModelOutput
+
+
+class DotCounter(nn.Module):
+    """A stand-in counter with no weights: a stride-4 cell is a head where its brightest pixel
+    is bright and no neighbouring cell is brighter, so a bright dot spanning several cells (a
+    head larger than the cells) fires several of them, as a real counter does on oversized
+    heads."""
+
+    def forward(self, images: torch.Tensor, with_embedding: bool = True) -> ModelOutput:
+        grey = images.mean(dim=1, keepdim=True)
+        cells = nnf.max_pool2d(grey, 4, ceil_mode=True)
+        peak = (cells == nnf.max_pool2d(cells, 3, stride=1, padding=1)) & (cells > 0.5)
+        return ModelOutput(logits=torch.where(peak, 5.0, -5.0), embedding=None)
+
+
+def dots(size: tuple[int, int], points: np.ndarray, radius: float) -> np.ndarray:
+    """``H×W×3 uint8``: white discs of ``radius`` on black at ``points`` ``(x, y)``."""
+    rows, cols = np.mgrid[: size[0], : size[1]] + 0.5
+    bright = np.zeros(size, dtype=bool)
+    for x, y in points:
+        bright |= (cols - x) ** 2 + (rows - y) ** 2 <= radius**2
+    return np.repeat(bright[..., None] * np.uint8(255), 3, axis=2)
+
+
+def count(image: np.ndarray, rule: ScaleRule) -> int:
+    with torch.inference_mode():
+        scaled = adaptive_outputs(DotCounter(), image, "cpu", rule, CountRule(0.0))
+    return int((scaled.outputs.logits > 0).sum())
+
+
+SCENE = np.array([[42.0 + 60 * i, 50.0 + 44 * j] for i in range(4) for j in range(3)])
+"""Twelve heads at the centres of stride-4 cells."""
+
+
+def test_the_rule_checks_its_fields() -> None:
+    for bad in (
+        {"canonical_side": 10},
+        {"target_spacing": 0.0},
+        {"quantile": 1.5},
+        {"min_heads": 1},
+        {"max_enlarge": 0.5},
+    ):
+        with pytest.raises(ValueError, match="invalid ScaleRule"):
+            ScaleRule(**bad)
+    assert ScaleRule().first_scale((3000, 4000)) == pytest.approx(1024 / 4000)
+    assert ScaleRule().first_scale((768, 1024)) == 1.0 and ONE_PASS.first_scale((9, 9999)) == 1.0
+    assert resolve_scale("off", ScaleRule()) == ONE_PASS
+    assert resolve_scale("auto", ONE_PASS) == ONE_PASS
+    with pytest.raises(ValueError, match="scale must be one of"):
+        resolve_scale("big", ONE_PASS)
+
+
+def test_enlarged_pass_only_for_crowds_denser_than_the_target() -> None:
+    rule = ScaleRule(target_spacing=12.0, min_heads=4, max_enlarge=2.0)
+    grid = np.array([[x, y] for x in range(0, 60, 6) for y in range(0, 60, 6)], np.float32)
+    np.testing.assert_allclose(nearest_distances(grid), 6.0)
+    assert rule.enlarged_scale(grid, 1.0) == pytest.approx(2.0)  # 12 / 6
+    assert rule.enlarged_scale(grid, 0.25) == pytest.approx(0.5)  # relative to the first pass
+    assert rule.enlarged_scale(grid * 3, 1.0) is None  # spacing 18: sparse enough
+    assert rule.enlarged_scale(grid[:3], 1.0) is None  # too few heads to say
+    assert ScaleRule(target_spacing=12.0, min_heads=4, max_enlarge=1.5).enlarged_scale(
+        grid, 1.0
+    ) == pytest.approx(1.5)
+
+
+def test_the_same_scene_counts_the_same_at_any_resolution() -> None:
+    rule = ScaleRule(canonical_side=320, target_spacing=None)
+    base = dots((240, 320), SCENE, radius=2.0)
+    assert count(base, rule) == count(base, ONE_PASS) == len(SCENE)
+    for factor in (2, 3, 4):
+        big = np.asarray(Image.fromarray(base).resize((320 * factor, 240 * factor)))
+        assert count(big, rule) == len(SCENE), factor  # shrunk back: one cell per dot
+        assert count(big, ONE_PASS) > len(SCENE), factor  # as it is: oversized dots fire twice
+
+
+def test_dense_tiny_heads_are_enlarged_and_points_come_back_in_image_pixels() -> None:
+    grid = np.array([[3.0 + 4 * i, 3.0 + 4 * j] for i in range(12) for j in range(10)])
+    image = dots((44, 52), grid, radius=0.8)
+    rule = ScaleRule(canonical_side=None, target_spacing=10.0, min_heads=4, max_enlarge=3.0)
+    with torch.inference_mode():
+        scaled = adaptive_outputs(DotCounter(), image, "cpu", rule, CountRule(0.0))
+    assert scaled.passes == 2 and scaled.scale == pytest.approx(2.5)
+    assert scaled.size == (110, 130) and scaled.original == (44, 52)
+    back = scaled.to_original(scaled.to_input(grid.astype(np.float32)))
+    np.testing.assert_allclose(back, grid, atol=1e-4)
+
+
+@pytest.mark.parametrize("rule", [ScaleRule(canonical_side=64), ScaleRule(target_spacing=40.0)])
+def test_predictor_masks_and_points_are_in_the_image_pixels(rule: ScaleRule) -> None:
+    crowd = make_crowd(70, 98, 14, seed=3)
+    predictor = Predictor(tiny_model(), "cpu", scale=rule)
+    features = predictor.set_image(crowd.image)
+    assert features.scaled.size != (70, 98)  # the rule resized the input
+    own = predictor.predict()
+    given = predictor.segment(crowd.points)
+    for prediction in (own, given):
+        assert prediction.size == (70, 98) and prediction.labels.shape == (70, 98)
+        n = len(prediction.points)
+        assert (prediction.points[:, 0] <= 98).all() and (prediction.points[:, 1] <= 70).all()
+        cols, rows = pixel_of(prediction.points, prediction.size).T
+        np.testing.assert_array_equal(prediction.labels[rows, cols], np.arange(1, n + 1))
+        counts = np.bincount(prediction.labels.ravel(), minlength=n + 1)[1:]
+        np.testing.assert_array_equal(counts, prediction.areas)
+    np.testing.assert_array_equal(given.points, crowd.points)
+
+
+def test_labels_to_size_takes_the_label_under_each_pixel_centre() -> None:
+    small = np.array([[0, 1], [2, 0]], np.int32)
+    big, areas = labels_to_size(small, (4, 4), np.array([[1.0, 3.0], [3.0, 0.5]], np.float32))
+    expected = np.array([[0, 0, 1, 2], [0, 0, 1, 1], [2, 2, 0, 0], [2, 1, 0, 0]], np.int32)
+    # each 2×2 block copies one input pixel; then point 1 (1, 3) and point 2 (3, 0.5) get
+    # their own pixels back
+    np.testing.assert_array_equal(big, expected)
+    np.testing.assert_array_equal(areas, [4, 4])
