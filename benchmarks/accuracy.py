@@ -7,8 +7,9 @@ variant goes to ``WORK/LABEL/PART-VARIANT.jsonl`` (resumable: images already the
 true and predicted counts, the scale the predictor chose, the median nearest-neighbour distance
 of the true heads (the image's head size), localisation at 4 and 8 px, per-head recall by head
 size, and the lattice blocks (below). ``resolution`` counts SHB test ``IMG_1`` (and SHA test
-``IMG_1``) resized to 1024, 2048, 3000 and 4000 px wide. ``report`` (``benchmarks/
-accuracy_report.py``) turns the runs into ``docs/accuracy.md``.
+``IMG_1``) resized to 1024, 2048, 3000 and 4000 px wide. ``gallery`` writes overlays (masks,
+points, count) of a run's worst ``x1`` images. ``benchmarks/accuracy_report.py`` turns the runs
+into ``docs/accuracy.md``.
 
 Lattice detector
     The network input is cut into blocks of 32×32 px (8×8 stride-4 cells). A block is a
@@ -111,7 +112,7 @@ def measure(predictor: Predictor, sample: Sample, name: str) -> dict[str, Any]:
     matched[found] = True
     return {
         "name": sample.name,
-        "gt": int(len(gt)),
+        "gt": len(gt),
         "pred": int(prediction.count),
         "size": [int(image.shape[0]), int(image.shape[1])],
         "scale": float(scaled.scale),
@@ -210,10 +211,30 @@ def resolution(args: argparse.Namespace) -> None:
     (folder / "resolution.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
 
 
+def gallery(args: argparse.Namespace) -> None:
+    folder = Path(args.work) / args.label
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    predictor = load_predictor(args)
+    ranked = []
+    for part in PARTS:
+        path = folder / f"{part}-x1.jsonl"
+        if path.is_file():
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+            ranked += [(abs(r["pred"] - r["gt"]) / max(r["gt"], 1), part, r) for r in rows]
+    ranked.sort(key=lambda item: -item[0])
+    for _, part, row in ranked[: args.worst]:
+        sample = open_dataset(part, args.root, "test", names=[row["name"]])[0]
+        overlay = predictor(sample.image).overlay()
+        name = f"{part}-{Path(row['name']).stem}-true{row['gt']}-pred{row['pred']}.jpg"
+        Image.fromarray(overlay).save(out / name, quality=90)
+        print(out / name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in ("run", "resolution"):
+    for command in ("run", "resolution", "gallery"):
         one = sub.add_parser(command)
         one.add_argument("--label", required=True, help="name of this model's results")
         one.add_argument("--model", help="model name, folder or run (default: the shipped one)")
@@ -226,8 +247,11 @@ def main() -> None:
         if command == "run":
             one.add_argument("--parts", default="shb,sha")
             one.add_argument("--variants", default=",".join(VARIANTS))
+        if command == "gallery":
+            one.add_argument("--out", required=True, help="folder for the overlays")
+            one.add_argument("--worst", type=int, default=8)
     args = parser.parse_args()
-    {"run": run, "resolution": resolution}[args.command](args)
+    {"run": run, "resolution": resolution, "gallery": gallery}[args.command](args)
 
 
 if __name__ == "__main__":
