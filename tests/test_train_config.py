@@ -33,7 +33,8 @@ def test_every_shipped_recipe_loads() -> None:
         if name.endswith("-gpu") and name not in ("paper-gpu", "stage2-gpu", "stage3-gpu"):
             assert cfg.model.backbone == "vgg16_bn" and cfg.schedule.epochs == 1500
             assert cfg.name == name and cfg.data.labeled == name.removesuffix("-gpu")
-        if name.endswith("-cpu") and name not in ("stage2-cpu", "stage3-cpu", "pipeline-cpu"):
+        layers = ("stage2-cpu", "stage3-cpu", "pipeline-cpu", "robust-cpu")
+        if name.endswith("-cpu") and name not in layers:
             assert cfg.model.backbone == "efficientnet_lite0" and cfg.name == name
 
 
