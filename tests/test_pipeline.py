@@ -148,3 +148,26 @@ def test_a_time_budget_ends_training_after_the_step_that_spends_it(crowd: Path) 
     assert state["step"] == 1 and state["epoch"] == 1 and state["seconds"] > 0
     assert main(["train", *overrides, "calibrate=false", "--resume"]) == EXIT_OK
     assert load_checkpoint(crowd / "runs" / "budget" / "checkpoints").state["step"] == 1
+
+
+def test_a_pipeline_with_stage4_adds_the_offset_head_last(crowd: Path) -> None:
+    overrides = [
+        *tiny_train_overrides(crowd, "four"),
+        "schedule.epochs=1",
+        "schedule.steps_per_epoch=2",
+        "stage2.model.mask_channels=8",
+        "pipeline.stage4=[stage4-cpu]",
+        "stage4.schedule.epochs=1",
+        "stage4.schedule.steps_per_epoch=2",
+    ]
+    assert main(["train", "--pipeline", "shb-40-cpu-pipeline", *overrides]) == EXIT_OK
+    root = crowd / "runs" / "four"
+    parts = json.loads((root / "pipeline.json").read_text())["parts"]
+    assert list(parts)[:5] == ["stage1", "annotations", "stage2", "stage3", "stage4"]
+    stage4 = (root / "stage4" / "config.yaml").read_text()
+    assert f"init: {root / 'stage3'}" in stage4 and "offset_head: true" in stage4
+    calibration = [
+        json.loads((root / stage / "checkpoints" / "calibration.json").read_text())["teacher"]
+        for stage in ("stage3", "stage4")
+    ]
+    assert calibration[1]["threshold"] == calibration[0]["threshold"]  # the counter is Stage 3's

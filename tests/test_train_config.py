@@ -19,7 +19,8 @@ def test_every_shipped_recipe_loads() -> None:
             assert f"{dataset}-{percent}-cpu" in names
     for name in names:
         cfg = load_config(name)
-        assert cfg.stage == (3 if "stage3" in name else 2 if "stage2" in name else 1)
+        stages = [n for n in (4, 3, 2) if f"stage{n}" in name]
+        assert cfg.stage == (stages[0] if stages else 1)
         assert isinstance(cfg, TrainConfig)
         if name == "shanghaitech-cpu-pipeline":  # the shipped model's: every image labeled
             assert cfg.data.labeled == "all" and not cfg.pipeline.baseline
@@ -33,7 +34,7 @@ def test_every_shipped_recipe_loads() -> None:
         if name.endswith("-gpu") and name not in ("paper-gpu", "stage2-gpu", "stage3-gpu"):
             assert cfg.model.backbone == "vgg16_bn" and cfg.schedule.epochs == 1500
             assert cfg.name == name and cfg.data.labeled == name.removesuffix("-gpu")
-        layers = ("stage2-cpu", "stage3-cpu", "pipeline-cpu", "robust-cpu")
+        layers = ("stage2-cpu", "stage3-cpu", "stage4-cpu", "pipeline-cpu", "robust-cpu")
         if name.endswith("-cpu") and name not in layers:
             assert cfg.model.backbone == "efficientnet_lite0" and cfg.name == name
 

@@ -14,7 +14,8 @@ from xmask.cli import EXIT_ERROR, EXIT_OK, main
 from xmask.data.synthetic import make_crowd_folder
 from xmask.train.config import load_config
 from xmask.train.run_folder import load_trained_model
-from xmask.train.stages.mask import freeze_except
+from xmask.train.stages.base import freeze_except
+from xmask.train.stages.mask import TRAINABLE
 
 STAGE2 = ["stage=2", "model.mask_channels=8", "schedule.steps_per_epoch=2", "schedule.epochs=2"]
 STAGE2 += ["teacher.warmup_epochs=0"]  # the unlabeled branch opens in the second epoch
@@ -91,13 +92,13 @@ def test_freeze_except() -> None:
 
     cfg = load_config(None, ["model.weights=null", "model.mask_head=true"])
     model = build_model(cfg.model)
-    frozen = freeze_except(model, ["mask_head"])
+    frozen = freeze_except(model, ["mask_head"], TRAINABLE)
     assert model.mask_head is not None
     assert all(p.requires_grad for p in model.mask_head.parameters())
     assert not any(p.requires_grad for m in frozen for p in m.parameters())
     assert len(frozen) == 3
     with pytest.raises(Exception, match="subset"):
-        freeze_except(model, ["backbone"])
+        freeze_except(model, ["backbone"], TRAINABLE)
 
 
 def test_stage2_resume_reproduces_the_straight_run(stage1: Path) -> None:

@@ -76,7 +76,10 @@ class ModelOutput:
             threshold (0, or a calibrated value: :mod:`xmask.inference.calibration`) counts one
             head.
         embedding: ``B×D×h'×w'`` L2-normalised mask embedding, or None without a mask head.
+        offsets: ``B×2×h×w`` ``(dx, dy)`` pixels from each cell centre to its head point, or
+            None without an offset head (points are then the cell centres).
     """
 
     logits: torch.Tensor
     embedding: torch.Tensor | None = None
+    offsets: torch.Tensor | None = None

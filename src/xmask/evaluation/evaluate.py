@@ -30,6 +30,7 @@ from xmask.data.readers import CrowdDataset
 from xmask.errors import DataError
 from xmask.inference import tiling
 from xmask.inference.count_rule import CountRule, as_count_rule
+from xmask.inference.decode import decode_heads
 from xmask.inference.scale import ONE_PASS, ScaleRule, adaptive_outputs
 from xmask.metrics.counting import mae, rmse
 from xmask.metrics.localisation import (
@@ -38,7 +39,6 @@ from xmask.metrics.localisation import (
     localisation_counts,
     threshold_key,
 )
-from xmask.models.count_head import decode_points
 from xmask.models.fusion import inference_copy
 from xmask.types import Sample
 
@@ -191,9 +191,7 @@ def evaluate_sample(
     scaled = adaptive_outputs(
         model, sample.image, device, scale, rule, max_pixels=max_pixels, tile=tile, overlap=overlap
     )
-    logits, (h, w) = scaled.outputs.logits, scaled.size
-    found = decode_points(logits, rule.threshold_for(logits, h * w))[0].points.cpu().numpy()
-    pred = scaled.to_original(found)
+    pred = scaled.to_original(decode_heads(scaled.outputs, scaled.size, rule).points)
     tiles = scaled.tiles
     # Distances in the original image's pixels: both point sets shrank by sample.scale.
     matches = localisation_counts(pred / sample.scale, sample.points / sample.scale, thresholds)

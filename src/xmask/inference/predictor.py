@@ -63,6 +63,7 @@ from xmask.errors import UsageError
 from xmask.geometry.circles import check_points
 from xmask.geometry.points import pixel_of
 from xmask.inference.count_rule import CountRule, as_count_rule
+from xmask.inference.decode import Heads, decode_heads
 from xmask.inference.loading import load_inference_model
 from xmask.inference.prediction import Prediction
 from xmask.inference.scale import (
@@ -73,7 +74,7 @@ from xmask.inference.scale import (
     resolve_scale,
 )
 from xmask.inference.tiling import MAX_PIXELS, OVERLAP, TILE, check_tiling
-from xmask.models.count_head import COUNT_STRIDE, DecodedPoints, decode_points
+from xmask.models.count_head import COUNT_STRIDE
 from xmask.models.fusion import inference_copy
 from xmask.segment.instances import INFERENCE, SegmentConfig
 from xmask.segment.windows import CORE, TableBuffer, segment_in_windows
@@ -105,14 +106,6 @@ def as_rgb_array(image: ImageInput) -> np.ndarray:
             raise UsageError(f"image array must be H×W×3 uint8, got {image.shape} {image.dtype}")
         return image
     raise UsageError(f"expected an image array, PIL image or path, got {type(image).__name__}")
-
-
-def inside_points(centres: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Cell centres → head points inside the image: a cell cut by the right or bottom border
-    gets the centre of its part inside the image (``N×2 float32`` ``(x, y)``)."""
-    half = COUNT_STRIDE / 2.0
-    limit = np.array([size[1], size[0]], dtype=np.float32)
-    return ((centres - half + np.minimum(centres + half, limit)) / 2.0).astype(np.float32)
 
 
 @dataclass
@@ -304,11 +297,9 @@ class Predictor:
             UsageError: no image set.
         """
         features = self._features()
-        decoded = self._decoded(features)
-        inside = inside_points(decoded.points.cpu().numpy(), features.scaled.size)
-        points = features.scaled.to_original(inside)
-        scores = decoded.scores.cpu().numpy().astype(np.float32)
-        return self._segmented(features, points, scores, len(decoded), masks)
+        heads = self._heads(features)
+        points = features.scaled.to_original(heads.points)
+        return self._segmented(features, points, heads.scores, len(heads), masks)
 
     def segment(self, points: np.ndarray, scores: np.ndarray | None = None) -> Prediction:
         """Masks of heads the caller gives (e.g. ground-truth points or a click) in the image
@@ -330,7 +321,7 @@ class Predictor:
             raise ValueError(f"points must be N×2 (x, y), got shape {np.shape(points)}")
         pts = check_points(points, features.size)
         given = np.ones(len(pts), np.float32) if scores is None else np.asarray(scores, np.float32)
-        count = len(self._decoded(features))
+        count = len(self._heads(features))
         return self._segmented(features, pts, given.reshape(len(pts)), count)
 
     def __call__(self, image: ImageInput) -> Prediction:
@@ -357,10 +348,10 @@ class Predictor:
             raise UsageError("no image set: call set_image(image) first")
         return self.features
 
-    def _decoded(self, features: ImageFeatures) -> DecodedPoints:
-        """The cells the count rule selects."""
-        logits, (h, w) = features.scaled.outputs.logits, features.scaled.size
-        return decode_points(logits, self.count_rule.threshold_for(logits, h * w))[0]
+    def _heads(self, features: ImageFeatures) -> Heads:
+        """The heads the count rule selects, in pixels of the network input."""
+        scaled = features.scaled
+        return decode_heads(scaled.outputs, scaled.size, self.count_rule)
 
     def _segmented(
         self,

@@ -32,8 +32,8 @@ from torch import nn
 from torch.nn import functional as nnf
 
 from xmask.inference.count_rule import CountRule
+from xmask.inference.decode import decode_heads
 from xmask.inference.tiling import MAX_PIXELS, OVERLAP, TILE, image_tensor, predict_outputs
-from xmask.models.count_head import decode_points
 from xmask.types import ModelOutput
 
 
@@ -202,10 +202,7 @@ def adaptive_outputs(
     first = rule.first_scale(original)
     size = scaled_size(original, first)
     out, tiles = predict_outputs(model, resize_tensor(full, size), **tiling)
-    logits = out.logits
-    threshold = count_rule.threshold_for(logits, size[0] * size[1])
-    points = decode_points(logits, threshold)[0].points.cpu().numpy()
-    enlarged = rule.enlarged_scale(points, first)
+    enlarged = rule.enlarged_scale(decode_heads(out, size, count_rule).points, first)
     if enlarged is None:
         return ScaledOutputs(out, first, size, original, tiles, 1)
     size = scaled_size(original, enlarged)

@@ -116,10 +116,11 @@ def image_tensor(image: np.ndarray, device: torch.device | str) -> torch.Tensor:
 
 
 def forward_checked(model: nn.Module, images: torch.Tensor) -> ModelOutput:
-    """One network call, with the logit (and embedding) grids checked against the input."""
+    """One network call, with the logit (embedding, offset) grids checked against the input."""
     out = model(images)
     grid = tuple(math.ceil(s / COUNT_STRIDE) for s in images.shape[-2:])
-    for name, tensor in (("logit", out.logits), ("embedding", out.embedding)):
+    maps = (("logit", out.logits), ("embedding", out.embedding), ("offset", out.offsets))
+    for name, tensor in maps:
         if tensor is not None and tuple(tensor.shape[-2:]) != grid:
             raise ValueError(
                 f"model returned a {tuple(tensor.shape[-2:])} {name} grid for a "
@@ -131,8 +132,9 @@ def forward_checked(model: nn.Module, images: torch.Tensor) -> ModelOutput:
 def tiled_outputs(
     model: nn.Module, image: torch.Tensor, tile: int = TILE, overlap: int = OVERLAP
 ) -> tuple[ModelOutput, int]:
-    """Logits (and embedding, for a model with a mask head) of a large image assembled from
-    overlapping tiles (module docstring: every stride-4 cell comes from exactly one tile).
+    """Logits (and embedding and offsets, for a model with those heads) of a large image
+    assembled from overlapping tiles (module docstring: every stride-4 cell comes from exactly
+    one tile).
 
     Args:
         model: maps ``1×3×h×w`` to :class:`~xmask.types.ModelOutput` on the stride-4 grid.
@@ -141,28 +143,33 @@ def tiled_outputs(
         overlap: least overlap of neighbouring tiles in pixels.
 
     Returns:
-        (``ModelOutput`` with ``1×1×ceil(H/4)×ceil(W/4)`` logits and, if the model has one,
-        the ``1×D×…`` embedding; number of tiles run).
+        (``ModelOutput`` with ``1×1×ceil(H/4)×ceil(W/4)`` logits and, if the model has them,
+        the ``1×D×…`` embedding and ``1×2×…`` offsets; number of tiles run).
     """
     height, width = image.shape[-2:]
     rows, cols = tile_spans(height, tile, overlap), tile_spans(width, tile, overlap)
     grid = (math.ceil(height / COUNT_STRIDE), math.ceil(width / COUNT_STRIDE))
-    logits: torch.Tensor | None = None
-    embedding: torch.Tensor | None = None
+    names = ("logits", "embedding", "offsets")
+    whole: dict[str, torch.Tensor | None] = {}
     for r in rows:
         image_rows, tile_rows = cell_slices(r)
         for c in cols:
             image_cols, tile_cols = cell_slices(c)
             part = forward_checked(model, image[..., r.start : r.end, c.start : c.end])
-            if logits is None:
-                logits = part.logits.new_empty((1, 1, *grid))
-                if part.embedding is not None:
-                    embedding = part.embedding.new_empty((1, part.embedding.shape[1], *grid))
-            logits[..., image_rows, image_cols] = part.logits[..., tile_rows, tile_cols]
-            if embedding is not None and part.embedding is not None:
-                embedding[..., image_rows, image_cols] = part.embedding[..., tile_rows, tile_cols]
+            for name in names:
+                piece = getattr(part, name)
+                if piece is None:
+                    whole[name] = None
+                    continue
+                if name not in whole:
+                    whole[name] = piece.new_empty((1, piece.shape[1], *grid))
+                target = whole[name]
+                assert target is not None
+                target[..., image_rows, image_cols] = piece[..., tile_rows, tile_cols]
+    logits = whole["logits"]
     assert logits is not None
-    return ModelOutput(logits=logits, embedding=embedding), len(rows) * len(cols)
+    out = ModelOutput(logits=logits, embedding=whole["embedding"], offsets=whole["offsets"])
+    return out, len(rows) * len(cols)
 
 
 def cell_slices(span: Span) -> tuple[slice, slice]:

@@ -87,11 +87,15 @@ class P2RResult:
         loss: scalar ``float32`` tensor on the logits' device, differentiable w.r.t. the logits.
         positives: number of positive cells in the batch (= points that own a cell).
         unmatched_points: points in the batch that own no cell and so got no positive.
+        positive_cells: ``P int64`` the positive cells, numbered ``b·h·w + i·w + j``.
+        positive_points: ``P×2 float32`` ``(x, y)`` the head point of each positive cell.
     """
 
     loss: torch.Tensor
     positives: int
     unmatched_points: int
+    positive_cells: torch.Tensor | None = None
+    positive_points: torch.Tensor | None = None
 
 
 def cell_validity(valid: torch.Tensor, grid: tuple[int, int], stride: int = 4) -> torch.Tensor:
@@ -245,4 +249,12 @@ def p2r_loss(
         weight = weight * cell_validity(valid, (h, w), cfg.stride).to(device).reshape(-1)
 
     loss = nnf.binary_cross_entropy_with_logits(x, target, weight=weight, reduction="mean")
-    return P2RResult(loss, positives=found.owned, unmatched_points=n_points - found.owned)
+    chosen = positive > 0
+    flat = torch.cat([p.detach().reshape(-1, 2) for p in points]).to(device, f32)
+    return P2RResult(
+        loss,
+        positives=found.owned,
+        unmatched_points=n_points - found.owned,
+        positive_cells=cell[chosen],
+        positive_points=flat[owner[chosen]],
+    )

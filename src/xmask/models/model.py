@@ -19,6 +19,7 @@ from xmask.models.backbones import build_backbone
 from xmask.models.count_head import COUNT_STRIDE, CountHead
 from xmask.models.mask_head import EMBED_DIM, MaskHead
 from xmask.models.neck import Neck
+from xmask.models.offset_head import OffsetHead
 from xmask.types import ModelOutput
 
 PAD_MULTIPLE = 16
@@ -42,6 +43,9 @@ class ModelConfig:
             adds it to a Stage-1 model).
         mask_channels: hidden channels of the mask head.
         embed_dim: ``D``, the embedding channels (paper: 16).
+        offset_head: build the offset head (:mod:`xmask.models.offset_head`; the
+            localisation stage adds it with :meth:`XMaskModel.add_offset_head`).
+        offset_channels: hidden channels of the offset head.
     """
 
     backbone: str = "efficientnet_lite0"
@@ -52,14 +56,17 @@ class ModelConfig:
     mask_head: bool = False
     mask_channels: int = 128
     embed_dim: int = EMBED_DIM
+    offset_head: bool = False
+    offset_channels: int = 64
 
 
 class XMaskModel(nn.Module):
     """Backbone, neck, count head and (from Stage 2 on) mask head.
 
     Submodules (what a trainer freezes or trains by name): ``backbone``, ``neck``,
-    ``count_head`` and ``mask_head`` (None without one; it maps the neck's ``B×C×h8×w8`` map
-    to a ``B×D×2h8×2w8`` embedding on the same stride-4 grid as the logits).
+    ``count_head``, ``mask_head`` (None without one; it maps the neck's ``B×C×h8×w8`` map
+    to a ``B×D×2h8×2w8`` embedding on the same stride-4 grid as the logits) and
+    ``offset_head`` (None without one; ``B×2×2h8×2w8`` offsets on that grid).
 
     The input is normalised with the backbone's mean/std inside ``forward`` and zero-padded
     at the bottom and right (after normalisation, i.e. with the mean colour) to a multiple
@@ -77,6 +84,7 @@ class XMaskModel(nn.Module):
         self.neck = Neck(self.backbone.channels, cfg.neck_channels)
         self.count_head = CountHead(cfg.neck_channels, cfg.head_channels)
         self.mask_head: MaskHead | None = None
+        self.offset_head: OffsetHead | None = None
         self.register_buffer(
             "mean", torch.tensor(self.backbone.mean).view(1, 3, 1, 1), persistent=False
         )
@@ -85,6 +93,8 @@ class XMaskModel(nn.Module):
         )
         if cfg.mask_head:
             self.add_mask_head()
+        if cfg.offset_head:
+            self.add_offset_head()
 
     def forward(self, images: Tensor, with_embedding: bool = True) -> ModelOutput:
         """``B×3×H×W`` float RGB in ``[0, 1]`` → :class:`~xmask.types.ModelOutput` with
@@ -100,10 +110,12 @@ class XMaskModel(nn.Module):
         fused = self.neck(self.backbone(x))
         h, w = math.ceil(height / COUNT_STRIDE), math.ceil(width / COUNT_STRIDE)
         logits = self.count_head(fused).logits[..., :h, :w].contiguous()
-        embedding = None
+        embedding = offsets = None
         if self.mask_head is not None and with_embedding:
             embedding = self.mask_head(fused).embedding[..., :h, :w].contiguous()
-        return ModelOutput(logits=logits, embedding=embedding)
+        if self.offset_head is not None:
+            offsets = self.offset_head(fused)[..., :h, :w].contiguous()
+        return ModelOutput(logits=logits, embedding=embedding, offsets=offsets)
 
     def add_mask_head(self) -> MaskHead:
         """Build the mask head if absent (and record it in ``cfg``); returns it."""
@@ -112,6 +124,14 @@ class XMaskModel(nn.Module):
             self.mask_head = head.to(self.mean.device)
             self.cfg.mask_head = True
         return self.mask_head
+
+    def add_offset_head(self) -> OffsetHead:
+        """Build the offset head if absent (and record it in ``cfg``); returns it."""
+        if self.offset_head is None:
+            head = OffsetHead(self.cfg.neck_channels, self.cfg.offset_channels)
+            self.offset_head = head.to(self.mean.device)
+            self.cfg.offset_head = True
+        return self.offset_head
 
 
 def _pad_to(size: int, multiple: int = PAD_MULTIPLE) -> int:

@@ -210,6 +210,21 @@ class ConstraintStageConfig:
 
 
 @dataclass
+class OffsetStageConfig:
+    """Stage 4: the offset head learns where each head lies around its cell
+    (:mod:`xmask.models.offset_head`, :mod:`xmask.losses.offset`); every other part is frozen,
+    so counts and masks stay exactly those of the run it starts from. Labeled crops only.
+
+    Attributes:
+        init: the run whose teacher starts Stage 4 (a Stage-3 run, or any earlier; required).
+        beta: where the smooth-L1 loss turns linear, in pixels.
+    """
+
+    init: str | None = None
+    beta: float = 1.0
+
+
+@dataclass
 class PipelineConfig:
     """``xmask train --pipeline``: the stages run one after the other in one run folder.
 
@@ -219,6 +234,8 @@ class PipelineConfig:
     Attributes:
         stage2: layers of Stage 2 (e.g. ``[stage2-cpu]``).
         stage3: layers of Stage 3 (e.g. ``[stage3-cpu]``).
+        stage4: layers of Stage 4 (the offset head, e.g. ``[stage4-cpu]``), or None: the
+            pipeline ends with Stage 3.
         baseline: also continue Stage 1 alone for the wall time Stages 2 and 3 took
             (``stage1-more``): the equal-budget comparison.
         evaluate: the split every stage's final teacher is evaluated on at the end (e.g.
@@ -230,6 +247,7 @@ class PipelineConfig:
 
     stage2: list[str] = field(default_factory=lambda: ["stage2-cpu"])
     stage3: list[str] = field(default_factory=lambda: ["stage3-cpu"])
+    stage4: list[str] | None = None
     baseline: bool = False
     evaluate: str | None = None
     test_masks: str | None = None
@@ -252,8 +270,8 @@ class TrainConfig:
         calibrate_two_regimes: let each calibration split the images into sparse and dense,
             with a threshold each, where that lowers the labeled MAE (for training sets of
             very different densities; :func:`~xmask.inference.calibration.choose_calibration`).
-        stage: 1 (the P2R counter with Mean Teacher), 2 (the XMask mask head, ``mask``) or
-            3 (mask-constrained counting, ``constraint``).
+        stage: 1 (the P2R counter with Mean Teacher), 2 (the XMask mask head, ``mask``),
+            3 (mask-constrained counting, ``constraint``) or 4 (the offset head, ``offset``).
     """
 
     name: str = "run"
@@ -274,6 +292,7 @@ class TrainConfig:
     p2r: P2RConfig = field(default_factory=P2RConfig)
     mask: MaskStageConfig = field(default_factory=MaskStageConfig)
     constraint: ConstraintStageConfig = field(default_factory=ConstraintStageConfig)
+    offset: OffsetStageConfig = field(default_factory=OffsetStageConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     @property
@@ -283,10 +302,17 @@ class TrainConfig:
 
     @property
     def counter_frozen(self) -> bool:
-        """Stage 2 training none of ``backbone``, ``neck``, ``count_head``: its counter stays
-        exactly that of the run it starts from (``mask.init``)."""
+        """The counter stays exactly that of the run this one starts from (:attr:`start`):
+        Stage 2 training none of ``backbone``, ``neck``, ``count_head``, and Stage 4."""
         counter = {"backbone", "neck", "count_head"}
-        return self.stage == 2 and not counter & set(self.mask.trainable)
+        return self.stage == 4 or (self.stage == 2 and not counter & set(self.mask.trainable))
+
+    @property
+    def start(self) -> str | None:
+        """The earlier run this stage starts from (``mask.init``, ``constraint.init``,
+        ``offset.init``), None for Stage 1."""
+        section = {2: self.mask, 3: self.constraint, 4: self.offset}.get(self.stage)
+        return None if section is None else section.init
 
 
 def shipped_recipes() -> list[str]:

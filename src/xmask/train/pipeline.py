@@ -59,6 +59,7 @@ from xmask.inference.run_folder import RunFolder
 from xmask.train.config import ConfigError, TrainConfig, load_config, to_yaml
 from xmask.train.run_folder import load_trained_model
 from xmask.train.stages import STAGES, stage_class
+from xmask.train.stages.base import Stage
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +170,11 @@ class Pipeline:
         to the previous stage's run (the stage's ``init_key``)."""
         number = STAGE_FOLDERS.index(stage) + 1
         kind = stage_class(number)
-        layers = list(getattr(self.cfg.pipeline, stage, None) or [])
-        links = (
-            [] if kind.init_key is None else [f"{kind.init_key}={self.root / f'stage{number - 1}'}"]
-        )
+        layers = list(self._layers(number) or [])
+        earlier = [s.number for s in self._stages() if s.number < number]
+        links = []
+        if kind.init_key is not None and earlier:
+            links = [f"{kind.init_key}={self.root / f'stage{earlier[-1]}'}"]
         overrides = [*self.common, *self.per_stage[stage], *links]
         overrides += [f"name={stage}", f"out={self.root}", f"mask.masks={self.annotations}"]
         cfg = load_config([self.recipe_path, *layers], overrides)
@@ -190,7 +192,8 @@ class Pipeline:
         self._pin_command()
         started = time.monotonic()
         first_with_maps = next(s.number for s in STAGES if s.needs_label_maps)
-        for stage, folder in zip(STAGES, STAGE_FOLDERS, strict=True):
+        for stage in self._stages():
+            folder = f"stage{stage.number}"
             if stage.number == first_with_maps:
                 self._part("annotations", self._annotate)
             self._part(folder, partial(self._train_stage, folder))
@@ -206,8 +209,17 @@ class Pipeline:
         log.info("pipeline %s done in %.0f s (this call)", self.root, time.monotonic() - started)
         return self.summary
 
+    def _stages(self) -> list[type[Stage]]:
+        """The stages this pipeline trains: Stage 1, and each later one whose layers
+        (``pipeline.stageN``) are not None."""
+        return [s for s in STAGES if s.number == 1 or self._layers(s.number) is not None]
+
+    def _layers(self, number: int) -> list[str] | None:
+        return getattr(self.cfg.pipeline, f"stage{number}", None)
+
     def _trained(self) -> list[str]:
-        return [*STAGE_FOLDERS, *(["stage1-more"] if self.cfg.pipeline.baseline else [])]
+        folders = [f"stage{s.number}" for s in self._stages()]
+        return [*folders, *(["stage1-more"] if self.cfg.pipeline.baseline else [])]
 
     def _part(self, name: str, work: Callable[[], PartCost | dict[str, Any]]) -> None:
         """Run ``work`` unless ``name`` is done; record its result and mark it done."""
@@ -285,7 +297,8 @@ class Pipeline:
             shutil.copytree(source, partial, ignore=shutil.ignore_patterns("eval-*"))
             partial.rename(target)
         parts = self.summary["parts"]
-        extra = sum(parts[name]["total"] for name in ("annotations", *STAGE_FOLDERS[1:]))
+        later = [f"stage{s.number}" for s in self._stages()[1:]]
+        extra = sum(parts[name]["total"] for name in ("annotations", *later))
         budget = (self._stage1_checkpoint_seconds() + extra) / 60.0
         overrides = [
             *self.common,

@@ -391,7 +391,7 @@ class Trainer:
                     "%s count threshold %s kept from %s (the counter did not train)",
                     which,
                     inherited.rule.describe(),
-                    self.cfg.mask.init,
+                    self.cfg.start,
                 )
                 continue
             calibrate(model, folder=self.run.checkpoints, step=step, which=which)
@@ -400,12 +400,12 @@ class Trainer:
             calibrate(best, folder=self.run.best, step=latest_step(self.run.best), which="teacher")
 
     def _inherited_calibration(self) -> CountCalibration | None:
-        """Stage 2 with backbone, neck and count head frozen leaves the counter of its Stage-1
-        run (``mask.init``) exactly as it was: that run's teacher threshold, if stored."""
-
-        if not self.cfg.counter_frozen or not self.cfg.mask.init:
+        """A stage that leaves the counter of the run it starts from exactly as it was (Stage 2
+        with backbone, neck and count head frozen; Stage 4): that run's teacher threshold, if
+        stored."""
+        if not self.cfg.counter_frozen or not self.cfg.start:
             return None
-        return read_calibration(self.cfg.mask.init, "teacher")
+        return read_calibration(self.cfg.start, "teacher")
 
     def _check_replicas(self) -> None:
         """In a distributed run, fail loudly if the ranks' student or teacher weights differ."""

@@ -3,6 +3,7 @@
 1. :class:`~xmask.train.stages.p2r.MeanTeacherStep`: the P2R counter with Mean Teacher.
 2. :class:`~xmask.train.stages.mask.MaskStep`: the XMask mask head (discriminative loss).
 3. :class:`~xmask.train.stages.constraint.ConstraintStep`: mask-constrained counting.
+4. :class:`~xmask.train.stages.offset.OffsetStep`: the offset head (where each head lies).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from xmask.errors import XmaskError
 from xmask.train.stages.base import Stage
 from xmask.train.stages.constraint import ConstraintStep
 from xmask.train.stages.mask import MaskStep
+from xmask.train.stages.offset import OffsetStep
 from xmask.train.stages.p2r import MeanTeacherStep
 
-STAGES: tuple[type[Stage], ...] = (MeanTeacherStep, MaskStep, ConstraintStep)
+STAGES: tuple[type[Stage], ...] = (MeanTeacherStep, MaskStep, ConstraintStep, OffsetStep)
 """Every stage, in the order a pipeline runs them; ``STAGES[k - 1].number == k``."""
 
 

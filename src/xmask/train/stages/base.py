@@ -14,7 +14,8 @@ A stage writes only ``loss``; adding a fourth stage is one more class registered
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, replace
 from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -22,10 +23,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from xmask.data.augment import ViewBatch
-from xmask.models.model import XMaskModel, param_groups
+from xmask.errors import XmaskError
+from xmask.models.model import XMaskModel, build_model, param_groups
 from xmask.train.config import TrainConfig
 from xmask.train.distributed import DistInfo, sync_buffers
 from xmask.train.ema import EMATeacher
+from xmask.train.run_folder import load_trained_model
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -204,3 +209,74 @@ def optimizer_from_tensors(
     current = optimizer.state_dict()
     current["state"] = state
     optimizer.load_state_dict(current)
+
+
+FRESH_FIELDS = {"mask_head": ("mask_channels", "embed_dim"), "offset_head": ("offset_channels",)}
+"""The heads a stage may add to the network it starts from, and their own size fields."""
+
+PARTS = ("backbone", "neck", "count_head", "mask_head", "offset_head")
+"""The top-level parts of an :class:`~xmask.models.model.XMaskModel` a stage trains or freezes."""
+
+
+def load_start(
+    cfg: TrainConfig,
+    key: str,
+    device: torch.device,
+    fresh: str | None = None,
+    needs: str | None = None,
+) -> XMaskModel:
+    """The student a later stage starts from: the teacher of the run ``init``.
+
+    The architecture is that run's (``cfg.model`` takes it over, keeping the size fields of a
+    fresh head), so the new run's ``config.yaml`` describes the network it saves.
+
+    Args:
+        cfg: the new run's configuration (``cfg.model`` is replaced).
+        key: the config key naming the earlier run (``mask.init``: its folder,
+            ``checkpoints/``, ``best/`` or a weights file).
+        fresh: a head to add new (``mask_head``: Stage 2; ``offset_head``: Stage 4; seeded by
+            ``cfg.seed``) on the earlier network; every other weight is loaded.
+        needs: a head the earlier run must have (``mask_head`` for Stage 3).
+
+    Raises:
+        XmaskError: no ``init``, or an earlier run without the head the stage needs.
+    """
+    section, field_name = key.split(".")
+    init = getattr(getattr(cfg, section), field_name)
+    if init is None:
+        raise XmaskError(f"stage {cfg.stage} needs {key}: the run it starts from")
+    earlier, earlier_cfg = load_trained_model(init, device, which="teacher")
+    if needs is not None and not getattr(earlier_cfg.model, needs):
+        raise XmaskError(f"{init}: stage {cfg.stage} needs a run with a {needs.replace('_', ' ')}")
+    model_cfg = replace(earlier_cfg.model, weights=None)
+    if fresh is not None:
+        sizes = {name: getattr(cfg.model, name) for name in FRESH_FIELDS[fresh]}
+        model_cfg = replace(model_cfg, **{fresh: True}, **sizes)
+    cfg.model = model_cfg
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model).to(device)
+    state = earlier.state_dict()
+    if fresh is not None:
+        state = {k: v for k, v in state.items() if not k.startswith(f"{fresh}.")}
+    model.load_state_dict(state, strict=fresh is None)
+    log.info("stage %d starts from the teacher of %s", cfg.stage, init)
+    return model
+
+
+def freeze_except(
+    model: XMaskModel, trainable: list[str], allowed: tuple[str, ...]
+) -> list[nn.Module]:
+    """Freeze every top-level part of ``model`` (:data:`PARTS`) not named in ``trainable`` (a
+    non-empty subset of ``allowed``); returns the frozen modules (to be kept in eval mode)."""
+    unknown = set(trainable) - set(allowed)
+    if unknown or not trainable:
+        raise XmaskError(f"trainable modules must be a non-empty subset of {allowed}: {trainable}")
+    frozen = []
+    for name in PARTS:
+        module = getattr(model, name)
+        if module is None:
+            continue
+        module.requires_grad_(name in trainable)
+        if name not in trainable:
+            frozen.append(module)
+    return frozen

@@ -28,13 +28,14 @@ from xmask.losses.mask_constraint import ConstraintResult, ConstraintTarget, mas
 from xmask.losses.p2r import p2r_loss
 from xmask.train.config import TrainConfig
 from xmask.train.distributed import DistInfo
-from xmask.train.stages.base import StepBatch, StepStats, TeacherStudent
-from xmask.train.stages.mask import (
-    check_thresholds,
+from xmask.train.stages.base import (
+    StepBatch,
+    StepStats,
+    TeacherStudent,
     freeze_except,
     load_start,
-    teacher_pseudo_masks,
 )
+from xmask.train.stages.mask import check_thresholds, teacher_pseudo_masks
 from xmask.train.stages.p2r import semi_p2r, teacher_points
 
 TRAINABLE = ("backbone", "neck", "count_head")
@@ -57,7 +58,7 @@ class ConstraintStep(TeacherStudent):
 
     def __init__(self, cfg: TrainConfig, device: torch.device, dist_info: DistInfo) -> None:
         check_thresholds(cfg.mask)
-        student = load_start(cfg, cfg.constraint.init, device, fresh_mask_head=False)
+        student = load_start(cfg, self.init_key, device, needs="mask_head")
         frozen = freeze_except(student, cfg.constraint.trainable, TRAINABLE)
         buffers = "copy" if cfg.teacher.buffers == "own" else cfg.teacher.buffers
         super().__init__(cfg, student, device, dist_info, buffers)

@@ -21,18 +21,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import replace
 from typing import ClassVar
 
 import numpy as np
 import torch
-from torch import nn
 
 from xmask.data.augment import ViewBatch
 from xmask.errors import XmaskError
 from xmask.losses.discriminative import MaskTarget, centres_on_instances, discriminative_loss
 from xmask.models.count_head import decode_points
-from xmask.models.model import XMaskModel, build_model
 from xmask.segment.instances import (
     PseudoMasks,
     ignore_disks,
@@ -42,75 +39,19 @@ from xmask.segment.instances import (
 from xmask.segment.smoothing import GaussianSmoothing, smoothed_embedding
 from xmask.train.config import MaskStageConfig, TrainConfig
 from xmask.train.distributed import DistInfo
-from xmask.train.run_folder import load_trained_model
-from xmask.train.stages.base import StepBatch, StepStats, TeacherStudent
+from xmask.train.stages.base import (
+    StepBatch,
+    StepStats,
+    TeacherStudent,
+    freeze_except,
+    load_start,
+)
 from xmask.types import ModelOutput
 
 log = logging.getLogger(__name__)
 
 TRAINABLE = ("mask_head", "neck")
 """Modules Stage 2 may train."""
-
-
-def load_start(
-    cfg: TrainConfig, init: str | None, device: torch.device, fresh_mask_head: bool
-) -> XMaskModel:
-    """The student a later stage starts from: the teacher of the run ``init``.
-
-    The architecture is that run's (``cfg.model`` takes it over, keeping its own
-    ``mask_channels`` and ``embed_dim`` when the mask head is fresh), so the new run's
-    ``config.yaml`` describes the network it saves.
-
-    Args:
-        cfg: the new run's configuration (``cfg.model`` is replaced).
-        init: the earlier run (folder, ``checkpoints/``, ``best/`` or a weights file).
-        fresh_mask_head: Stage 2: a new mask head (seeded by ``cfg.seed``) on the earlier
-            network; otherwise every weight is loaded and the earlier run must have a mask head.
-    """
-
-    if init is None:
-        what = (
-            "mask.init: the Stage-1 run" if fresh_mask_head else "constraint.init: the Stage-2 run"
-        )
-        raise XmaskError(f"stage {cfg.stage} needs {what} to start from")
-    earlier, earlier_cfg = load_trained_model(init, device, which="teacher")
-    if fresh_mask_head:
-        cfg.model = replace(
-            earlier_cfg.model,
-            weights=None,
-            mask_head=True,
-            mask_channels=cfg.model.mask_channels,
-            embed_dim=cfg.model.embed_dim,
-        )
-    elif not earlier_cfg.model.mask_head:
-        raise XmaskError(f"{init}: stage {cfg.stage} needs a run with a mask head (Stage 2)")
-    else:
-        cfg.model = replace(earlier_cfg.model, weights=None)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model).to(device)
-    state = earlier.state_dict()
-    if fresh_mask_head:
-        state = {k: v for k, v in state.items() if not k.startswith("mask_head.")}
-    model.load_state_dict(state, strict=not fresh_mask_head)
-    log.info("stage %d starts from the teacher of %s", cfg.stage, init)
-    return model
-
-
-def freeze_except(
-    model: XMaskModel, trainable: list[str], allowed: tuple[str, ...] = TRAINABLE
-) -> list[nn.Module]:
-    """Freeze every top-level part of ``model`` not named in ``trainable`` (a non-empty subset
-    of ``allowed``); returns the frozen modules (to be kept in eval mode)."""
-    unknown = set(trainable) - set(allowed)
-    if unknown or not trainable:
-        raise XmaskError(f"trainable modules must be a non-empty subset of {allowed}: {trainable}")
-    frozen = []
-    for name in ("backbone", "neck", "count_head", "mask_head"):
-        module = getattr(model, name)
-        module.requires_grad_(name in trainable)
-        if name not in trainable:
-            frozen.append(module)
-    return frozen
 
 
 @torch.no_grad()
@@ -158,8 +99,8 @@ class MaskStep(TeacherStudent):
 
     def __init__(self, cfg: TrainConfig, device: torch.device, dist_info: DistInfo) -> None:
         check_thresholds(cfg.mask)
-        student = load_start(cfg, cfg.mask.init, device, fresh_mask_head=True)
-        frozen = freeze_except(student, cfg.mask.trainable)
+        student = load_start(cfg, self.init_key, device, fresh="mask_head")
+        frozen = freeze_except(student, cfg.mask.trainable, TRAINABLE)
         buffers = "copy" if cfg.teacher.buffers == "own" else cfg.teacher.buffers
         super().__init__(cfg, student, device, dist_info, buffers)
         self.frozen = frozen
