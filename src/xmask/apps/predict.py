@@ -26,7 +26,7 @@ class PredictRequest:
     Attributes:
         sources: files, folders or glob patterns (or none, with ``dataset``).
         dataset: a dataset key instead of ``sources``, with ``root`` and ``split``.
-        root: the dataset folder.
+        root: the dataset folder (None: the configured one).
         split: the dataset split.
         model: a model name or folder, or a training run (None: the shipped model).
         which: the network of a run.
@@ -68,9 +68,7 @@ class PredictRequest:
     def check(self) -> None:
         """Raise :class:`~xmask.errors.UsageError` for contradictory or bad options."""
         if bool(self.sources) == (self.dataset is not None):
-            raise UsageError("xmask predict needs either SOURCE or --dataset (with --root)")
-        if self.dataset is not None and self.root is None:
-            raise UsageError("xmask predict --dataset needs --root")
+            raise UsageError("xmask predict needs either SOURCE or --dataset")
         if self.every < 1:
             raise UsageError(f"--every must be at least 1, got {self.every}")
 
@@ -84,7 +82,7 @@ def run_predict(request: PredictRequest) -> BatchSummary:
     """
     request.check()
     if request.dataset is not None:
-        sources = dataset_sources(request.dataset, str(request.root), request.split)
+        sources = dataset_sources(request.dataset, request.root, request.split)
     else:
         sources = find_sources(request.sources, recursive=request.recursive)
     if not sources:

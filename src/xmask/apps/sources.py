@@ -117,8 +117,9 @@ def find_sources(specs: Sequence[str | Path], recursive: bool = False) -> list[S
     return sources
 
 
-def dataset_sources(dataset: str, root: str | Path, split: str) -> list[Source]:
-    """The images of a dataset split (their ground truth is not read)."""
+def dataset_sources(dataset: str, root: str | Path | None, split: str) -> list[Source]:
+    """The images of a dataset split (their ground truth is not read); ``root`` None: the
+    configured folder (:func:`xmask.data.locations.dataset_root`)."""
 
     opened = open_dataset(dataset, root, split)
     return [Source(item.name, item.image, opened.apply_exif) for item in opened.items]

@@ -66,3 +66,12 @@ def add_which_option(
         default=which[0],
         help="the network of a training run (a model folder holds one)",
     )
+
+
+ROOT_DEFAULT = "the config file's entry for the dataset, or $XMASK_DATA/FOLDER (README, Data)"
+ROOT_HELP = f"dataset folder (default: {ROOT_DEFAULT})"
+
+
+def add_root_option(parser: argparse.ArgumentParser, help: str = ROOT_HELP) -> None:
+    """``--root``, optional: :func:`xmask.data.locations.dataset_root` finds a default."""
+    parser.add_argument("--root", help=help)

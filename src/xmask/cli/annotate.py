@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from xmask.cli import EXIT_OK, EXIT_SKIPPED
-from xmask.cli._args import add_device_option
+from xmask.cli._args import add_device_option, add_root_option
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "`xmask annotate import` carry the masks to and from CVAT for manual correction.",
     )
     parser.add_argument("--dataset", help="sha, shb, ucf, jhu or folder")
-    parser.add_argument("--root", help="dataset folder")
+    add_root_option(parser)
     parser.add_argument("--split", default="train", help="train, test (jhu: also val)")
     parser.add_argument(
         "--backend",
@@ -66,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "export", help="COCO file (RLE masks, head keypoints) of DIR for CVAT"
     )
     export.add_argument("--dataset", required=True, help="dataset the masks were made for")
-    export.add_argument("--root", required=True, help="dataset folder")
+    add_root_option(export)
     export.add_argument("--split", default="train")
     export.add_argument("--dir", required=True, help="annotation folder DIR")
     export.add_argument("--out", required=True, help="COCO JSON file to write")
@@ -89,7 +89,7 @@ def run_annotate(args: argparse.Namespace) -> int:
     from xmask.data.readers import open_dataset
     from xmask.errors import UsageError
 
-    missing = [flag for flag in ("dataset", "root", "out") if getattr(args, flag) is None]
+    missing = [flag for flag in ("dataset", "out") if getattr(args, flag) is None]
     if missing:
         raise UsageError(f"xmask annotate needs --{', --'.join(missing)}")
     dataset = open_dataset(args.dataset, args.root, args.split)

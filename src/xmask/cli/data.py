@@ -6,6 +6,7 @@ import argparse
 import json
 
 from xmask.cli import EXIT_OK, EXIT_SKIPPED
+from xmask.cli._args import add_root_option
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, split_default: str = "train") -> None:
@@ -15,7 +16,7 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, split_default: str = 
         required=True,
         help="sha, shb, ucf, jhu or folder (your own images with NAME.txt/NAME.json/points.csv)",
     )
-    parser.add_argument("--root", required=True, help="dataset folder")
+    add_root_option(parser)
     parser.add_argument("--split", default=split_default, help="train, test (jhu: also val)")
 
 

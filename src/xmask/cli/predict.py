@@ -9,7 +9,7 @@ import argparse
 import logging
 
 from xmask.cli import EXIT_OK, EXIT_SKIPPED
-from xmask.cli._args import add_device_option, add_model_options
+from xmask.cli._args import ROOT_HELP, add_device_option, add_model_options, add_root_option
 
 log = logging.getLogger("xmask")
 
@@ -58,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "output names claimed by other files)",
     )
     parser.add_argument("--dataset", help="instead of SOURCE: sha, shb, ucf, jhu or folder")
-    parser.add_argument("--root", help="dataset folder (with --dataset)")
+    add_root_option(parser, f"with --dataset: {ROOT_HELP}")
     parser.add_argument("--split", default="test", help="split (with --dataset; default test)")
     add_device_option(parser)
     parser.set_defaults(run=run_predict)
