@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from xmask.annotate.coco import ImageRecord, label_maps_to_coco, write_coco
+from xmask.annotate.coco import ImageRecord, OverlapRule, label_maps_to_coco, read_coco, write_coco
+from xmask.annotate.coco_import import coco_to_label_maps
 from xmask.annotate.edp_sam import sam_backend
 from xmask.annotate.fastsam import fastsam_backend
 from xmask.annotate.fastsam_model import FastSamConfig
 from xmask.annotate.sam_model import SamConfig
 from xmask.annotate.superpixel import SuperpixelConfig, annotate_superpixel
+from xmask.data.files import distinct_stems
 from xmask.data.image_io import atomic_write_bytes, load_label_map, save_label_map
 from xmask.data.points_io import read_txt_points, write_points_txt
 from xmask.data.readers import CrowdDataset, Item
@@ -125,6 +127,29 @@ def annotate_dataset(
     write_coco(out / "annotations.json", folder_to_coco(dataset, out))
     atomic_write_bytes(out / "summary.json", json.dumps(asdict(summary), indent=2).encode())
     return summary
+
+
+def import_coco(
+    coco_file: str | Path, out: str | Path, overlap: OverlapRule = "nearest"
+) -> tuple[int, int]:
+    """Write the label maps and points of a (corrected) COCO file into the annotation folder
+    ``out``; every image is checked, and every output name found
+    (:func:`xmask.data.files.distinct_stems`: ``cam1/IMG_X.jpg`` and ``cam2/IMG_X.jpg`` stay
+    apart), before anything is written.
+
+    Returns:
+        ``(heads, images)`` written.
+
+    Raises:
+        DataError: an unusable COCO file, or file names that collide or leave ``out``.
+    """
+    maps = coco_to_label_maps(read_coco(coco_file), coco_file, overlap=overlap)
+    stems = distinct_stems(list(maps), coco_file)
+    out = Path(out)
+    for name, image in maps.items():
+        write_points_txt(out / "points" / f"{stems[name]}.txt", image.points)
+        save_label_map(out / "masks" / f"{stems[name]}.png", image.labels)
+    return sum(len(image.points) for image in maps.values()), len(maps)
 
 
 def folder_to_coco(dataset: CrowdDataset, out: str | Path) -> dict:

@@ -13,28 +13,15 @@ from __future__ import annotations
 import glob
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
+from xmask.data.files import output_stem
 from xmask.data.image_io import IMAGE_SUFFIXES
 from xmask.data.readers import natural_key, open_dataset
 from xmask.errors import DataError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 MEDIA_SUFFIXES = IMAGE_SUFFIXES + VIDEO_SUFFIXES
-
-
-def output_stem(name: str) -> str:
-    """The output name of a source name: its relative path without the suffix (``/``
-    separated), refused if it could leave the output folder.
-
-    Raises:
-        DataError: an empty or absolute name, or one with a ``..`` or empty part.
-    """
-    path = PurePosixPath(name.replace("\\", "/"))
-    parts = path.parts
-    if not parts or path.is_absolute() or any(p in ("", ".", "..") for p in parts):
-        raise DataError(name, "not a relative file name inside its folder")
-    return path.with_suffix("").as_posix()
 
 
 @dataclass(frozen=True)

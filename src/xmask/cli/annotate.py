@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from xmask.cli import EXIT_OK, EXIT_SKIPPED
 from xmask.cli._args import add_device_option, add_root_option
@@ -159,17 +158,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     """``xmask annotate import``."""
-    from xmask.annotate.coco import read_coco
-    from xmask.annotate.coco_import import coco_to_label_maps
-    from xmask.data.image_io import save_label_map
-    from xmask.data.points_io import write_points_txt
+    from xmask.annotate.pipeline import import_coco
 
-    maps = coco_to_label_maps(read_coco(args.coco), args.coco, overlap=args.overlap)
-    out = Path(args.out)
-    for name, image in maps.items():
-        stem = Path(name).stem
-        write_points_txt(out / "points" / f"{stem}.txt", image.points)
-        save_label_map(out / "masks" / f"{stem}.png", image.labels)
-    heads = sum(len(image.points) for image in maps.values())
-    print(json.dumps({"images": len(maps), "heads": heads, "out": str(out)}))
+    heads, images = import_coco(args.coco, args.out, overlap=args.overlap)
+    print(json.dumps({"images": images, "heads": heads, "out": str(args.out)}))
     return EXIT_OK

@@ -5,11 +5,14 @@ Each readable image becomes ``OUT/PREFIX + NAME`` (a hard link to the original f
 file system allows, else a copy; an image the folder reader would decode differently, because
 of its EXIF orientation, is re-encoded as PNG) and its points ``OUT/PREFIX + STEM.txt``, as the
 source reader gives them (points outside the image dropped). Unreadable items are reported and
-skipped; files already there are kept, so an interrupted export resumes.
+skipped; files already there are kept, so an interrupted export resumes. A name already
+holding another file (a second dataset exported into one folder without a ``prefix``) is
+reported and skipped, never overwritten nor taken for done.
 """
 
 from __future__ import annotations
 
+import filecmp
 import logging
 import os
 import shutil
@@ -58,6 +61,20 @@ def _exif_rotated(path: Path) -> bool:
     return load_image(path, apply_exif=True).exif_rotated
 
 
+def _exported_from(image: Path, target: Path, apply_exif: bool) -> bool:
+    """``target`` (or its re-encoded ``.png``) is the export of ``image``: the same file (a hard
+    link), an equal copy, or its pixels re-encoded."""
+    if target.is_file():
+        return os.path.samefile(image, target) or filecmp.cmp(image, target, shallow=False)
+    encoded = target.with_suffix(".png")
+    if not encoded.is_file():
+        return False
+    try:
+        return encoded.read_bytes() == png_bytes(load_image(image, apply_exif=apply_exif).array)
+    except DataError:
+        return False
+
+
 def export_folder(
     dataset: CrowdDataset, out: str | Path, prefix: str = "", progress: bool = True
 ) -> ExportSummary:
@@ -77,6 +94,11 @@ def export_folder(
         name = prefix + item.name
         points_file = out / f"{Path(name).stem}.txt"
         if points_file.is_file():
+            if not _exported_from(item.image, out / name, dataset.apply_exif):
+                problem = f"{out / name} holds another image (another dataset?): give --prefix"
+                log.warning("skipped %s: %s", item.name, problem)
+                summary.skipped.append({"name": item.name, "problem": problem})
+                continue
             summary.already_done += 1
             continue
         try:
