@@ -38,7 +38,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from xmask.data.image_io import atomic_write_bytes
+from xmask.data.files import atomic_write_bytes
 from xmask.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -31,8 +31,8 @@ from xmask.annotate.fastsam import fastsam_backend
 from xmask.annotate.fastsam_model import FastSamConfig
 from xmask.annotate.sam_model import SamConfig
 from xmask.annotate.superpixel import SuperpixelConfig, annotate_superpixel
-from xmask.data.files import distinct_stems
-from xmask.data.image_io import atomic_write_bytes, load_label_map, save_label_map
+from xmask.data.files import atomic_write_bytes, distinct_stems, remove_stale_temporaries
+from xmask.data.image_io import load_label_map, save_label_map
 from xmask.data.points_io import read_txt_points, write_points_txt
 from xmask.data.readers import CrowdDataset, Item
 from xmask.errors import DataError, UsageError
@@ -102,6 +102,7 @@ def annotate_dataset(
 ) -> AnnotationSummary:
     """Annotate every image of ``dataset`` into ``out`` (layout in the module docstring)."""
     out = Path(out)
+    remove_stale_temporaries(out)
     run = build_backend(backend, sam, fastsam)
     summary = AnnotationSummary(backend=backend)
     for item in tqdm(dataset.items, desc=f"annotate ({backend})", disable=not progress):

@@ -44,8 +44,8 @@ from tqdm.auto import tqdm
 from xmask.annotate.coco import ImageRecord, label_maps_to_coco, write_coco
 from xmask.apps.roi import restrict
 from xmask.apps.sources import Source
+from xmask.data.files import atomic_write_bytes, remove_stale_temporaries
 from xmask.data.image_io import (
-    atomic_write_bytes,
     load_image,
     load_label_map,
     png_bytes,
@@ -267,6 +267,7 @@ def predict_images(
     """
 
     out = Path(out)
+    remove_stale_temporaries(out)
     summary = summary or BatchSummary(model, predictor.count_rule.describe())
     settings = settings or settings_fingerprint(predictor, which, roi)
     owners: dict[str, str] = {}

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from xmask.apps.batch import read_record, source_fingerprint
 from xmask.apps.roi import restrict
 from xmask.apps.sources import Source
-from xmask.data.image_io import atomic_write_bytes
+from xmask.data.files import atomic_write_bytes
 from xmask.errors import DataError, UsageError
 from xmask.inference.predictor import Predictor
 

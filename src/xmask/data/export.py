@@ -16,13 +16,13 @@ import filecmp
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from xmask.data.image_io import atomic_write_bytes, load_image, png_bytes
+from xmask.data.files import atomic_write_bytes, remove_stale_temporaries, temporary_path
+from xmask.data.image_io import load_image, png_bytes
 from xmask.data.points_io import write_points_txt
 from xmask.data.readers import CrowdDataset
 from xmask.errors import DataError
@@ -42,9 +42,7 @@ class ExportSummary:
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    Path(tmp).unlink()
+    tmp = temporary_path(target)
     try:
         try:
             os.link(source, tmp)
@@ -89,6 +87,7 @@ def export_folder(
 
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
     summary = ExportSummary()
     for item in tqdm(dataset.items, desc="export", unit="img", disable=not progress):
         name = prefix + item.name

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from xmask.data.files import atomic_write_bytes
 from xmask.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -130,24 +129,6 @@ def load_label_map(path: str | Path, size: tuple[int, int] | None = None) -> np.
     if size is not None and labels.shape != tuple(size):
         raise DataError(path, f"label map is {labels.shape}, image is {tuple(size)}")
     return labels
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (never half-written).
-
-    The file gets the permissions of a plain ``open(path, "w")``: ``0o666`` less the umask,
-    which the kernel applies when the temporary file is created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save_label_map(path: str | Path, labels: np.ndarray) -> None:

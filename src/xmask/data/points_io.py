@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy.io import loadmat
 
-from xmask.data.image_io import atomic_write_bytes
+from xmask.data.files import atomic_write_bytes
 from xmask.errors import DataError
 from xmask.geometry.points import inside_image
 

@@ -38,7 +38,7 @@ from safetensors.torch import save
 from torch import nn
 
 from xmask import __version__
-from xmask.data.image_io import atomic_write_bytes
+from xmask.data.files import atomic_write_bytes
 from xmask.errors import XmaskError
 from xmask.inference.checkpoint import CheckpointError, load_tensors, write_json
 from xmask.inference.count_rule import CountRule
