@@ -280,6 +280,8 @@ def read_coco(path: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as err:
         problem = f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
         raise DataError(path, problem) from err
+    except RecursionError as err:
+        raise DataError(path, "invalid JSON: nested too deeply") from err
     if not isinstance(coco, dict):
         raise DataError(path, "a COCO file must hold a JSON object")
     for key in ("images", "annotations"):

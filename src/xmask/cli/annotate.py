@@ -6,7 +6,7 @@ import argparse
 import json
 
 from xmask.cli import EXIT_OK, EXIT_SKIPPED
-from xmask.cli._args import add_device_option, add_root_option
+from xmask.cli._args import add_device_option, add_image_limit_option, add_root_option
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "fastsam or fastsam-nnec (the paper's FastSAM baselines)",
     )
     parser.add_argument("--out", help="output folder DIR")
+    add_image_limit_option(parser)
     sam = parser.add_argument_group("SAM backends (pip install 'xmask[sam]')")
     sam.add_argument("--sam-checkpoint", help="local SAM checkpoint (e.g. sam_vit_b_01ec64.pth)")
     sam.add_argument("--sam-model", default="vit_b", choices=("vit_b", "vit_l", "vit_h"))

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from xmask.cli import EXIT_OK, EXIT_SKIPPED
-from xmask.cli._args import add_root_option
+from xmask.cli._args import add_image_limit_option, add_root_option
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, split_default: str = "train") -> None:
@@ -18,6 +18,7 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, split_default: str = 
     )
     add_root_option(parser)
     parser.add_argument("--split", default=split_default, help="train, test (jhu: also val)")
+    add_image_limit_option(parser)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

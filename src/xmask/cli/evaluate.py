@@ -8,7 +8,7 @@ import logging
 from dataclasses import fields
 
 from xmask.cli import EXIT_OK, EXIT_SKIPPED
-from xmask.cli._args import add_device_option, add_model_options
+from xmask.cli._args import add_device_option, add_image_limit_option, add_model_options
 
 log = logging.getLogger("xmask")
 
@@ -41,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "evaluating the run's dataset)",
     )
     add_device_option(parser)
+    add_image_limit_option(parser)
     subset = parser.add_mutually_exclusive_group()
     subset.add_argument(
         "--labeled", metavar="SPLIT", help="only the labeled images of a split list (train split)"

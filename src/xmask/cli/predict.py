@@ -9,7 +9,13 @@ import argparse
 import logging
 
 from xmask.cli import EXIT_OK, EXIT_SKIPPED
-from xmask.cli._args import ROOT_HELP, add_device_option, add_model_options, add_root_option
+from xmask.cli._args import (
+    ROOT_HELP,
+    add_device_option,
+    add_image_limit_option,
+    add_model_options,
+    add_root_option,
+)
 
 log = logging.getLogger("xmask")
 
@@ -61,6 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_root_option(parser, f"with --dataset: {ROOT_HELP}")
     parser.add_argument("--split", default="test", help="split (with --dataset; default test)")
     add_device_option(parser)
+    add_image_limit_option(parser)
     parser.set_defaults(run=run_predict)
 
 

@@ -54,6 +54,24 @@ class LoadedImage:
         return int(self.array.shape[0]), int(self.array.shape[1])
 
 
+def max_image_pixels() -> int:
+    """The largest image (pixels) decoded: Pillow's decompression-bomb limit, 89,478,485 unless
+    :func:`set_max_image_pixels` (``--max-image-pixels``) changed it."""
+    return int(Image.MAX_IMAGE_PIXELS or 0)
+
+
+def set_max_image_pixels(pixels: int) -> None:
+    """Allow images up to ``pixels`` pixels (a 108 MP photo, a 30000×3000 panorama) for the
+    whole process (Pillow's limit); larger ones are refused as possible decompression bombs.
+
+    Raises:
+        ValueError: ``pixels < 1``.
+    """
+    if pixels < 1:
+        raise ValueError(f"the image pixel limit must be positive, got {pixels}")
+    Image.MAX_IMAGE_PIXELS = int(pixels)
+
+
 def _decode(path: Path) -> Image.Image:
     if not path.is_file():
         raise DataError(path, "image file not found")
@@ -65,7 +83,11 @@ def _decode(path: Path) -> Image.Image:
     except UnidentifiedImageError as err:
         raise DataError(path, "not a readable image (unknown format or corrupt header)") from err
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise DataError(path, f"image too large to decode safely ({err})") from err
+        raise DataError(
+            path,
+            f"image over {max_image_pixels():,} pixels, refused as a possible decompression bomb;"
+            " allow it with --max-image-pixels N",
+        ) from err
     except (OSError, SyntaxError, ValueError) as err:
         raise DataError(path, f"corrupt or truncated image ({err})") from err
     if image.width == 0 or image.height == 0:

@@ -162,7 +162,7 @@ def write_model_folder(
     }
     weights = folder / WEIGHTS_FILE
     contiguous = {k: v.contiguous() for k, v in tensors.items()}
-    atomic_write_bytes(weights, save(contiguous, metadata={"format": FORMAT}))
+    atomic_write_bytes(weights, save(contiguous, metadata={"format": FORMAT}), durable=True)
     card.weights = {
         "file": WEIGHTS_FILE,
         "sha256": sha256_of(weights),
@@ -224,6 +224,11 @@ def read_model_card(folder: str | Path) -> ModelCard:
         raise CheckpointError(path, f"bad value ({err})") from err
     if card.weights.get("dtype") not in WEIGHT_DTYPES or "sha256" not in card.weights:
         raise CheckpointError(path, "bad 'weights' entry (needs sha256 and dtype)")
+    file = card.weights.get("file", WEIGHTS_FILE)
+    if not isinstance(file, str) or file in ("", ".", "..") or "\\" in file or "/" in file:
+        raise CheckpointError(
+            path, f"weights file {file!r} is not a plain file name inside the model folder"
+        )
     return card
 
 
@@ -288,9 +293,9 @@ def record_metrics(folder: str | Path, key: str, metrics: dict[str, Any]) -> Pat
     if not is_model_folder(target):
         card = read_model_card(folder)
         weights = str(card.weights.get("file", WEIGHTS_FILE))
-        atomic_write_bytes(target / weights, (folder / weights).read_bytes())
+        atomic_write_bytes(target / weights, (folder / weights).read_bytes(), durable=True)
         log.info("copied the installed model %s to %s for its records", folder, target)
-        atomic_write_bytes(target / CARD_FILE, (folder / CARD_FILE).read_bytes())
+        atomic_write_bytes(target / CARD_FILE, (folder / CARD_FILE).read_bytes(), durable=True)
     path = target / CARD_FILE
     content = json.loads(path.read_text(encoding="utf-8"))
     content.setdefault("metrics", {})[key] = metrics
