@@ -106,3 +106,32 @@ def tiny_train_overrides(root: Path, name: str) -> list[str]:
         f"out={root / 'runs'}",
         f"name={name}",
     ]
+
+
+def write_shanghaitech_gt(path: Path, points: object) -> None:
+    """A ShanghaiTech ground-truth ``.mat`` (``image_info[0,0][0,0][0]`` = the points)."""
+    import numpy as np
+    from scipy.io import savemat
+
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    info = np.empty((1, 1), dtype=object)
+    inner = np.empty((1, 1), dtype=[("location", "O"), ("number", "O")])
+    inner[0, 0] = (points, np.array([[len(points)]]))
+    info[0, 0] = inner
+    savemat(path, {"image_info": info})
+
+
+def fake_shanghaitech(root: Path, part: str, split: str, heads: dict[str, int]) -> Path:
+    """``root/part_{part}/{split}_data`` with one synthetic crowd per ``{stem: heads}``."""
+    from PIL import Image
+
+    from xmask.data.synthetic import make_crowd
+
+    folder = root / f"part_{part}" / f"{split}_data"
+    (folder / "images").mkdir(parents=True)
+    (folder / "ground-truth").mkdir()
+    for seed, (stem, count) in enumerate(heads.items()):
+        sample = make_crowd(64, 80, count, seed=seed)
+        Image.fromarray(sample.image).save(folder / "images" / f"{stem}.jpg", quality=95)
+        write_shanghaitech_gt(folder / "ground-truth" / f"GT_{stem}.mat", sample.points)
+    return root

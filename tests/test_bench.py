@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
-from scipy.io import savemat
 
+from conftest import fake_shanghaitech, write_shanghaitech_gt
 from xmask.apps.bench import BenchConfig, parse_baselines, parse_edges, run_bench, select_images
 from xmask.apps.bench_report import bin_of
 from xmask.cli import EXIT_SKIPPED, main
@@ -20,25 +19,11 @@ from xmask.errors import UsageError
 HEADS = {"IMG_1": 3, "IMG_2": 7, "IMG_3": 12, "IMG_4": 4}
 
 
-def _gt(path: Path, points: np.ndarray) -> None:
-    info = np.empty((1, 1), dtype=object)
-    inner = np.empty((1, 1), dtype=[("location", "O"), ("number", "O")])
-    inner[0, 0] = (points.astype(np.float64), np.array([[len(points)]]))
-    info[0, 0] = inner
-    savemat(path, {"image_info": info})
-
-
 @pytest.fixture(scope="module")
 def shanghaitech(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``part_A/test_data`` with four crowds; IMG_4's image file is corrupt."""
-    root = tmp_path_factory.mktemp("sha")
+    root = fake_shanghaitech(tmp_path_factory.mktemp("sha"), "A", "test", HEADS)
     split = root / "part_A" / "test_data"
-    (split / "images").mkdir(parents=True)
-    (split / "ground-truth").mkdir()
-    for seed, (stem, heads) in enumerate(HEADS.items()):
-        sample = make_crowd(64, 80, heads, seed=seed)
-        Image.fromarray(sample.image).save(split / "images" / f"{stem}.jpg", quality=95)
-        _gt(split / "ground-truth" / f"GT_{stem}.mat", sample.points)
     (split / "images" / "IMG_4.jpg").write_bytes(b"broken")
     return root
 
@@ -98,7 +83,7 @@ def test_selection_prefers_images_of_the_median_size(tmp_path: Path) -> None:
     for seed, (stem, (width, height)) in enumerate(sizes.items()):
         sample = make_crowd(height, width, 3, seed=seed)
         Image.fromarray(sample.image).save(split / "images" / f"{stem}.jpg")
-        _gt(split / "ground-truth" / f"GT_{stem}.mat", sample.points)
+        write_shanghaitech_gt(split / "ground-truth" / f"GT_{stem}.mat", sample.points)
     dataset = open_dataset("sha", tmp_path, "test")
 
     def names(per_bin: int) -> list[str]:

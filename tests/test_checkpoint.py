@@ -47,9 +47,14 @@ def test_pickle_is_refused(tmp_path: Path) -> None:
     ("content", "problem"),
     [("{not json", "corrupt JSON"), ('{"step": 3}', "not an xmask checkpoint")],
 )
-def test_corrupt_or_foreign_pointer(tmp_path: Path, content: str, problem: str) -> None:
+def test_corrupt_or_foreign_pointer(
+    tmp_path: Path, content: str, problem: str, caplog: pytest.LogCaptureFixture
+) -> None:
     save_checkpoint(tmp_path, _ckpt(1))
     (tmp_path / "latest.json").write_text(content)
+    assert load_checkpoint(tmp_path).state["step"] == 1  # the newest intact pair
+    assert problem in caplog.text
+    (tmp_path / "step-00000001.json").write_text(content)
     with pytest.raises(CheckpointError, match=problem):
         load_checkpoint(tmp_path)
 

@@ -210,7 +210,7 @@ def test_cli_export_list_info_predict_and_record(
     assert main([*args, "--root", crowd]) == EXIT_OK
     recorded = read_model_card(tmp_path / "models" / "tiny").metrics["folder-train"]
     assert recorded["images"] == 5 and recorded["mae"] >= 0
-    assert (tmp_path / "eval-tiny-folder-train.csv").is_file()
+    assert (tmp_path / "models" / "tiny" / "eval-folder-train.csv").is_file()
     assert main(["predict", crowd, "--model", "tiny", "--out", "p", "--device", "cpu"]) == 0
     record = json.loads(next((tmp_path / "p" / "predictions").iterdir()).read_text())
     assert record["model"] == str(tmp_path / "models" / "tiny")

@@ -66,7 +66,7 @@ def test_folder_with_a_corrupt_file_then_resume(setup: Path) -> None:
     (out / "predictions" / "syn_0002.json").unlink()
     assert _predict(setup, str(setup / "images"), "--out", str(out)) == EXIT_SKIPPED
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["already_done"] == 2 and summary["images"] == 1
+    assert summary["already_done"] == 2 and summary["predicted"] == 1 and summary["images"] == 3
     assert (out / "masks" / "syn_0001.png").stat().st_mtime_ns == before
     assert len(COCO(str(out / "annotations.json")).getAnnIds()) == heads
 
@@ -165,6 +165,10 @@ def test_video_gives_annotated_video_counts_and_plot(setup: Path) -> None:
     assert len(decoded) == 3 and decoded[0].shape == (64, 96, 3)
     assert (out / "videos" / "clip-counts.png").is_file()
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["videos"] == 1 and summary["skipped"][0]["name"] == "broken.mp4"
-    assert _predict(setup, str(setup / "clip.mp4"), "--out", str(out)) == EXIT_OK
+    assert summary["videos_predicted"] == summary["videos"] == 1
+    assert summary["skipped"][0]["name"] == "broken.mp4"
+    again = [str(setup / "clip.mp4"), "--out", str(out)]
+    assert _predict(setup, *again, "--every", "2") == EXIT_OK
     assert json.loads((out / "summary.json").read_text())["already_done"] == 1
+    assert _predict(setup, *again) == EXIT_OK  # another --every: redone
+    assert json.loads((out / "summary.json").read_text())["videos_predicted"] == 1

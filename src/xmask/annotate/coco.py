@@ -38,7 +38,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from xmask.data.image_io import atomic_write_bytes
+from xmask.data.files import atomic_write_bytes
 from xmask.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -280,6 +280,8 @@ def read_coco(path: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as err:
         problem = f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
         raise DataError(path, problem) from err
+    except RecursionError as err:
+        raise DataError(path, "invalid JSON: nested too deeply") from err
     if not isinstance(coco, dict):
         raise DataError(path, "a COCO file must hold a JSON object")
     for key in ("images", "annotations"):

@@ -48,6 +48,7 @@ from xmask.annotate.coco import (
     counts_from_string,
     pixels_from_runs,
 )
+from xmask.data.image_io import max_image_pixels
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,13 @@ def _parse_images(coco: Mapping[str, Any], source: str | Path) -> dict[int, _Ima
         image = _Image(image_id, name, (h, w))
         if h < 1 or w < 1:
             raise AnnotationError(source, f"size {h}×{w} is empty", image=image.label)
+        if h * w > max_image_pixels():
+            raise AnnotationError(
+                source,
+                f"size of {h * w} pixels is over the image limit of {max_image_pixels():,} "
+                "(--max-image-pixels)",
+                image=image.label,
+            )
         if image_id in images or name in names:
             raise AnnotationError(source, "the id or file name appears twice", image=image.label)
         images[image_id] = image
@@ -200,7 +208,7 @@ def _parse_head(ann: Mapping[str, Any], image: _Image, source: str | Path) -> _H
         point = _head_point(ann, image)
         head = _head_index(ann)
         pixels = _mask_pixels(ann, image)
-    except ValueError as err:
+    except (ValueError, OverflowError) as err:
         raise AnnotationError(source, str(err), image=image.label, annotation=ann["id"]) from err
     if head is None:
         return _Head(ann["id"], ("point", *point), (1, 0, ann["id"]), point, pixels)

@@ -24,13 +24,15 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from xmask.annotate.coco import ImageRecord, label_maps_to_coco, write_coco
+from xmask.annotate.coco import ImageRecord, OverlapRule, label_maps_to_coco, read_coco, write_coco
+from xmask.annotate.coco_import import coco_to_label_maps
 from xmask.annotate.edp_sam import sam_backend
 from xmask.annotate.fastsam import fastsam_backend
 from xmask.annotate.fastsam_model import FastSamConfig
 from xmask.annotate.sam_model import SamConfig
 from xmask.annotate.superpixel import SuperpixelConfig, annotate_superpixel
-from xmask.data.image_io import atomic_write_bytes, load_label_map, save_label_map
+from xmask.data.files import atomic_write_bytes, distinct_stems, remove_stale_temporaries
+from xmask.data.image_io import load_label_map, save_label_map
 from xmask.data.points_io import read_txt_points, write_points_txt
 from xmask.data.readers import CrowdDataset, Item
 from xmask.errors import DataError, UsageError
@@ -100,6 +102,7 @@ def annotate_dataset(
 ) -> AnnotationSummary:
     """Annotate every image of ``dataset`` into ``out`` (layout in the module docstring)."""
     out = Path(out)
+    remove_stale_temporaries(out)
     run = build_backend(backend, sam, fastsam)
     summary = AnnotationSummary(backend=backend)
     for item in tqdm(dataset.items, desc=f"annotate ({backend})", disable=not progress):
@@ -125,6 +128,29 @@ def annotate_dataset(
     write_coco(out / "annotations.json", folder_to_coco(dataset, out))
     atomic_write_bytes(out / "summary.json", json.dumps(asdict(summary), indent=2).encode())
     return summary
+
+
+def import_coco(
+    coco_file: str | Path, out: str | Path, overlap: OverlapRule = "nearest"
+) -> tuple[int, int]:
+    """Write the label maps and points of a (corrected) COCO file into the annotation folder
+    ``out``; every image is checked, and every output name found
+    (:func:`xmask.data.files.distinct_stems`: ``cam1/IMG_X.jpg`` and ``cam2/IMG_X.jpg`` stay
+    apart), before anything is written.
+
+    Returns:
+        ``(heads, images)`` written.
+
+    Raises:
+        DataError: an unusable COCO file, or file names that collide or leave ``out``.
+    """
+    maps = coco_to_label_maps(read_coco(coco_file), coco_file, overlap=overlap)
+    stems = distinct_stems(list(maps), coco_file)
+    out = Path(out)
+    for name, image in maps.items():
+        write_points_txt(out / "points" / f"{stems[name]}.txt", image.points)
+        save_label_map(out / "masks" / f"{stems[name]}.png", image.labels)
+    return sum(len(image.points) for image in maps.values()), len(maps)
 
 
 def folder_to_coco(dataset: CrowdDataset, out: str | Path) -> dict:

@@ -1,26 +1,37 @@
-"""Prediction over many images: what to read, what to write, and resuming.
+"""Prediction over many images: what to write, when a finished image may be kept, and the
+summary of the output folder.
 
-Output folder ``OUT/`` (every file written atomically):
+Output folder ``OUT/`` (every file written atomically; ``NAME`` is the source's output name,
+:mod:`xmask.apps.sources`, which may hold sub-folders such as ``100/IMG_1``):
 
-- ``predictions/STEM.json``: image, size, count, head points ``[x, y]`` with their scores and
-  mask areas, the region if any, the model and its count threshold; written last, so an image
-  is done when it exists and a re-run skips it;
-- ``points/STEM.txt``: the head points, ``x y`` per line, in label order;
-- ``masks/STEM.png``: 16-bit instance label map (0 background, ``k`` = the ``k``-th point);
+- ``predictions/NAME.json``: image, size, count, head points ``[x, y]`` with their scores and
+  mask areas, the region if any, the model, and the fingerprint of the source file and of the
+  settings it was made with; written last;
+- ``points/NAME.txt``: the head points, ``x y`` per line, in label order;
+- ``masks/NAME.png``: 16-bit instance label map (0 background, ``k`` = the ``k``-th point);
   models with a mask head only;
-- ``overlays/STEM.png``: the image with a colour per instance, a dot per head and the count;
-- ``annotations.json``: COCO instances with RLE masks, one per head with its point as
-  keypoint, rebuilt at the end from every finished image (models with a mask head);
-- ``summary.json``: images and heads of this run, images already done, seconds, skipped items.
+- ``overlays/NAME.png``: the image with a colour per instance, a dot per head and the count;
+- ``annotations.json``: COCO instances with RLE masks of every finished image of the folder;
+- ``summary.json``: the images, videos and heads of the whole folder, and what this call did
+  (predicted, already done, redone, skipped, seconds).
+
+Re-runs: an image is kept only when its ``predictions/NAME.json`` holds the same fingerprint:
+the source file's path, size and modification time, and every setting that changes the
+result (the weights' SHA-256 and network, count rule, segmentation constants, tiling, region,
+which files are written). Anything else is redone; ``force`` redoes everything. A name is
+claimed by its source file (``OUT/.owners/NAME``) before anything is written, so another file
+of the same name, from this call, a later one or one running at the same time, is reported
+and skipped instead of overwriting or mixing with it.
 
 Videos go to ``videos/`` (:mod:`xmask.apps.video`). Unreadable images are reported and skipped.
 """
 
 from __future__ import annotations
 
-import glob
+import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,56 +43,52 @@ from tqdm.auto import tqdm
 
 from xmask.annotate.coco import ImageRecord, label_maps_to_coco, write_coco
 from xmask.apps.roi import restrict
+from xmask.apps.sources import Source
+from xmask.data.files import atomic_write_bytes, remove_stale_temporaries
 from xmask.data.image_io import (
-    IMAGE_SUFFIXES,
-    atomic_write_bytes,
     load_image,
     load_label_map,
     png_bytes,
     save_label_map,
 )
 from xmask.data.points_io import read_txt_points, write_points_txt
-from xmask.data.readers import natural_key, open_dataset
 from xmask.errors import DataError, UsageError
+from xmask.inference.loading import weights_digest
 from xmask.inference.prediction import Prediction
 from xmask.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
-
-
-@dataclass(frozen=True)
-class Source:
-    """One image or video to predict on.
-
-    Attributes:
-        name: file name (outputs are named by its stem).
-        path: the file.
-        apply_exif: rotate an image by its EXIF orientation tag when decoding.
-    """
-
-    name: str
-    path: Path
-    apply_exif: bool = True
-
-    @property
-    def is_video(self) -> bool:
-        """The file is a video (by its suffix)."""
-        return self.path.suffix.lower() in VIDEO_SUFFIXES
-
 
 @dataclass
 class BatchSummary:
-    """What ``summary.json`` holds (totals over the images predicted by this run; ``seconds``
-    is their wall time from reading the file to writing the last output)."""
+    """What ``summary.json`` holds.
+
+    Attributes:
+        model: the model of this call.
+        count_rule: its count rule, in words.
+        images: finished images in the output folder (every call's).
+        videos: finished videos in the output folder.
+        heads: heads of the finished images of the folder.
+        predicted: images predicted by this call (new, changed or forced).
+        videos_predicted: videos predicted by this call.
+        already_done: images and videos of this call kept from an earlier one.
+        redone: of ``predicted``, images whose earlier result was out of date.
+        seconds: wall time of this call's images, from reading the file to the last output.
+        network_s: seconds in the network over this call's images and videos.
+        post_s: seconds after it.
+        skipped: ``{"name", "problem"}`` of every item of this call left out.
+    """
 
     model: str
     count_rule: str
     images: int = 0
     videos: int = 0
-    already_done: int = 0
     heads: int = 0
+    predicted: int = 0
+    videos_predicted: int = 0
+    already_done: int = 0
+    redone: int = 0
     seconds: float = 0.0
     network_s: float = 0.0
     post_s: float = 0.0
@@ -93,74 +100,79 @@ class BatchSummary:
         self.skipped.append({"name": name, "problem": problem})
 
 
-def _media(paths: Sequence[Path]) -> list[Path]:
-
-    suffixes = IMAGE_SUFFIXES + VIDEO_SUFFIXES
-    files = [p for p in paths if p.is_file() and p.suffix.lower() in suffixes]
-    return sorted(files, key=lambda p: natural_key(str(p)))
-
-
-def find_sources(specs: Sequence[str | Path]) -> list[Source]:
-    """The images and videos named by files, folders (not recursive) or glob patterns
-    (``**`` recurses), in natural order within each.
-
-    Raises:
-        DataError: a path that does not exist, or a pattern that matches no image or video.
-    """
-    sources: list[Source] = []
-    for spec in specs:
-        path = Path(spec).expanduser()
-        if path.is_file():
-            found = [path]
-        elif path.is_dir():
-            found = _media(list(path.iterdir()))
-        elif glob.has_magic(str(spec)):
-            found = _media([Path(p) for p in glob.glob(str(path), recursive=True)])
-            if not found:
-                raise DataError(path, "the pattern matches no image or video")
-        else:
-            raise DataError(path, "no such file, folder or pattern")
-        sources += [Source(p.name, p) for p in found]
-    return sources
-
-
-def dataset_sources(dataset: str, root: str | Path, split: str) -> list[Source]:
-    """The images of a dataset split (their ground truth is not read)."""
-
-    opened = open_dataset(dataset, root, split)
-    return [Source(item.name, item.image, opened.apply_exif) for item in opened.items]
-
-
 @dataclass(frozen=True)
 class ImageOutputs:
-    """The files of one image in an output folder."""
+    """The files of one image in an output folder (``stem``: its output name)."""
 
     out: Path
     stem: str
 
     @property
     def prediction(self) -> Path:
-        """``predictions/STEM.json``, written last."""
+        """``predictions/NAME.json``, written last."""
         return self.out / "predictions" / f"{self.stem}.json"
 
     @property
     def points(self) -> Path:
-        """``points/STEM.txt``."""
+        """``points/NAME.txt``."""
         return self.out / "points" / f"{self.stem}.txt"
 
     @property
     def mask(self) -> Path:
-        """``masks/STEM.png``."""
+        """``masks/NAME.png``."""
         return self.out / "masks" / f"{self.stem}.png"
 
     @property
     def overlay(self) -> Path:
-        """``overlays/STEM.png``."""
+        """``overlays/NAME.png``."""
         return self.out / "overlays" / f"{self.stem}.png"
+
+    @property
+    def owner(self) -> Path:
+        """``.owners/NAME``: the source file that claimed the name."""
+        return self.out / ".owners" / self.stem
+
+
+def settings_fingerprint(predictor: Predictor, which: str, roi: np.ndarray | None) -> str:
+    """SHA-256 of every setting that changes a prediction: the weights (their SHA-256, or of
+    the network's tensors for a predictor not loaded from files) and the network of a run,
+    count rule, scale rule, segmentation constants, tiling and region."""
+    rule = predictor.count_rule
+    settings = {
+        "weights": _weights_of(predictor),
+        "which": which,
+        "count_rule": [rule.threshold, rule.split, rule.dense_threshold],
+        "scale": asdict(predictor.scale),
+        "segment": asdict(predictor.segment_config),
+        "tiling": [predictor.max_pixels, predictor.tile, predictor.overlap, predictor.core],
+        "roi": None if roi is None else np.asarray(roi, dtype=np.float64).tolist(),
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _weights_of(predictor: Predictor) -> str:
+    if predictor.source is not None:
+        return weights_digest(predictor.source)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(predictor.model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def source_fingerprint(source: Source) -> dict[str, Any]:
+    """The source file as a re-run compares it: absolute path, size, modification time."""
+    stat = source.path.stat()
+    return {
+        "path": str(source.path.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "apply_exif": source.apply_exif,
+    }
 
 
 def prediction_record(prediction: Prediction, name: str, model: str) -> dict[str, Any]:
-    """The JSON of one prediction (``predictions/STEM.json``)."""
+    """The JSON of one prediction (``predictions/NAME.json``), without its fingerprint."""
     record: dict[str, Any] = {
         "image": name,
         "height": prediction.size[0],
@@ -178,7 +190,8 @@ def prediction_record(prediction: Prediction, name: str, model: str) -> dict[str
 
 
 def write_image_outputs(files: ImageOutputs, prediction: Prediction, record: dict) -> None:
-    """Points, label map (if any), overlay, then the prediction JSON (the done marker).
+    """Remove the image's earlier outputs, then write its points, label map (if any), overlay
+    and, last, the prediction JSON.
 
     Raises:
         DataError: more heads than a 16-bit label map holds.
@@ -186,11 +199,40 @@ def write_image_outputs(files: ImageOutputs, prediction: Prediction, record: dic
 
     if prediction.labels is not None and len(prediction.points) > np.iinfo(np.uint16).max:
         raise DataError(files.mask, f"{len(prediction.points)} heads do not fit a 16-bit map")
+    for old in (files.prediction, files.mask, files.overlay):
+        old.unlink(missing_ok=True)
     write_points_txt(files.points, prediction.points)
     if prediction.labels is not None:
         save_label_map(files.mask, prediction.labels)
     atomic_write_bytes(files.overlay, png_bytes(prediction.overlay()))
     atomic_write_bytes(files.prediction, (json.dumps(record) + "\n").encode("utf-8"))
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A prediction JSON, or None when it is missing or unreadable (it is then redone)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def claim(files: ImageOutputs, source: Source, force: bool) -> str | None:
+    """Claim the output name for ``source``; returns the other file that holds it, if any
+    (``force`` takes the name over)."""
+    mine = str(source.path.resolve())
+    files.owner.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(files.owner, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        holder = files.owner.read_text(encoding="utf-8")
+        if holder in (mine, "") or force:
+            atomic_write_bytes(files.owner, mine.encode("utf-8"))
+            return None
+        return holder
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(mine)
+    return None
 
 
 def predict_images(
@@ -199,77 +241,99 @@ def predict_images(
     out: str | Path,
     *,
     model: str = "",
+    which: str = "teacher",
     roi: np.ndarray | None = None,
+    force: bool = False,
+    settings: str | None = None,
     summary: BatchSummary | None = None,
     progress: bool = True,
 ) -> BatchSummary:
-    """Predict every image source into ``out`` (layout in the module docstring); resumable.
+    """Predict every image source into ``out`` (layout and re-runs in the module docstring).
 
     Args:
         predictor: the model.
         sources: images, in output order (videos are left to :mod:`xmask.apps.video`).
         out: the output folder.
         model: the model's name or path, recorded in the outputs.
+        which: the network of a training run (part of the settings).
         roi: ``K×2`` ``(x, y)`` polygon to count inside (:mod:`xmask.apps.roi`), or None.
+        force: redo every image, even one whose outputs are up to date.
+        settings: :func:`settings_fingerprint` of ``predictor``, ``which`` and ``roi``
+            (computed when None).
         summary: totals to add to (a new one when None).
         progress: show a tqdm bar on stderr.
 
     Returns:
-        The summary (``summary.json`` is written by :func:`finish`).
+        The summary of this call (:func:`finish` adds the folder's totals and writes it).
     """
 
     out = Path(out)
+    remove_stale_temporaries(out)
     summary = summary or BatchSummary(model, predictor.count_rule.describe())
+    settings = settings or settings_fingerprint(predictor, which, roi)
     owners: dict[str, str] = {}
     bar = tqdm(sources, desc="predict", unit="img", disable=not progress)
     for source in bar:
-        stem = Path(source.name).stem
-        if owners.setdefault(stem, str(source.path)) != str(source.path):
-            summary.skip(source.name, f"same output name {stem!r} as {owners[stem]}")
-            continue
-        files = ImageOutputs(out, stem)
-        if files.prediction.is_file():
-            summary.already_done += 1
-            continue
         start = time.perf_counter()
         try:
+            files = ImageOutputs(out, source.stem)
+            first = owners.setdefault(files.stem, str(source.path))
+            holder = claim(files, source, force) if first == str(source.path) else first
+            if holder is not None:
+                summary.skip(source.name, f"output name {files.stem!r} belongs to {holder}")
+                continue
+            fingerprint = {"source": source_fingerprint(source), "settings": settings}
+            earlier = read_record(files.prediction)
+            if not force and earlier is not None and earlier.get("fingerprint") == fingerprint:
+                summary.already_done += 1
+                continue
             prediction = predictor(load_image(source.path, apply_exif=source.apply_exif).array)
             if roi is not None:
                 prediction = restrict(prediction, roi)
             record = prediction_record(prediction, source.name, model)
-            write_image_outputs(files, prediction, record)
-        except (DataError, UsageError) as err:
+            write_image_outputs(files, prediction, record | {"fingerprint": fingerprint})
+        except (DataError, UsageError, OSError) as err:
             summary.skip(source.name, str(err))
             continue
-        summary.images += 1
-        summary.heads += len(prediction.points)
+        summary.predicted += 1
+        summary.redone += earlier is not None
         summary.seconds += time.perf_counter() - start
         summary.network_s += prediction.network_s
         summary.post_s += prediction.post_s
-        bar.set_postfix(heads=summary.heads, refresh=False)
+        bar.set_postfix(heads=len(prediction.points), refresh=False)
     bar.close()
     return summary
 
 
-def finish(summary: BatchSummary, sources: Sequence[Source], out: str | Path) -> None:
-    """Write ``annotations.json`` (COCO, from every finished image with a label map) and
-    ``summary.json``."""
+def finish(summary: BatchSummary, out: str | Path) -> BatchSummary:
+    """Count the output folder's finished images, heads and videos into ``summary``; write
+    ``annotations.json`` (COCO, every finished image with a label map) and ``summary.json``."""
 
     out = Path(out)
-    records = list(_finished(sources, out))
+    records = []
+    summary.images = summary.heads = 0
+    for files, record in finished_images(out):
+        summary.images += 1
+        summary.heads += len(record.get("points", []))
+        if files.mask.is_file():
+            points = read_txt_points(files.points).astype(np.float32)
+            records.append(ImageRecord(str(record["image"]), points, load_label_map(files.mask)))
+    summary.videos = sum(1 for _ in (out / "videos").rglob("*.json"))
     if records:
         write_coco(out / "annotations.json", label_maps_to_coco(records))
+    else:
+        (out / "annotations.json").unlink(missing_ok=True)
     atomic_write_bytes(out / "summary.json", json.dumps(asdict(summary), indent=2).encode())
+    return summary
 
 
-def _finished(sources: Sequence[Source], out: Path) -> Iterator[ImageRecord]:
-    """The records of every finished image of ``sources`` with a label map, read back."""
-
-    seen: set[str] = set()
-    for source in sources:
-        files = ImageOutputs(out, Path(source.name).stem)
-        if files.stem in seen or not (files.prediction.is_file() and files.mask.is_file()):
+def finished_images(out: Path) -> Iterator[tuple[ImageOutputs, dict[str, Any]]]:
+    """Every finished image of an output folder (a readable prediction JSON), by name."""
+    folder = out / "predictions"
+    paths = sorted(folder.rglob("*.json")) if folder.is_dir() else []
+    for path in paths:
+        record = read_record(path)
+        if record is None or "image" not in record:
+            log.warning("%s: unreadable prediction, left out of the summary", path)
             continue
-        seen.add(files.stem)
-        points = read_txt_points(files.points).astype(np.float32)
-        yield ImageRecord(source.name, points, load_label_map(files.mask))
+        yield ImageOutputs(out, path.relative_to(folder).with_suffix("").as_posix()), record

@@ -78,7 +78,8 @@ class BenchConfig:
     """What to run.
 
     Attributes:
-        root: the ShanghaiTech folder (holding ``part_A``).
+        root: the ShanghaiTech folder (holding ``part_A``); None: the configured one
+            (:func:`xmask.data.locations.dataset_root`).
         checkpoint: a model with a mask head (a name, a model folder, or a run: its folder,
             ``checkpoints/``, ``best/`` or a ``.safetensors`` file); None: the shipped model.
         which: the network of the checkpoint.
@@ -91,7 +92,7 @@ class BenchConfig:
         repeat: timed calls per image and method; the median one is reported.
     """
 
-    root: Path
+    root: Path | None
     checkpoint: str | None = None
     which: str = "teacher"
     per_bin: int = 2
@@ -290,7 +291,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     methods = _time_baselines(samples, cfg)
     setup = {
         "dataset": "sha",
-        "root": str(cfg.root),
+        "root": str(dataset.root),
         "split": cfg.split,
         "per_bin": cfg.per_bin,
         "bin_edges": list(cfg.edges),

@@ -4,9 +4,11 @@ For ``OUT/videos/`` and a video ``NAME.mp4``:
 
 - ``NAME.mp4``: every predicted frame drawn as :meth:`xmask.inference.prediction.Prediction.overlay`
   (instances, head dots, the count), H.264 at the source rate divided by ``every``;
-- ``NAME.csv``: ``frame,time_s,count`` per predicted frame, written last (a video is done when
-  it exists; an interrupted video is redone from its start);
-- ``NAME-counts.png``: the count over time.
+- ``NAME.csv``: ``frame,time_s,count`` per predicted frame;
+- ``NAME-counts.png``: the count over time;
+- ``NAME.json``: the fingerprint of the source file and the settings (as for images,
+  :mod:`xmask.apps.batch`, with ``every``), written last: a video is done when it exists and
+  matches; an interrupted or changed video is redone from its start.
 
 Needs PyAV (``pip install 'xmask[video]'``), and matplotlib for the plot.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -25,9 +28,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from xmask.apps.batch import Source
+from xmask.apps.batch import read_record, source_fingerprint
 from xmask.apps.roi import restrict
-from xmask.data.image_io import atomic_write_bytes
+from xmask.apps.sources import Source
+from xmask.data.files import atomic_write_bytes
 from xmask.errors import DataError, UsageError
 from xmask.inference.predictor import Predictor
 
@@ -77,6 +81,11 @@ class VideoOutputs:
         """``videos/STEM-counts.png``."""
         return self.out / "videos" / f"{self.stem}-counts.png"
 
+    @property
+    def record(self) -> Path:
+        """``videos/STEM.json``, written last."""
+        return self.out / "videos" / f"{self.stem}.json"
+
 
 def _import_av() -> Any:
     try:
@@ -93,9 +102,16 @@ def predict_video(
     *,
     every: int = 1,
     roi: np.ndarray | None = None,
+    settings: str = "",
+    force: bool = False,
     progress: bool = True,
 ) -> VideoResult | None:
     """Predict every ``every``-th frame of a video and write its outputs (module docstring).
+
+    Args:
+        settings: the fingerprint of the prediction settings
+            (:func:`xmask.apps.batch.settings_fingerprint`).
+        force: redo the video even when its outputs are up to date.
 
     Returns:
         The result, or None when the video was already done.
@@ -106,9 +122,12 @@ def predict_video(
     """
     if every < 1:
         raise UsageError(f"--every must be at least 1, got {every}")
-    files = VideoOutputs(Path(out), Path(source.name).stem)
-    if files.table.is_file():
+    files = VideoOutputs(Path(out), source.stem)
+    fingerprint = {"source": source_fingerprint(source), "settings": settings, "every": every}
+    earlier = read_record(files.record)
+    if not force and earlier is not None and earlier.get("fingerprint") == fingerprint:
         return None
+    files.record.unlink(missing_ok=True)
     av = _import_av()
     files.video.parent.mkdir(parents=True, exist_ok=True)
     partial = files.video.with_name(f".{files.video.name}.part")
@@ -120,6 +139,8 @@ def predict_video(
     os.replace(partial, files.video)
     _write_plot(files.plot, result, source.name)
     _write_table(files.table, result)
+    record = {"video": source.name, "frames": len(result.frames), "fingerprint": fingerprint}
+    atomic_write_bytes(files.record, (json.dumps(record) + "\n").encode("utf-8"))
     return result
 
 

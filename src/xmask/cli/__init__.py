@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from xmask import __version__
 from xmask.errors import XmaskError
@@ -58,7 +59,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        return int(args.run(args))
+        with image_limit(getattr(args, "max_image_pixels", None)):
+            return int(args.run(args))
     except XmaskError as err:
         logging.getLogger("xmask").error("%s", err)
         return EXIT_ERROR
+
+
+@contextlib.contextmanager
+def image_limit(pixels: int | None) -> Iterator[None]:
+    """``--max-image-pixels`` for the duration of one command (the process's limit is restored
+    after it, for callers of :func:`main` in Python)."""
+    if pixels is None:
+        yield
+        return
+    from xmask.data.image_io import max_image_pixels, set_max_image_pixels
+
+    previous = max_image_pixels()
+    try:
+        set_max_image_pixels(pixels)
+    except ValueError as err:
+        raise XmaskError(f"--max-image-pixels: {err}") from err
+    try:
+        yield
+    finally:
+        set_max_image_pixels(previous)

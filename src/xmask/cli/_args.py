@@ -74,3 +74,23 @@ def add_which_option(
         default=which[0],
         help="the network of a training run (a model folder holds one)",
     )
+
+
+ROOT_DEFAULT = "the config file's entry for the dataset, or $XMASK_DATA/FOLDER (README, Data)"
+ROOT_HELP = f"dataset folder (default: {ROOT_DEFAULT})"
+
+
+def add_root_option(parser: argparse.ArgumentParser, help: str = ROOT_HELP) -> None:
+    """``--root``, optional: :func:`xmask.data.locations.dataset_root` finds a default."""
+    parser.add_argument("--root", help=help)
+
+
+def add_image_limit_option(parser: argparse.ArgumentParser) -> None:
+    """``--max-image-pixels``: decode images larger than Pillow's decompression-bomb limit."""
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        metavar="N",
+        help="decode images of up to N pixels (default 89,478,485, Pillow's guard against "
+        "decompression bombs): e.g. 120000000 for a 108 MP photo or a 30000x3000 panorama",
+    )

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from xmask.cli import EXIT_OK, EXIT_SKIPPED
-from xmask.cli._args import add_device_option
+from xmask.cli._args import add_device_option, add_image_limit_option, add_root_option
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "`xmask annotate import` carry the masks to and from CVAT for manual correction.",
     )
     parser.add_argument("--dataset", help="sha, shb, ucf, jhu or folder")
-    parser.add_argument("--root", help="dataset folder")
+    add_root_option(parser)
     parser.add_argument("--split", default="train", help="train, test (jhu: also val)")
     parser.add_argument(
         "--backend",
@@ -30,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "fastsam or fastsam-nnec (the paper's FastSAM baselines)",
     )
     parser.add_argument("--out", help="output folder DIR")
+    add_image_limit_option(parser)
     sam = parser.add_argument_group("SAM backends (pip install 'xmask[sam]')")
     sam.add_argument("--sam-checkpoint", help="local SAM checkpoint (e.g. sam_vit_b_01ec64.pth)")
     sam.add_argument("--sam-model", default="vit_b", choices=("vit_b", "vit_l", "vit_h"))
@@ -66,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "export", help="COCO file (RLE masks, head keypoints) of DIR for CVAT"
     )
     export.add_argument("--dataset", required=True, help="dataset the masks were made for")
-    export.add_argument("--root", required=True, help="dataset folder")
+    add_root_option(export)
     export.add_argument("--split", default="train")
     export.add_argument("--dir", required=True, help="annotation folder DIR")
     export.add_argument("--out", required=True, help="COCO JSON file to write")
@@ -89,7 +89,7 @@ def run_annotate(args: argparse.Namespace) -> int:
     from xmask.data.readers import open_dataset
     from xmask.errors import UsageError
 
-    missing = [flag for flag in ("dataset", "root", "out") if getattr(args, flag) is None]
+    missing = [flag for flag in ("dataset", "out") if getattr(args, flag) is None]
     if missing:
         raise UsageError(f"xmask annotate needs --{', --'.join(missing)}")
     dataset = open_dataset(args.dataset, args.root, args.split)
@@ -159,17 +159,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_import(args: argparse.Namespace) -> int:
     """``xmask annotate import``."""
-    from xmask.annotate.coco import read_coco
-    from xmask.annotate.coco_import import coco_to_label_maps
-    from xmask.data.image_io import save_label_map
-    from xmask.data.points_io import write_points_txt
+    from xmask.annotate.pipeline import import_coco
 
-    maps = coco_to_label_maps(read_coco(args.coco), args.coco, overlap=args.overlap)
-    out = Path(args.out)
-    for name, image in maps.items():
-        stem = Path(name).stem
-        write_points_txt(out / "points" / f"{stem}.txt", image.points)
-        save_label_map(out / "masks" / f"{stem}.png", image.labels)
-    heads = sum(len(image.points) for image in maps.values())
-    print(json.dumps({"images": len(maps), "heads": heads, "out": str(out)}))
+    heads, images = import_coco(args.coco, args.out, overlap=args.overlap)
+    print(json.dumps({"images": images, "heads": heads, "out": str(args.out)}))
     return EXIT_OK

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from xmask.cli import EXIT_OK, EXIT_SKIPPED
-from xmask.cli._args import add_device_option, add_model_options
+from xmask.cli._args import ROOT_DEFAULT, add_device_option, add_model_options, add_root_option
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "depend on weights). Exit code "
         f"{EXIT_SKIPPED} when an image or a baseline was skipped.",
     )
-    parser.add_argument("--root", required=True, help="ShanghaiTech folder (holding part_A)")
+    add_root_option(parser, f"ShanghaiTech folder (holding part_A; default: {ROOT_DEFAULT})")
     add_model_options(parser, threshold=False)
     parser.add_argument("--per-bin", type=int, default=2, metavar="K", help="images per bin")
     parser.add_argument(
@@ -59,7 +59,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
     from xmask.apps.bench_report import format_report
 
     cfg = BenchConfig(
-        root=Path(args.root).expanduser(),
+        root=None if args.root is None else Path(args.root).expanduser(),
         checkpoint=args.model,
         which=args.which,
         per_bin=args.per_bin,

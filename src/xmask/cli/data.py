@@ -6,6 +6,7 @@ import argparse
 import json
 
 from xmask.cli import EXIT_OK, EXIT_SKIPPED
+from xmask.cli._args import add_image_limit_option, add_root_option
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, split_default: str = "train") -> None:
@@ -15,8 +16,9 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, split_default: str = 
         required=True,
         help="sha, shb, ucf, jhu or folder (your own images with NAME.txt/NAME.json/points.csv)",
     )
-    parser.add_argument("--root", required=True, help="dataset folder")
+    add_root_option(parser)
     parser.add_argument("--split", default=split_default, help="train, test (jhu: also val)")
+    add_image_limit_option(parser)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

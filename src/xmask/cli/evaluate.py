@@ -8,7 +8,7 @@ import logging
 from dataclasses import fields
 
 from xmask.cli import EXIT_OK, EXIT_SKIPPED
-from xmask.cli._args import add_device_option, add_model_options
+from xmask.cli._args import add_device_option, add_image_limit_option, add_model_options
 
 log = logging.getLogger("xmask")
 
@@ -27,7 +27,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--dataset", help="sha, shb, ucf, jhu or folder (default: the model's training data)"
     )
-    parser.add_argument("--root", help="dataset folder (default: the model's training data)")
+    parser.add_argument(
+        "--root",
+        help="dataset folder (default: a run's own training data when it is on this machine, "
+        "else the config file's or $XMASK_DATA's; see README, Data)",
+    )
     parser.add_argument("--split", default="test", help="train, test (jhu: also val)")
     parser.add_argument(
         "--max-short-side",
@@ -37,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "evaluating the run's dataset)",
     )
     add_device_option(parser)
+    add_image_limit_option(parser)
     subset = parser.add_mutually_exclusive_group()
     subset.add_argument(
         "--labeled", metavar="SPLIT", help="only the labeled images of a split list (train split)"
@@ -58,14 +63,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--record",
         action="store_true",
-        help="store the figures in the model folder's model.json under 'DATASET-SPLIT' "
-        "(model folders only)",
+        help="store the figures (with the number of images) in the model folder's model.json "
+        "under 'DATASET-SPLIT' (model folders only; an installed model is first copied to "
+        "$XMASK_MODELS/NAME, which then hides it, and the record goes there)",
     )
     parser.add_argument(
         "--csv",
         metavar="FILE",
-        help="per-image CSV (default: RUN/eval-DATASET-SPLIT.csv for a run, else "
-        "eval-MODEL-DATASET-SPLIT.csv here)",
+        help="per-image CSV (default: RUN/eval-DATASET-SPLIT.csv for a run, "
+        "MODEL/eval-DATASET-SPLIT.csv for your model folder, $XMASK_MODELS/NAME/"
+        "eval-DATASET-SPLIT.csv for an installed one)",
     )
     parser.add_argument(
         "--sigma",

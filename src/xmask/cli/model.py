@@ -53,7 +53,11 @@ def run_list(args: argparse.Namespace) -> int:
     for name, folder in models.items():
         card = read_model_card(folder)
         mark = " (default)" if name == DEFAULT_MODEL else ""
-        scores = ", ".join(f"{k} MAE {v['mae']:.2f}" for k, v in card.metrics.items() if "mae" in v)
+        scores = ", ".join(
+            f"{k} MAE {v['mae']:.2f} on {v.get('images', '?')} images"
+            for k, v in card.metrics.items()
+            if "mae" in v
+        )
         print(f"{name}{mark}: {card.description or '-'}" + (f" [{scores}]" if scores else ""))
         print(f"    {folder}")
     return EXIT_OK

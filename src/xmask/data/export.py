@@ -5,21 +5,24 @@ Each readable image becomes ``OUT/PREFIX + NAME`` (a hard link to the original f
 file system allows, else a copy; an image the folder reader would decode differently, because
 of its EXIF orientation, is re-encoded as PNG) and its points ``OUT/PREFIX + STEM.txt``, as the
 source reader gives them (points outside the image dropped). Unreadable items are reported and
-skipped; files already there are kept, so an interrupted export resumes.
+skipped; files already there are kept, so an interrupted export resumes. A name already
+holding another file (a second dataset exported into one folder without a ``prefix``) is
+reported and skipped, never overwritten nor taken for done.
 """
 
 from __future__ import annotations
 
+import filecmp
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from xmask.data.image_io import atomic_write_bytes, load_image, png_bytes
+from xmask.data.files import atomic_write_bytes, remove_stale_temporaries, temporary_path
+from xmask.data.image_io import load_image, png_bytes
 from xmask.data.points_io import write_points_txt
 from xmask.data.readers import CrowdDataset
 from xmask.errors import DataError
@@ -39,9 +42,7 @@ class ExportSummary:
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    Path(tmp).unlink()
+    tmp = temporary_path(target)
     try:
         try:
             os.link(source, tmp)
@@ -58,6 +59,20 @@ def _exif_rotated(path: Path) -> bool:
     return load_image(path, apply_exif=True).exif_rotated
 
 
+def _exported_from(image: Path, target: Path, apply_exif: bool) -> bool:
+    """``target`` (or its re-encoded ``.png``) is the export of ``image``: the same file (a hard
+    link), an equal copy, or its pixels re-encoded."""
+    if target.is_file():
+        return os.path.samefile(image, target) or filecmp.cmp(image, target, shallow=False)
+    encoded = target.with_suffix(".png")
+    if not encoded.is_file():
+        return False
+    try:
+        return encoded.read_bytes() == png_bytes(load_image(image, apply_exif=apply_exif).array)
+    except DataError:
+        return False
+
+
 def export_folder(
     dataset: CrowdDataset, out: str | Path, prefix: str = "", progress: bool = True
 ) -> ExportSummary:
@@ -72,11 +87,17 @@ def export_folder(
 
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
     summary = ExportSummary()
     for item in tqdm(dataset.items, desc="export", unit="img", disable=not progress):
         name = prefix + item.name
         points_file = out / f"{Path(name).stem}.txt"
         if points_file.is_file():
+            if not _exported_from(item.image, out / name, dataset.apply_exif):
+                problem = f"{out / name} holds another image (another dataset?): give --prefix"
+                log.warning("skipped %s: %s", item.name, problem)
+                summary.skipped.append({"name": item.name, "problem": problem})
+                continue
             summary.already_done += 1
             continue
         try:

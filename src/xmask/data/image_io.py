@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from xmask.data.files import atomic_write_bytes
 from xmask.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -55,6 +54,24 @@ class LoadedImage:
         return int(self.array.shape[0]), int(self.array.shape[1])
 
 
+def max_image_pixels() -> int:
+    """The largest image (pixels) decoded: Pillow's decompression-bomb limit, 89,478,485 unless
+    :func:`set_max_image_pixels` (``--max-image-pixels``) changed it."""
+    return int(Image.MAX_IMAGE_PIXELS or 0)
+
+
+def set_max_image_pixels(pixels: int) -> None:
+    """Allow images up to ``pixels`` pixels (a 108 MP photo, a 30000×3000 panorama) for the
+    whole process (Pillow's limit); larger ones are refused as possible decompression bombs.
+
+    Raises:
+        ValueError: ``pixels < 1``.
+    """
+    if pixels < 1:
+        raise ValueError(f"the image pixel limit must be positive, got {pixels}")
+    Image.MAX_IMAGE_PIXELS = int(pixels)
+
+
 def _decode(path: Path) -> Image.Image:
     if not path.is_file():
         raise DataError(path, "image file not found")
@@ -66,7 +83,11 @@ def _decode(path: Path) -> Image.Image:
     except UnidentifiedImageError as err:
         raise DataError(path, "not a readable image (unknown format or corrupt header)") from err
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise DataError(path, f"image too large to decode safely ({err})") from err
+        raise DataError(
+            path,
+            f"image over {max_image_pixels():,} pixels, refused as a possible decompression bomb;"
+            " allow it with --max-image-pixels N",
+        ) from err
     except (OSError, SyntaxError, ValueError) as err:
         raise DataError(path, f"corrupt or truncated image ({err})") from err
     if image.width == 0 or image.height == 0:
@@ -130,24 +151,6 @@ def load_label_map(path: str | Path, size: tuple[int, int] | None = None) -> np.
     if size is not None and labels.shape != tuple(size):
         raise DataError(path, f"label map is {labels.shape}, image is {tuple(size)}")
     return labels
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (never half-written).
-
-    The file gets the permissions of a plain ``open(path, "w")``: ``0o666`` less the umask,
-    which the kernel applies when the temporary file is created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save_label_map(path: str | Path, labels: np.ndarray) -> None:

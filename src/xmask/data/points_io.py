@@ -8,6 +8,7 @@ file, so a sample's points are always finite and inside its image.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from collections import defaultdict
@@ -15,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy.io import loadmat
-from scipy.io.matlab import MatReadError
 
-from xmask.data.image_io import atomic_write_bytes
+from xmask.data.files import atomic_write_bytes
 from xmask.errors import DataError
 from xmask.geometry.points import inside_image
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 def _as_points(values: object, path: Path) -> np.ndarray:
     try:
         array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise DataError(path, f"points are not numeric ({err})") from err
     if array.size == 0:
         return np.zeros((0, 2), dtype=np.float64)
@@ -39,6 +39,21 @@ def _as_points(values: object, path: Path) -> np.ndarray:
 def _require(path: Path) -> None:
     if not path.is_file():
         raise DataError(path, "ground-truth file not found")
+
+
+def read_text(path: Path) -> str:
+    """A point file's text: UTF-8, with or without a byte-order mark (Excel writes one).
+
+    Raises:
+        DataError: a missing file, or one that is not UTF-8 text (Latin-1, binary).
+    """
+    _require(path)
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(path, f"not UTF-8 text ({err}); save it as UTF-8") from err
+    except OSError as err:
+        raise DataError(path, f"unreadable ({err})") from err
 
 
 def read_mat_points(path: str | Path, key: str) -> np.ndarray:
@@ -53,8 +68,10 @@ def read_mat_points(path: str | Path, key: str) -> np.ndarray:
     _require(path)
     try:
         content = loadmat(path)
-    except (MatReadError, ValueError, TypeError, OSError, NotImplementedError) as err:
-        raise DataError(path, f"unreadable MATLAB file ({err})") from err
+    except Exception as err:  # a damaged file makes SciPy's parser raise almost anything
+        # (zlib.error, struct.error, UnicodeDecodeError, MemoryError, ...): name the file
+        problem = f"unreadable MATLAB file ({type(err).__name__}: {err})"
+        raise DataError(path, problem) from err
     if key not in content:
         found = sorted(k for k in content if not k.startswith("__"))
         raise DataError(path, f"no '{key}' entry (found: {', '.join(found) or 'none'})")
@@ -62,7 +79,7 @@ def read_mat_points(path: str | Path, key: str) -> np.ndarray:
     if key == "image_info":
         try:
             value = value[0, 0][0, 0][0]
-        except (IndexError, TypeError, ValueError) as err:
+        except (IndexError, TypeError, ValueError, KeyError) as err:
             raise DataError(path, f"'image_info' is not the ShanghaiTech struct ({err})") from err
     return _as_points(value, path)
 
@@ -74,9 +91,8 @@ def read_txt_points(path: str | Path) -> np.ndarray:
     skipped; an empty file means an image with no heads.
     """
     path = Path(path)
-    _require(path)
     rows: list[list[float]] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         text = line.split("#", 1)[0].replace(",", " ").split()
         if not text:
             continue
@@ -90,11 +106,12 @@ def read_txt_points(path: str | Path) -> np.ndarray:
 def read_json_points(path: str | Path) -> np.ndarray:
     """Points from JSON: ``[[x, y], ...]``, ``[{"x": .., "y": ..}, ...]`` or ``{"points": ...}``."""
     path = Path(path)
-    _require(path)
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        content = json.loads(read_text(path))
+    except json.JSONDecodeError as err:
         raise DataError(path, f"invalid JSON ({err})") from err
+    except RecursionError as err:
+        raise DataError(path, "invalid JSON (nested too deeply)") from err
     if isinstance(content, dict):
         if "points" not in content:
             raise DataError(path, "JSON object has no 'points' key")
@@ -116,18 +133,19 @@ def read_csv_points(path: str | Path) -> dict[str, np.ndarray]:
         image file name → ``N×2`` points. Images absent from the file are not in the dict.
     """
     path = Path(path)
-    _require(path)
     points: dict[str, list[list[float]]] = defaultdict(list)
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
+    try:
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
         missing = {"image", "x", "y"} - set(reader.fieldnames or [])
         if missing:
             raise DataError(path, f"CSV header lacks column(s) {', '.join(sorted(missing))}")
         for row in reader:
             try:
                 points[row["image"]].append([float(row["x"]), float(row["y"])])
-            except (TypeError, ValueError) as err:
+            except (TypeError, ValueError, OverflowError) as err:
                 raise DataError(path, f"line {reader.line_num}: bad x/y ({err})") from err
+    except csv.Error as err:
+        raise DataError(path, f"malformed CSV ({err})") from err
     return {name: _as_points(rows, path) for name, rows in points.items()}
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from xmask.data.image_io import IMAGE_SUFFIXES, LoadedImage, load_image, load_label_map
+from xmask.data.locations import dataset_root
 from xmask.data.points_io import (
     clean_points,
     read_csv_points,
@@ -385,11 +386,22 @@ def dataset_names() -> Iterable[str]:
     return list(DATASETS)
 
 
-def open_dataset(
-    name: str, root: str | Path, split: str = "train", **kwargs: object
-) -> CrowdDataset:
-    """Open a dataset split by key (``sha``, ``shb``, ``ucf``, ``jhu``, ``folder``) or alias."""
+def dataset_key(name: str) -> str:
+    """The reader key of a dataset name or alias.
+
+    Raises:
+        UsageError: an unknown name.
+    """
     key = ALIASES.get(name.lower(), name.lower())
     if key not in DATASETS:
         raise UsageError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
-    return DATASETS[key](root, split, **kwargs)  # type: ignore[arg-type]
+    return key
+
+
+def open_dataset(
+    name: str, root: str | Path | None = None, split: str = "train", **kwargs: object
+) -> CrowdDataset:
+    """Open a dataset split by key (``sha``, ``shb``, ``ucf``, ``jhu``, ``folder``) or alias;
+    ``root`` None: the folder configured for it (:func:`xmask.data.locations.dataset_root`)."""
+    key = dataset_key(name)
+    return DATASETS[key](dataset_root(key, root), split, **kwargs)  # type: ignore[arg-type]

@@ -39,7 +39,8 @@ import torch
 from PIL import Image
 from scipy.spatial import cKDTree
 
-from xmask.data.image_io import atomic_write_bytes, save_label_map
+from xmask.data.files import atomic_write_bytes
+from xmask.data.image_io import save_label_map
 from xmask.data.points_io import write_points_txt
 from xmask.types import Sample
 

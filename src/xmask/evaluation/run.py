@@ -10,14 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xmask.data.readers import CrowdDataset, open_dataset
+from xmask.data.locations import dataset_root
+from xmask.data.readers import CrowdDataset, dataset_key, open_dataset
 from xmask.data.splits import semi_split
 from xmask.device import resolve_device
 from xmask.errors import XmaskError
 from xmask.evaluation.evaluate import EvaluationResult, evaluate_model, format_result
 from xmask.evaluation.scoring import SegmentationScores, score_segmentation
 from xmask.inference.loading import InferenceModel, load_inference_model
-from xmask.inference.model_folder import record_metrics
+from xmask.inference.model_folder import output_folder, record_metrics
 from xmask.inference.predictor import Predictor
 from xmask.inference.run_folder import find_run_folder
 from xmask.inference.scale import resolve_scale
@@ -39,15 +40,16 @@ class EvaluationRequest:
             (:func:`~xmask.inference.scale.resolve_scale`).
         device: ``"auto"``, ``"cpu"``, ``"cuda:N"``.
         dataset: reader key; None: the run's training dataset.
-        root: dataset folder; None: the run's.
+        root: dataset folder; None: the run's when it is on this machine, else the configured
+            one (:func:`xmask.data.locations.dataset_root`).
         split: ``train``, ``test`` (jhu: also ``val``).
         max_short_side: resize rule; None: the run's when evaluating the run's dataset.
         labeled: only the labeled images of this split list.
         unlabeled: only the unlabeled pool of this split list.
         masks: an annotation folder to score the instance masks against, or None.
-        csv: the per-image CSV; None: ``RUN/eval-DATASET-SPLIT.csv`` for a run, else
-            ``eval-MODEL-DATASET-SPLIT.csv`` in the current folder.
-        record: store the figures in the model folder's card.
+        csv: the per-image CSV; None: :func:`default_csv`.
+        record: store the figures in the model folder's card (an installed model's user copy,
+            :func:`~xmask.inference.model_folder.record_metrics`).
         thresholds: localisation distance thresholds in pixels.
         max_pixels: images with more pixels run in tiles.
         tile: tile side in pixels.
@@ -161,13 +163,12 @@ def evaluation_images(request: EvaluationRequest, loaded: InferenceModel) -> Eva
     """
     trained = loaded.dataset or (None, None, None)
     name = request.dataset or trained[0]
-    root = request.root or trained[1]
     if name is None:
         raise XmaskError(f"{loaded.source}: the model does not say its data; give --dataset")
-    if not root:
-        raise XmaskError(f"{loaded.source}: give --root, the folder of the {name} dataset")
+    own = dataset_key(name) == dataset_key(trained[0]) if trained[0] else False
+    root = dataset_root(dataset_key(name), request.root, trained[1] if own else None)
     max_short_side = request.max_short_side
-    if max_short_side is None and name == trained[0]:
+    if max_short_side is None and own:
         max_short_side = trained[2]
     dataset = open_dataset(name, root, request.split, max_short_side=max_short_side)
     if request.labeled or request.unlabeled:
@@ -179,11 +180,12 @@ def evaluation_images(request: EvaluationRequest, loaded: InferenceModel) -> Eva
 
 
 def default_csv(loaded: InferenceModel, dataset: str, split: str) -> Path:
-    """``RUN/eval-DATASET-SPLIT.csv`` for a run, ``eval-MODEL-DATASET-SPLIT.csv`` here for a
-    model folder (which may be read-only, inside the package)."""
+    """``RUN/eval-DATASET-SPLIT.csv`` for a run; ``MODEL/eval-DATASET-SPLIT.csv`` for a model
+    folder of the user's, ``$XMASK_MODELS/NAME/eval-DATASET-SPLIT.csv`` for an installed one
+    (:func:`~xmask.inference.model_folder.output_folder`). Never the current folder."""
     if loaded.card is None:
         return find_run_folder(loaded.source).root / f"eval-{dataset}-{split}.csv"
-    return Path(f"eval-{loaded.card.name}-{dataset}-{split}.csv")
+    return output_folder(loaded.source) / f"eval-{dataset}-{split}.csv"
 
 
 def run_evaluation(request: EvaluationRequest) -> EvaluationReport:
@@ -239,6 +241,7 @@ def run_evaluation(request: EvaluationRequest) -> EvaluationReport:
     name = chosen.name
     if request.record:
         extra = {} if segmentation is None else {"segmentation": segmentation.to_dict()}
-        record_metrics(loaded.source, f"{name}-{request.split}", result.to_dict() | extra)
-        log.info("recorded %s-%s in %s", name, request.split, loaded.source / "model.json")
+        key = f"{name}-{request.split}"
+        written = record_metrics(loaded.source, key, result.to_dict() | extra)
+        log.info("recorded %s (%d images) in %s", key, result.images, written / "model.json")
     return report

@@ -15,6 +15,18 @@ Duplicates policy
     :func:`head_circles`) measures each point to the nearest point at a *different* position,
     so every copy gets the full circle of its head.
 
+Co-located heads
+    ``k >= 2`` points in one pixel (exact duplicates, or two clicks closer than a pixel) share
+    one circle instead of holding ``k`` copies of it (70,000 copies of one point would otherwise
+    need ``70,000 × π r²`` entries): the circle of the first of them (lowest index, the
+    *leader*) is computed once; its pixels other than the point pixel, ordered by angle around
+    the leader's point (``atan2(dy, dx)`` from the pixel centre, ties in row-major order), are
+    cut into ``k`` runs of equal count, and the member of rank ``m`` (by index within the group)
+    holds only run ``m`` (those pixels within its own radius, distances to its own point); the
+    leader keeps run 0 and the point pixel. Memory stays ``∝ Σ`` over occupied pixels of
+    ``r²``, whatever the number of points. :mod:`xmask.geometry.labels` gives the point pixel to
+    the leader and seeds the others.
+
 Point pixel
     The pixel containing ``p_i`` (:func:`xmask.geometry.points.pixel_of`) is head ``i``'s own
     pixel (:attr:`HeadCircles.own`); :mod:`xmask.geometry.labels` always gives it to the head.
@@ -263,16 +275,98 @@ def head_circles(
     )
 
 
+def pixel_groups(point_pixel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(members, rank, leader)``, each ``N int64``: how many points share each point's
+    pixel, the point's rank among them by index, and the index of their rank-0 member."""
+    n = len(point_pixel)
+    _, group, size = np.unique(point_pixel, return_inverse=True, return_counts=True)
+    group = group.ravel()
+    by_group = np.lexsort((np.arange(n), group))
+    first = np.searchsorted(group[by_group], group[by_group], side="left")
+    rank, leader = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    rank[by_group] = np.arange(n) - first
+    leader[by_group] = by_group[first]
+    return size[group].astype(np.int64), rank, leader
+
+
 def circles_of(points: np.ndarray, radii: np.ndarray, size: tuple[int, int]) -> HeadCircles:
     """The circles of heads whose radii are already known (``N×2 float32`` ``(x, y)`` points
-    inside the image, ``N`` radii; e.g. one window of a large image, radii from the whole)."""
+    inside the image, ``N`` radii; e.g. one window of a large image, radii from the whole);
+    co-located heads share one (module docstring)."""
     pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
     radii = np.asarray(radii, dtype=np.float32).reshape(-1)
-    pixels = circle_pixels(pts, radii, size)
     cell = pixel_of(pts, size)
     point_pixel = cell[:, 1] * size[1] + cell[:, 0]
+    members, rank, leader = pixel_groups(point_pixel)
+    if (members == 1).all():
+        pixels = circle_pixels(pts, radii, size)
+    else:
+        heads = np.flatnonzero(rank == 0)
+        pixels = _shared_circles(circle_pixels(pts[heads], radii[heads], size), heads,
+                                 pts, radii, members, rank, leader, point_pixel)  # fmt: skip
     own = kernels.owner_value_equal(pixels.flat.numpy(), pixels.point.numpy(), point_pixel)
     return HeadCircles(pts, radii, pixels, point_pixel, own)
+
+
+def _shared_circles(
+    base: CirclePixels,
+    heads: np.ndarray,
+    pts: np.ndarray,
+    radii: np.ndarray,
+    members: np.ndarray,
+    rank: np.ndarray,
+    leader: np.ndarray,
+    point_pixel: np.ndarray,
+) -> CirclePixels:
+    """The circle pixels of every head from those of the group leaders (``base``, whose point
+    ``j`` is head ``heads[j]``): a head alone in its pixel keeps its circle; a leader's circle,
+    its point pixel left out, is cut by angle into one run per member (module docstring)."""
+    n = len(pts)
+    owner = heads[base.point.numpy()]
+    x, y, flat, dist2 = base.x.numpy(), base.y.numpy(), base.flat.numpy(), base.dist2.numpy()
+    alone = np.flatnonzero(members[owner] == 1)
+    shared = np.flatnonzero(members[owner] > 1)
+    group = owner[shared]
+    mine = flat[shared] == point_pixel[group]
+    dx = x[shared] + 0.5 - pts[group, 0].astype(np.float64)
+    dy = y[shared] + 0.5 - pts[group, 1].astype(np.float64)
+    order = np.lexsort((np.arctan2(dy, dx), group))  # stable: angle ties stay row-major
+    order = order[~mine[order]]
+    grouped = group[order]
+    run = _within_blocks(grouped) * members[grouped] // np.bincount(grouped, minlength=n)[grouped]
+    by_group = np.lexsort((rank, leader))
+    place = np.empty(n, dtype=np.int64)
+    place[by_group] = np.arange(n)
+    entries = np.concatenate([shared[mine], shared[order]])
+    point = np.concatenate([group[mine], by_group[place[grouped] + run]])
+    half = np.float32(0.5)
+    ddx = x[entries].astype(np.float32) + half - pts[point, 0]
+    ddy = y[entries].astype(np.float32) + half - pts[point, 1]
+    near = ddx * ddx + ddy * ddy
+    inside = near <= radii[point] * radii[point]
+    entries, point, near = entries[inside], point[inside], near[inside]
+    ordered = np.lexsort((flat[entries], point))
+    entries, point, near = entries[ordered], point[ordered], near[ordered]
+    all_point = np.concatenate([owner[alone], point])
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(all_point, minlength=n), out=offsets[1:])
+    within = np.concatenate([_within_blocks(owner[alone]), _within_blocks(point)])
+    destination = offsets[all_point] + within
+    source = np.concatenate([alone, entries])
+    arrays = []
+    for values in (all_point, x[source], y[source], flat[source]):
+        out = np.empty(len(source), dtype=np.int64)
+        out[destination] = values
+        arrays.append(out)
+    distance = np.empty(len(source), dtype=np.float32)
+    distance[destination] = np.concatenate([dist2[alone], near])
+    tensors = [torch.from_numpy(a) for a in (*arrays, distance, offsets)]
+    return CirclePixels(*tensors, base.size)
+
+
+def _within_blocks(sorted_keys: np.ndarray) -> np.ndarray:
+    """Position of each element within its run of equal keys (keys sorted)."""
+    return np.arange(len(sorted_keys)) - np.searchsorted(sorted_keys, sorted_keys, side="left")
 
 
 def disc_keep(circles: HeadCircles, fraction: float) -> np.ndarray:

@@ -12,15 +12,13 @@ Circles (paper Eq. 1, 7)
     different position, so every copy gets the full circle of its head).
 
 Co-located heads (flag ``shared``)
-    ``k >= 2`` points in one pixel (exact duplicates, or two clicks closer than a pixel) would
-    otherwise fight over the same pixels. They split them: the point pixel goes to the lowest
-    index; each member's other circle pixels are ordered by angle around its own point
-    (``atan2(dy, dx)`` from the pixel centre, ties in row-major order) and cut into ``k`` runs
-    of equal count, and the member of rank ``m`` (by index within the group) may keep only
-    run ``m``. Every member of rank ``m >= 1`` is also *seeded* with the nearest pixel of its
-    run that holds no point (cost −0.5: it loses only to point pixels), so each of them gets
-    a non-empty mask wherever its run has such a pixel (a circle of ``r >= 3`` has 28 or more
-    pixels).
+    ``k >= 2`` points in one pixel (exact duplicates, or two clicks closer than a pixel) split
+    one circle: :func:`xmask.geometry.circles.circles_of` gives the first of them (the lowest
+    index) the point pixel and the first of ``k`` angular runs of its circle, and each other
+    member of rank ``m`` only run ``m``, so their memory does not grow with ``k``. Every
+    member of rank ``m >= 1`` is also *seeded* with the nearest pixel of its run that holds no
+    point (cost −0.5: it loses only to point pixels), so each of them gets a non-empty mask
+    wherever its run has such a pixel (a circle of ``r >= 3`` has 28 or more pixels).
 
 Candidate masks
     ``keep``: a ``P`` bool over the flat circle-pixel list (``P = Σ |C_i|``); entry ``j``
@@ -54,7 +52,7 @@ import numpy as np
 import torch
 
 from xmask.geometry import kernels
-from xmask.geometry.circles import HeadCircles
+from xmask.geometry.circles import HeadCircles, pixel_groups
 
 
 @dataclass
@@ -150,62 +148,18 @@ class ColocatedSplit:
 
 
 def split_colocated(circles: HeadCircles) -> ColocatedSplit:
-    """Angular runs and seed pixels of co-located heads; ``O(P)`` memory, no loop over heads."""
+    """Seed pixels of co-located heads, whose circles
+    (:func:`xmask.geometry.circles.circles_of`) already hold only their own angular run;
+    ``O(P)`` memory, no loop over heads."""
     pixels = circles.pixels
-    members, rank, leader = _pixel_groups(circles.point_pixel)
+    members, rank, _ = pixel_groups(circles.point_pixel)
     shared = members > 1
     allowed, seed = np.ones(len(pixels), dtype=bool), np.zeros(len(pixels), dtype=bool)
     if not shared.any():
         return ColocatedSplit(shared, allowed, seed)
     point, flat = pixels.point.numpy(), pixels.flat.numpy()
-    key, run = _leader_runs(circles, members, shared & (rank == 0))
-    entries = np.flatnonzero(shared[point])
-    head = point[entries]
-    query = leader[head] * (pixels.size[0] * pixels.size[1]) + flat[entries]
-    at = np.minimum(np.searchsorted(key, query), len(key) - 1)
-    mine = (key[at] == query) & (run[at] == rank[head])
-    allowed[entries] = mine
-    free = ~np.isin(flat[entries], circles.point_pixel)
-    candidates = entries[mine & free & (rank[head] >= 1)]
+    candidates = np.flatnonzero((rank[point] >= 1) & ~np.isin(flat, circles.point_pixel))
     nearest = candidates[np.lexsort((pixels.dist2.numpy()[candidates], point[candidates]))]
     _, first = np.unique(point[nearest], return_index=True)
     seed[nearest[first]] = True
     return ColocatedSplit(shared, allowed, seed)
-
-
-def _pixel_groups(point_pixel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(members, rank, leader)``, each ``N int64``: how many points share each point's
-    pixel, the point's rank among them by index, and the index of their rank-0 member."""
-    n = len(point_pixel)
-    _, group, size = np.unique(point_pixel, return_inverse=True, return_counts=True)
-    group = group.ravel()
-    by_group = np.lexsort((np.arange(n), group))
-    first = np.searchsorted(group[by_group], group[by_group], side="left")
-    rank, leader = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
-    rank[by_group] = np.arange(n) - first
-    leader[by_group] = by_group[first]
-    return size[group].astype(np.int64), rank, leader
-
-
-def _leader_runs(
-    circles: HeadCircles, members: np.ndarray, leaders: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Run of every pixel of every leader's circle, its point pixel left out.
-
-    Returns:
-        ``(key, run)``, sorted by ``key = leader · H·W + flat pixel index``; ``run`` in
-        ``[0, members)``, equal-count runs in order of angle around the leader's point.
-    """
-    pixels = circles.pixels
-    point = pixels.point.numpy()
-    entries = np.flatnonzero(leaders[point] & ~circles.own)
-    head = point[entries]
-    dx = pixels.x.numpy()[entries] + 0.5 - circles.points[head, 0].astype(np.float64)
-    dy = pixels.y.numpy()[entries] + 0.5 - circles.points[head, 1].astype(np.float64)
-    order = np.lexsort((np.arctan2(dy, dx), head))  # stable: angle ties stay row-major
-    entries, head = entries[order], head[order]
-    position = np.arange(len(head)) - np.searchsorted(head, head, side="left")
-    run = position * members[head] // np.bincount(head, minlength=len(members))[head]
-    key = head * (pixels.size[0] * pixels.size[1]) + pixels.flat.numpy()[entries]
-    by_key = np.argsort(key, kind="stable")
-    return key[by_key], run[by_key]

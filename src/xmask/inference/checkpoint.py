@@ -9,6 +9,10 @@ A run folder ``RUN/`` holds ``config.yaml`` (the resolved config), ``train.log``
 - ``latest.json``: ``{"step": N}``, replaced last, so a kill at any moment leaves the previous
   complete pair as the one to resume from. Older pairs beyond ``keep`` are deleted afterwards.
 
+Every file is written atomically and fsync-ed (with its folder). Should the newest pair still be
+unreadable (a damaged disk, a copy cut short) or ``latest.json`` damaged, loading falls back to
+the newest intact pair, with a warning.
+
 Loading never unpickles anything: tensors come from safetensors, state from JSON.
 """
 
@@ -24,7 +28,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from xmask.data.image_io import atomic_write_bytes
+from xmask.data.files import atomic_write_bytes, remove_stale_temporaries
 from xmask.errors import XmaskError
 
 log = logging.getLogger(__name__)
@@ -61,12 +65,12 @@ class Checkpoint:
 
 def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write_bytes(path, save(contiguous, metadata={"format": FORMAT}))
+    atomic_write_bytes(path, save(contiguous, metadata={"format": FORMAT}), durable=True)
 
 
 def write_json(path: Path, content: dict[str, Any]) -> None:
-    """Atomically write ``content`` as indented JSON."""
-    atomic_write_bytes(path, (json.dumps(content, indent=2) + "\n").encode("utf-8"))
+    """Atomically and durably (fsync) write ``content`` as indented JSON."""
+    atomic_write_bytes(path, (json.dumps(content, indent=2) + "\n").encode("utf-8"), durable=True)
 
 
 def save_checkpoint(folder: str | Path, ckpt: Checkpoint, keep: int = 2) -> Path:
@@ -77,6 +81,7 @@ def save_checkpoint(folder: str | Path, ckpt: Checkpoint, keep: int = 2) -> Path
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)
     step = int(ckpt.state["step"])
     stem = f"step-{step:08d}"
     _atomic_save_tensors(folder / f"{stem}.safetensors", ckpt.tensors)
@@ -128,9 +133,35 @@ def checkpoint_state(folder: str | Path) -> dict[str, Any]:
     return _read_json(folder / f"step-{latest_step(folder):08d}.json")
 
 
-def load_checkpoint(folder: str | Path) -> Checkpoint:
-    """The checkpoint ``latest.json`` of ``folder`` points at."""
-    folder = Path(folder)
-    stem = f"step-{latest_step(folder):08d}"
+def _load_pair(folder: Path, step: int) -> Checkpoint:
+    stem = f"step-{step:08d}"
     state = _read_json(folder / f"{stem}.json")
     return Checkpoint(tensors=load_tensors(folder / f"{stem}.safetensors"), state=state)
+
+
+def load_checkpoint(folder: str | Path) -> Checkpoint:
+    """The checkpoint ``latest.json`` of ``folder`` points at; if it (or ``latest.json``) is
+    damaged, the newest intact one, with a warning.
+
+    Raises:
+        CheckpointError: no folder, or no intact checkpoint in it (the first problem found).
+    """
+    folder = Path(folder)
+    try:
+        return _load_pair(folder, latest_step(folder))
+    except CheckpointError as err:
+        if not folder.is_dir():
+            raise
+        problem = err
+    steps = sorted(
+        (int(p.stem[5:]) for p in folder.glob("step-*.json") if p.stem[5:].isdigit()),
+        reverse=True,
+    )
+    for step in steps:
+        try:
+            ckpt = _load_pair(folder, step)
+        except CheckpointError:
+            continue
+        log.warning("%s; resuming from the previous intact checkpoint, step %d", problem, step)
+        return ckpt
+    raise problem

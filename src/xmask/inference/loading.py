@@ -23,13 +23,15 @@ from xmask.data.readers import open_dataset
 from xmask.data.splits import semi_split
 from xmask.errors import XmaskError
 from xmask.inference.calibration import resolve_count_rule
-from xmask.inference.checkpoint import checkpoint_state
+from xmask.inference.checkpoint import checkpoint_state, latest_step
 from xmask.inference.count_rule import CountRule
 from xmask.inference.model_folder import (
     ModelCard,
     is_model_folder,
     load_model_folder,
+    read_model_card,
     resolve_model,
+    sha256_of,
     write_model_folder,
 )
 from xmask.inference.run_folder import (
@@ -107,6 +109,19 @@ def load_inference_model(
         None,
         (data.dataset, data.root, data.max_short_side),
     )
+
+
+def weights_digest(source: str | Path) -> str:
+    """SHA-256 of the weights a loaded model came from: a model folder's, as its card states
+    (checked when it was loaded), or that of a run's weights file (the one given, else the
+    latest checkpoint of its folder). Tells whether two predictions used the same weights."""
+    path = Path(source)
+    if is_model_folder(path):
+        return str(read_model_card(path).weights["sha256"])
+    if path.is_file():
+        return sha256_of(path)
+    folder = weights_folder(path)
+    return sha256_of(folder / f"step-{latest_step(folder):08d}.safetensors")
 
 
 def training_summary(run_path: Path, which: str) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from safetensors.torch import save
 from torch import nn
 
 from xmask import __version__
-from xmask.data.image_io import atomic_write_bytes
+from xmask.data.files import atomic_write_bytes
 from xmask.errors import XmaskError
 from xmask.inference.checkpoint import CheckpointError, load_tensors, write_json
 from xmask.inference.count_rule import CountRule
@@ -167,7 +167,7 @@ def write_model_folder(
     }
     weights = folder / WEIGHTS_FILE
     contiguous = {k: v.contiguous() for k, v in tensors.items()}
-    atomic_write_bytes(weights, save(contiguous, metadata={"format": FORMAT}))
+    atomic_write_bytes(weights, save(contiguous, metadata={"format": FORMAT}), durable=True)
     card.weights = {
         "file": WEIGHTS_FILE,
         "sha256": sha256_of(weights),
@@ -230,6 +230,11 @@ def read_model_card(folder: str | Path) -> ModelCard:
         raise CheckpointError(path, f"bad value ({err})") from err
     if card.weights.get("dtype") not in WEIGHT_DTYPES or "sha256" not in card.weights:
         raise CheckpointError(path, "bad 'weights' entry (needs sha256 and dtype)")
+    file = card.weights.get("file", WEIGHTS_FILE)
+    if not isinstance(file, str) or file in ("", ".", "..") or "\\" in file or "/" in file:
+        raise CheckpointError(
+            path, f"weights file {file!r} is not a plain file name inside the model folder"
+        )
     return card
 
 
@@ -266,14 +271,42 @@ def load_model_folder(
     return model.to(device).eval(), card
 
 
-def record_metrics(folder: str | Path, key: str, metrics: dict[str, Any]) -> None:
-    """Add (or replace) ``metrics[key]`` in a model folder's card (atomically)."""
+def is_installed(folder: str | Path) -> bool:
+    """The folder is one of the models installed with xmask (inside the package) or is not
+    writable: it is never changed."""
+    folder = Path(folder).expanduser().resolve()
+    return folder.is_relative_to(shipped_models_dir().resolve()) or not os.access(folder, os.W_OK)
+
+
+def output_folder(folder: str | Path) -> Path:
+    """Where files about a model go (records, evaluation tables): the folder itself when it is
+    the user's, else ``$XMASK_MODELS/NAME`` (the user's copy of an installed model)."""
+    folder = Path(folder).expanduser()
+    return user_models_dir() / folder.name if is_installed(folder) else folder
+
+
+def record_metrics(folder: str | Path, key: str, metrics: dict[str, Any]) -> Path:
+    """Add (or replace) ``metrics[key]`` in a model folder's card (atomically). An installed
+    model (:func:`is_installed`) is first copied to ``$XMASK_MODELS/NAME``, which then hides it
+    by name; the record goes to the copy.
+
+    Returns:
+        The model folder written.
+    """
     folder = Path(folder).expanduser()
     read_model_card(folder)
-    path = folder / CARD_FILE
+    target = output_folder(folder)
+    if not is_model_folder(target):
+        card = read_model_card(folder)
+        weights = str(card.weights.get("file", WEIGHTS_FILE))
+        atomic_write_bytes(target / weights, (folder / weights).read_bytes(), durable=True)
+        log.info("copied the installed model %s to %s for its records", folder, target)
+        atomic_write_bytes(target / CARD_FILE, (folder / CARD_FILE).read_bytes(), durable=True)
+    path = target / CARD_FILE
     content = json.loads(path.read_text(encoding="utf-8"))
     content.setdefault("metrics", {})[key] = metrics
     write_json(path, content)
+    return target
 
 
 def user_models_dir() -> Path:

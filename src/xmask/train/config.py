@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -342,7 +343,7 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
         raise ConfigError(f"{path}: 'base' chain loops back to this file")
     try:
         node = OmegaConf.load(path)
-    except (OSError, OmegaConfBaseException, ValueError) as err:
+    except (OSError, OmegaConfBaseException, ValueError, yaml.YAMLError) as err:
         raise ConfigError(f"{path}: unreadable YAML ({err})") from err
     if not isinstance(node, DictConfig):
         raise ConfigError(f"{path}: a recipe must be a mapping of keys")

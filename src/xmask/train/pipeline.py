@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from xmask.annotate.pipeline import annotate_dataset
-from xmask.data.image_io import atomic_write_bytes
+from xmask.data.files import atomic_write_bytes, read_jsonl
 from xmask.data.readers import CrowdDataset, open_dataset
 from xmask.data.splits import semi_split
 from xmask.device import resolve_device
@@ -356,8 +356,7 @@ def loop_seconds(run: RunFolder, state: dict[str, Any]) -> float:
     before xmask counted them, the sum of the epoch times in ``metrics.jsonl``."""
     if "seconds" in state:
         return float(state["seconds"])
-    lines = run.metrics_path.read_text(encoding="utf-8").splitlines()
-    return sum(float(json.loads(line)["seconds"]) for line in lines if line.strip())
+    return sum(float(record.get("seconds", 0.0)) for record in read_jsonl(run.metrics_path))
 
 
 def evaluate_run(

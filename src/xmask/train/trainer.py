@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from xmask.annotate.pipeline import annotate_dataset
 from xmask.data.augment import Augmenter
-from xmask.data.image_io import atomic_write_bytes
+from xmask.data.files import append_jsonl, atomic_write_bytes, read_jsonl, remove_stale_temporaries
 from xmask.data.readers import CrowdDataset, open_dataset
 from xmask.data.splits import ALL, read_labeled_list, semi_split
 from xmask.device import resolve_device
@@ -109,6 +109,7 @@ class Trainer:
         self.state = TrainState()
         self._build_data()
         if resume:
+            remove_stale_temporaries(self.run.root)
             self._restore()
 
     def _build_data(self) -> None:
@@ -205,15 +206,13 @@ class Trainer:
         path = self.run.metrics_path
         if not self.dist.is_main or not path.is_file():
             return
-        lines = path.read_text(encoding="utf-8").splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-        atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode("utf-8"))
+        kept = [record for record in read_jsonl(path) if record.get("step", 0) <= step]
+        text = "".join(json.dumps(record) + "\n" for record in kept)
+        atomic_write_bytes(path, text.encode("utf-8"), durable=True)
 
     def _append_metrics(self, record: dict) -> None:
-        if not self.dist.is_main:
-            return
-        with self.run.metrics_path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        if self.dist.is_main:
+            append_jsonl(self.run.metrics_path, record)
 
     # -- epochs ------------------------------------------------------------------------------
 

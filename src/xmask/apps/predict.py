@@ -1,0 +1,121 @@
+"""One ``xmask predict`` request: what to read, with which model, where to write; images
+through :mod:`xmask.apps.batch`, videos through :mod:`xmask.apps.video`. The CLI turns its
+options into a :class:`PredictRequest` and prints the :class:`~xmask.apps.batch.BatchSummary`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from xmask.apps.batch import BatchSummary, finish, predict_images, settings_fingerprint
+from xmask.apps.roi import read_polygon
+from xmask.apps.sources import dataset_sources, find_sources
+from xmask.apps.video import predict_video
+from xmask.errors import DataError, UsageError
+from xmask.inference.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictRequest:
+    """The options of ``xmask predict``.
+
+    Attributes:
+        sources: files, folders or glob patterns (or none, with ``dataset``).
+        dataset: a dataset key instead of ``sources``, with ``root`` and ``split``.
+        root: the dataset folder (None: the configured one).
+        split: the dataset split.
+        model: a model name or folder, or a training run (None: the shipped model).
+        which: the network of a run.
+        threshold: ``"auto"`` or a logit.
+        scale: ``"auto"`` (the model's rule), ``"off"`` or ``"adaptive"``
+            (:func:`~xmask.inference.scale.resolve_scale`).
+        device: ``"auto"``, ``"cpu"``, ``"cuda:N"``.
+        out: the output folder (None: ``predict-NAME``).
+        roi: a region polygon or a file holding it, or None.
+        every: videos: predict every N-th frame.
+        recursive: folders: their sub-folders too.
+        force: redo every item, even up-to-date ones.
+        progress: show progress bars.
+    """
+
+    sources: tuple[str, ...] = ()
+    dataset: str | None = None
+    root: str | None = None
+    split: str = "test"
+    model: str | None = None
+    which: str = "teacher"
+    threshold: str = "auto"
+    scale: str = "auto"
+    device: str = "auto"
+    out: str | None = None
+    roi: str | None = None
+    every: int = 1
+    recursive: bool = False
+    force: bool = False
+    progress: bool = True
+
+    @property
+    def out_folder(self) -> Path:
+        """``out``, or ``predict-NAME`` after the first source or the dataset split."""
+        if self.out:
+            return Path(self.out).expanduser()
+        if self.dataset is not None:
+            return Path(f"predict-{self.dataset}-{self.split}")
+        name = Path(self.sources[0]).stem.replace("*", "") or "images"
+        return Path(f"predict-{name}")
+
+    def check(self) -> None:
+        """Raise :class:`~xmask.errors.UsageError` for contradictory or bad options."""
+        if bool(self.sources) == (self.dataset is not None):
+            raise UsageError("xmask predict needs either SOURCE or --dataset")
+        if self.every < 1:
+            raise UsageError(f"--every must be at least 1, got {self.every}")
+
+
+def run_predict(request: PredictRequest) -> BatchSummary:
+    """Predict every image and video of ``request`` into its output folder and write the
+    folder's ``annotations.json`` and ``summary.json``.
+
+    Raises:
+        XmaskError: bad options, no sources, or no loadable model.
+    """
+    request.check()
+    if request.dataset is not None:
+        sources = dataset_sources(request.dataset, request.root, request.split)
+    else:
+        sources = find_sources(request.sources, recursive=request.recursive)
+    if not sources:
+        raise UsageError(f"{' '.join(request.sources) or request.root}: no images or videos")
+    roi = None if request.roi is None else read_polygon(request.roi)
+    predictor = Predictor.load(
+        request.model, request.device, request.which, request.threshold, request.scale
+    )
+    model = str(predictor.source)
+    out = request.out_folder
+    summary = BatchSummary(model, predictor.count_rule.describe())
+    settings = settings_fingerprint(predictor, request.which, roi)
+    images = [s for s in sources if not s.is_video]
+    predict_images(
+        predictor, images, out, model=model, which=request.which, roi=roi, force=request.force,
+        settings=settings, summary=summary, progress=request.progress,
+    )  # fmt: skip
+    for video in (s for s in sources if s.is_video):
+        try:
+            result = predict_video(
+                predictor, video, out, every=request.every, roi=roi, settings=settings,
+                force=request.force, progress=request.progress,
+            )  # fmt: skip
+        except DataError as err:
+            summary.skip(video.name, str(err))
+            continue
+        if result is None:
+            summary.already_done += 1
+            continue
+        summary.videos_predicted += 1
+        summary.network_s += result.network_s
+        summary.post_s += result.post_s
+    return finish(summary, out)
