@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -76,7 +77,11 @@ def blob_embedding(points: np.ndarray, size: tuple[int, int], seed: int) -> torc
 POINTS = np.array([[4.2, 5.1], [9.7, 6.3], [15.5, 4.5], [12.1, 12.9], [3.3, 13.7]], F32)
 
 
-@pytest.mark.parametrize("cfg", [INFERENCE, PSEUDO, SegmentConfig(lam=0.3, tau_g=0.6)])
+LITERAL = [replace(INFERENCE, connected=False), PSEUDO, SegmentConfig(0.3, 0.6, connected=False)]
+"""Eq. 11–12 as written (no connected-mask clean-up, tested on its own below)."""
+
+
+@pytest.mark.parametrize("cfg", LITERAL)
 def test_matches_literal_eq11_eq12(cfg: SegmentConfig) -> None:
     size = (17, 21)
     for seed in range(3):
@@ -124,7 +129,7 @@ def test_whole_circle_gate() -> None:
     size = (17, 21)
     emb = blob_embedding(POINTS, size, 1)
     whole = np.array([True, False, False, True, False])
-    cfg = SegmentConfig(tau_g=0.5)
+    cfg = SegmentConfig(tau_g=0.5, connected=False)
     gated = segment_instances(table(emb), POINTS, cfg=cfg, whole_circle=whole)
     np.testing.assert_array_equal(gated.labels, literal_segmentation(emb, POINTS, cfg, whole))
 

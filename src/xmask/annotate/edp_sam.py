@@ -354,7 +354,13 @@ def annotate_sam(
     stats = stats if stats is not None else SamStats()
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be H×W×3 uint8, got {image.shape} {image.dtype}")
-    circles = head_circles(points, image.shape[:2], r_min=cfg.r_min, duplicates=cfg.duplicates)
+    circles = head_circles(
+        points,
+        image.shape[:2],
+        r_min=cfg.r_min,
+        duplicates=cfg.duplicates,
+        size_prior=cfg.size_prior,
+    )
     n = len(circles)
     keep = np.zeros(len(circles.pixels), dtype=bool)
     if n == 0:

@@ -184,7 +184,9 @@ def fastsam_labels(
     choice, area = smallest_covering(masks, pts, cfg.chunk)
     missing = choice < 0
     if nnec:
-        circles = head_circles(pts, size, r_min=cfg.r_min, duplicates=cfg.duplicates)
+        circles = head_circles(
+            pts, size, r_min=cfg.r_min, duplicates=cfg.duplicates, size_prior=cfg.size_prior
+        )
         pixels = circles.pixels
         cand = torch.from_numpy(choice)[pixels.point]
         keep = torch.zeros(len(pixels), dtype=torch.bool)
@@ -206,7 +208,9 @@ def fastsam_labels(
     n = len(pts)
     return MaskResult(
         labels=labels,
-        radii=nnec_radii(pts, size, r_min=cfg.r_min, duplicates=cfg.duplicates),
+        radii=nnec_radii(
+            pts, size, r_min=cfg.r_min, duplicates=cfg.duplicates, size_prior=cfg.size_prior
+        ),
         area=np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64),
         fallback=missing,
         forced=forced,

@@ -88,6 +88,8 @@ class FastSamConfig:
             (:func:`xmask.device.resolve_device`).
         r_min: smallest NNEC radius in px (paper: 3).
         duplicates: policy for exact duplicate points (:mod:`xmask.geometry.labels`).
+        size_prior: no circle wider than this many head sizes
+            (:func:`xmask.geometry.circles.head_sizes`), or None: Eq. 1 alone.
         fallback_radius: ``fastsam-nnec``: radius of the fallback disc as a fraction of ``r_i``
             (1: the full NNEC circle).
         chunk: candidates processed at once by the matching (memory ``chunk·H·W``).
@@ -104,6 +106,7 @@ class FastSamConfig:
     device: str = "auto"
     r_min: float = R_MIN
     duplicates: DuplicatePolicy = "distinct"
+    size_prior: float | None = None
     fallback_radius: float = 1.0
     chunk: int = 16
 

@@ -112,6 +112,8 @@ class SamConfig:
         tile_overlap: smallest overlap of neighbouring tiles (px).
         r_min: smallest NNEC radius in px (paper: 3).
         duplicates: policy for exact duplicate points (:mod:`xmask.geometry.labels`).
+        size_prior: no circle wider than this many head sizes
+            (:func:`xmask.geometry.circles.head_sizes`), or None: Eq. 1 alone.
         fallback_radius: radius of the fallback disc as a fraction of ``r_i``.
     """
 
@@ -130,6 +132,7 @@ class SamConfig:
     tile_overlap: int = 256
     r_min: float = R_MIN
     duplicates: DuplicatePolicy = "distinct"
+    size_prior: float | None = None
     fallback_radius: float = 0.5
 
     def __post_init__(self) -> None:

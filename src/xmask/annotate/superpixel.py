@@ -66,6 +66,8 @@ class SuperpixelConfig:
     Attributes:
         r_min: smallest NNEC radius in px (paper: 3).
         duplicates: policy for exact duplicate points (:mod:`xmask.geometry.labels`).
+        size_prior: no circle wider than this many head sizes
+            (:func:`xmask.geometry.circles.head_sizes`), or None: Eq. 1 alone.
         step_scale: SLIC grid step as a fraction of the reference radius.
         radius_quantile: quantile of the NNEC radii used as the reference radius.
         min_step: smallest SLIC grid step in px.
@@ -85,6 +87,7 @@ class SuperpixelConfig:
 
     r_min: float = R_MIN
     duplicates: DuplicatePolicy = "distinct"
+    size_prior: float | None = None
     step_scale: float = 0.4
     radius_quantile: float = 0.25
     min_step: float = 3.0
@@ -281,7 +284,13 @@ def annotate_superpixel(
     cfg = cfg or SuperpixelConfig()
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be H×W×3 uint8, got {image.shape} {image.dtype}")
-    circles = head_circles(points, image.shape[:2], r_min=cfg.r_min, duplicates=cfg.duplicates)
+    circles = head_circles(
+        points,
+        image.shape[:2],
+        r_min=cfg.r_min,
+        duplicates=cfg.duplicates,
+        size_prior=cfg.size_prior,
+    )
     if len(circles) == 0:
         return resolve_labels(circles, np.zeros(0, dtype=bool))
     t = _normalised_distance(circles)

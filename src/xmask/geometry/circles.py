@@ -9,6 +9,12 @@ NNEC (nearest-neighbour exclusion circle)
     pixels whose *centre* lies within ``r_i`` of ``p_i`` (Eq. 7, distance ``<= r_i``), held as
     one flat ragged list (:class:`CirclePixels`, memory ``∝ Σ r_i²``, never heads × H × W).
 
+Head-sized prior (optional, ``size_prior``)
+    Eq. 1 bounds a head by its neighbour only: a head far from the others gets a huge circle,
+    where the distance term of Eq. 11 hardly constrains anything. With ``size_prior = κ`` the
+    radius is also at most ``κ`` times the head's size (:func:`head_sizes`: the crowd's spacing
+    along the image's perspective), so a lone head's region stays head-sized.
+
 Duplicates policy
     Exact duplicate points are at distance 0 from each other. ``"floor"`` (Eq. 1 as written)
     gives them radius 0, raised to ``R_MIN``; ``"distinct"`` (the default of
@@ -58,12 +64,55 @@ def _nearest_other(points: np.ndarray) -> np.ndarray:
     return dist[:, 1]
 
 
+def head_sizes(
+    points: np.ndarray, size: tuple[int, int], bands: int = 8, quantile: float = 0.25
+) -> np.ndarray:
+    """How large each head is, from the crowd's own spacing and its perspective (pixels).
+
+    Heads in a crowd are about as wide as the distance between neighbours, and they grow
+    toward the camera. The image is cut into ``bands`` horizontal bands; in each band holding
+    at least 5 points the ``quantile`` of the nearest-neighbour distances (low, so that the
+    packed part of the band speaks) is its head size at the band's median row; a line fitted
+    through those sizes (weighted by the points of each band) gives every point a size at its
+    row, kept within half the smallest and twice the largest band size. With fewer than two
+    such bands one size serves the whole image (the ``quantile`` of all distances); with fewer
+    than two distinct points there is nothing to measure and every size is infinite.
+
+    Args:
+        points: ``N×2`` ``(x, y)`` pixels.
+        size: ``(H, W)`` of the image.
+
+    Returns:
+        ``N float32`` sizes, at least :data:`R_MIN`.
+    """
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    unique, inverse = np.unique(pts, axis=0, return_inverse=True)
+    if len(unique) < 2:
+        return np.full(len(pts), np.inf, dtype=np.float32)
+    spacing = _nearest_other(unique)[inverse.ravel()]
+    band = np.minimum((pts[:, 1] / max(size[0], 1) * bands).astype(np.int64), bands - 1)
+    rows, sizes, weights = [], [], []
+    for b in range(bands):
+        members = band == b
+        if members.sum() >= 5:
+            rows.append(np.median(pts[members, 1]))
+            sizes.append(np.quantile(spacing[members], quantile))
+            weights.append(members.sum())
+    if len(sizes) < 2:
+        fitted = np.full(len(pts), np.quantile(spacing, quantile))
+    else:
+        slope, intercept = np.polyfit(rows, sizes, 1, w=np.sqrt(weights))
+        fitted = np.clip(intercept + slope * pts[:, 1], 0.5 * min(sizes), 2.0 * max(sizes))
+    return np.maximum(fitted, R_MIN).astype(np.float32)
+
+
 def nnec_radii(
     points: np.ndarray,
     size: tuple[int, int],
     r_min: float = R_MIN,
     duplicates: DuplicatePolicy = "floor",
     lone: float = 0.5,
+    size_prior: float | None = None,
 ) -> np.ndarray:
     """NNEC radius of every point (paper Eq. 1 and 6), with a k-d tree (no N×N matrix).
 
@@ -77,6 +126,9 @@ def nnec_radii(
             a head share that head's circle.
         lone: a point with no other (distinct) point gets ``lone·min(H, W)`` (Eq. 6: 0.5;
             the authors' mask builder: 0.25).
+        size_prior: the head-sized prior: no radius beyond ``size_prior`` times the head's
+            size (:func:`head_sizes`), so a head far from its neighbours does not claim a huge
+            circle; None: Eq. 1 alone.
 
     Returns:
         ``N float32`` radii in ``[r_min, 0.5·min(H, W)]`` (the upper bound wins if smaller).
@@ -94,6 +146,8 @@ def nnec_radii(
         radii = _nearest_other(pts) if n > 1 else np.full(1, lone * min(size))
     else:
         raise ValueError(f"duplicates must be 'floor' or 'distinct', got {duplicates!r}")
+    if size_prior is not None:
+        radii = np.minimum(radii, size_prior * head_sizes(pts, size))
     return np.minimum(np.maximum(radii, r_min), r_max).astype(np.float32)
 
 
@@ -259,6 +313,7 @@ def head_circles(
     r_min: float = R_MIN,
     lone: float = 0.5,
     duplicates: DuplicatePolicy = "distinct",
+    size_prior: float | None = None,
 ) -> HeadCircles:
     """NNEC radii and circle pixels of every head (see the module docstring for the policies).
 
@@ -268,11 +323,13 @@ def head_circles(
         r_min: floor of the radius in pixels.
         duplicates: policy for exact duplicate points (:func:`xmask.geometry.circles.nnec_radii`).
         lone: radius of a point alone in the image, as a fraction of ``min(H, W)``.
+        size_prior: no radius beyond this many head sizes (:func:`nnec_radii`), or None.
     """
     pts = check_points(points, size)
-    return circles_of(
-        pts, nnec_radii(pts, size, r_min=r_min, duplicates=duplicates, lone=lone), size
+    radii = nnec_radii(
+        pts, size, r_min=r_min, duplicates=duplicates, lone=lone, size_prior=size_prior
     )
+    return circles_of(pts, radii, size)
 
 
 def pixel_groups(point_pixel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

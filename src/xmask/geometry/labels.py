@@ -35,6 +35,13 @@ Point pixel (forced)
     (flag ``forced`` when the backend had left it out). Needs ``min(H, W) >= 2`` (so that
     ``r_i >= 1`` puts the point pixel's centre inside ``C_i``).
 
+Connected masks (:func:`connected_masks`)
+    A label map may leave a head in several pieces (speckles of the head's colour far from it)
+    or with holes. Each head keeps the 4-connected piece that holds its point pixel (its
+    largest piece when another head owns that pixel, a co-located member); its other pieces go
+    back to the background; a background region enclosed by one head alone (not touching the
+    image border) becomes that head's. One pass over the ``H×W`` map: no cost per head.
+
 Overlap rule
     A pixel kept by several heads goes to the one of lowest *normalised* distance
     ``||pixel centre − p_i|| / r_i`` (ties to the lowest index, via
@@ -50,9 +57,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
+from skimage.measure import label as connected_regions
 
 from xmask.geometry import kernels
 from xmask.geometry.circles import HeadCircles, pixel_groups
+from xmask.geometry.points import pixel_of
 
 
 @dataclass
@@ -163,3 +173,61 @@ def split_colocated(circles: HeadCircles) -> ColocatedSplit:
     _, first = np.unique(point[nearest], return_index=True)
     seed[nearest[first]] = True
     return ColocatedSplit(shared, allowed, seed)
+
+
+def connected_masks(labels: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every head's mask as one 4-connected region holding its point, holes filled (module
+    docstring, "Connected masks").
+
+    Args:
+        labels: ``H×W`` int label map, 0 background, ``k`` = ``points[k − 1]``.
+        points: ``N×2`` ``(x, y)`` pixels inside the image.
+
+    Returns:
+        ``(H×W int32 labels, N int64 areas)``; ``labels`` is not modified.
+    """
+    out = np.asarray(labels, dtype=np.int32).copy()
+    n = len(points)
+    if n == 0 or not out.any():
+        return out, np.zeros(n, dtype=np.int64)
+    pieces = connected_regions(out, background=0, connectivity=1)
+    keep = np.zeros(n + 1, dtype=np.int64)
+    owner = np.bincount(pieces.ravel(), weights=out.ravel(), minlength=pieces.max() + 1)
+    sizes = np.bincount(pieces.ravel(), minlength=pieces.max() + 1)
+    owner = np.rint(owner / np.maximum(sizes, 1)).astype(np.int64)  # a piece has one label
+    order = np.lexsort((sizes[1:], owner[1:])) + 1  # by head, then size: the largest last
+    keep[owner[order]] = order
+    cell = pixel_of(np.asarray(points, dtype=np.float32).reshape(-1, 2), out.shape)
+    at_point = pieces[cell[:, 1], cell[:, 0]]
+    holds = out[cell[:, 1], cell[:, 0]] == np.arange(1, n + 1)
+    keep[np.flatnonzero(holds) + 1] = at_point[holds]
+    out[(out > 0) & (pieces != keep[out])] = 0
+    _fill_holes(out)
+    return out, np.bincount(out.ravel(), minlength=n + 1)[1:].astype(np.int64)
+
+
+def _fill_holes(labels: np.ndarray) -> None:
+    """Give each background region enclosed by one head alone (not touching the image border)
+    to that head, in place."""
+    holes, count = ndimage.label(labels == 0)
+    if count == 0:
+        return
+    pairs = []
+    for a, b in (
+        (holes[:, :-1], labels[:, 1:]),
+        (holes[:, 1:], labels[:, :-1]),
+        (holes[:-1], labels[1:]),
+        (holes[1:], labels[:-1]),
+    ):
+        touching = (a > 0) & (b > 0)
+        pairs.append(np.stack([a[touching], b[touching]], axis=1))
+    found = np.unique(np.concatenate(pairs), axis=0)
+    neighbours = np.bincount(found[:, 0], minlength=count + 1)
+    head = np.zeros(count + 1, dtype=np.int64)
+    head[found[:, 0]] = found[:, 1]
+    border = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
+    enclosed = neighbours == 1
+    enclosed[border] = False
+    enclosed[0] = False
+    fill = enclosed[holes]
+    labels[fill] = head[holes[fill]]

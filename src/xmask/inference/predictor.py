@@ -61,6 +61,7 @@ from xmask.data.image_io import load_image, to_rgb_array
 from xmask.device import resolve_device
 from xmask.errors import UsageError
 from xmask.geometry.circles import check_points
+from xmask.geometry.labels import connected_masks
 from xmask.geometry.points import pixel_of
 from xmask.inference.count_rule import CountRule, as_count_rule
 from xmask.inference.decode import Heads, decode_heads
@@ -383,6 +384,8 @@ class Predictor:
             labels, areas = instances.labels, instances.area
             if scaled.size != features.size:
                 labels, areas = labels_to_size(labels, features.size, points)
+                if self.segment_config.connected:
+                    labels, areas = connected_masks(labels, points)
         return Prediction(
             count=count,
             points=points,

@@ -8,7 +8,10 @@ and pixel ``(y, x)`` is a candidate of head ``i`` when ``E_i < τ_g`` (Eq. 12). 
 candidates overlap the pixel goes to the **lowest energy** (the authors' code lets later heads
 overwrite earlier ones); every head is segmented, whatever the density (the authors' code
 segments every ``N // 50``-th head above 50). Each head's point pixel is forced in as in
-:mod:`xmask.geometry.labels` (same co-located rule), so every head gets a non-empty mask.
+:mod:`xmask.geometry.labels` (same co-located rule), so every head gets a non-empty mask; with
+``connected`` (inference) each mask is then one region holding its point, holes filled
+(:func:`xmask.geometry.labels.connected_masks`), and ``size_prior`` bounds each circle by the
+head's size (:func:`xmask.geometry.circles.head_sizes`).
 
 Energies are computed in local windows: time and memory ``O(D·Σ r_i²)``.
 
@@ -30,7 +33,7 @@ from torch import Tensor
 
 from xmask.geometry import kernels
 from xmask.geometry.circles import HeadCircles, circle_pixels, head_circles
-from xmask.geometry.labels import resolve_labels
+from xmask.geometry.labels import connected_masks, resolve_labels
 from xmask.geometry.sampling import sample_table
 from xmask.segment.smoothing import smoothed_table
 
@@ -47,6 +50,10 @@ class SegmentConfig:
         eps: ``ε`` of Eq. 11.
         r_min: floor of the NNEC radius in pixels.
         lone: radius of a head alone in the image, as a fraction of ``min(H, W)``.
+        size_prior: the head-sized prior: no circle wider than this many head sizes
+            (:func:`xmask.geometry.circles.head_sizes`), or None (Eq. 1 alone).
+        connected: each mask one 4-connected region holding its point, holes filled
+            (:func:`xmask.geometry.labels.connected_masks`).
     """
 
     lam: float = 0.8
@@ -56,13 +63,16 @@ class SegmentConfig:
     eps: float = 1e-6
     r_min: float = 3.0
     lone: float = 0.25
+    size_prior: float | None = None
+    connected: bool = True
 
 
 INFERENCE = SegmentConfig()
 """Evaluation and prediction: λ = 0.8, τ_g = 1.1, σ = 3."""
 
-PSEUDO = SegmentConfig(lam=0.6, tau_g=0.8, sigma=1.5)
-"""Pseudo-masks during training: λ = 0.6, τ_g = 0.8, σ = 1.5."""
+PSEUDO = SegmentConfig(lam=0.6, tau_g=0.8, sigma=1.5, connected=False)
+"""Pseudo-masks during training: λ = 0.6, τ_g = 0.8, σ = 1.5 (pieces kept as Eq. 12 gives
+them)."""
 
 
 @dataclass
@@ -111,20 +121,25 @@ def segment_instances(
     """
     size = (int(table.shape[0]), int(table.shape[1]))
     pts = torch.as_tensor(points).detach().cpu().numpy().astype(np.float32).reshape(-1, 2)
-    circles = head_circles(pts, size, r_min=cfg.r_min, duplicates="distinct", lone=cfg.lone)
+    circles = head_circles(
+        pts, size, r_min=cfg.r_min, duplicates="distinct", lone=cfg.lone, size_prior=cfg.size_prior
+    )
     energy = head_energy(table, circles, cfg)
     keep = (energy < cfg.tau_g).numpy()
     if whole_circle is not None:
         keep |= np.asarray(whole_circle, dtype=bool)[circles.pixels.point.numpy()]
     result = resolve_labels(circles, keep, cost=energy)
+    labels, area = result.labels, result.area
+    if cfg.connected:
+        labels, area = connected_masks(labels, pts)
     n = len(pts)
     given = np.ones(n) if scores is None else torch.as_tensor(scores).detach().cpu().numpy()
     return Instances(
-        labels=result.labels,
+        labels=labels,
         points=pts,
         scores=given.astype(np.float32).reshape(n),
         radii=circles.radii,
-        area=result.area,
+        area=area,
         forced=result.forced,
     )
 

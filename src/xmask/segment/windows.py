@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from xmask.geometry.circles import check_points, circles_of, nnec_radii
-from xmask.geometry.labels import resolve_labels
+from xmask.geometry.labels import connected_masks, resolve_labels
 from xmask.segment.instances import (
     INFERENCE,
     Instances,
@@ -84,7 +84,9 @@ def segment_in_windows(
     height, width = size
     pts = check_points(points, size)
     n = len(pts)
-    radii = nnec_radii(pts, size, r_min=cfg.r_min, duplicates="distinct", lone=cfg.lone)
+    radii = nnec_radii(
+        pts, size, r_min=cfg.r_min, duplicates="distinct", lone=cfg.lone, size_prior=cfg.size_prior
+    )
     labels = np.zeros(size, dtype=np.int32)
     forced = np.zeros(n, dtype=bool)
     halo = halo_for(cfg)
@@ -93,7 +95,10 @@ def segment_in_windows(
         for x0 in range(0, width, core):
             box = (y0, min(y0 + core, height), x0, min(x0 + core, width))
             _label_core(embedding, size, pts, radii, box, halo, cfg, labels, forced, buffer)
-    area = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64)
+    if cfg.connected:
+        labels, area = connected_masks(labels, pts)
+    else:
+        area = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64)
     given = np.ones(n, dtype=np.float32) if scores is None else np.asarray(scores, np.float32)
     return Instances(labels, pts, given.reshape(n), radii, area, forced)
 
