@@ -60,6 +60,7 @@ from skimage.segmentation import find_boundaries, slic
 from xmask.annotate.sam_model import SamConfig, View, build_sam, sam_views, view_of_points
 from xmask.geometry.circles import (
     HeadCircles,
+    circle_options,
     disc_keep,
     head_circles,
 )
@@ -354,13 +355,7 @@ def annotate_sam(
     stats = stats if stats is not None else SamStats()
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be H×W×3 uint8, got {image.shape} {image.dtype}")
-    circles = head_circles(
-        points,
-        image.shape[:2],
-        r_min=cfg.r_min,
-        duplicates=cfg.duplicates,
-        size_prior=cfg.size_prior,
-    )
+    circles = head_circles(points, image.shape[:2], **circle_options(cfg))
     n = len(circles)
     keep = np.zeros(len(circles.pixels), dtype=bool)
     if n == 0:

@@ -47,6 +47,7 @@ from scipy.spatial import cKDTree
 from xmask.annotate.fastsam_model import FastSamConfig, candidate_masks, check_image, load_fastsam
 from xmask.geometry.circles import (
     check_points,
+    circle_options,
     disc_keep,
     head_circles,
     nnec_radii,
@@ -184,9 +185,7 @@ def fastsam_labels(
     choice, area = smallest_covering(masks, pts, cfg.chunk)
     missing = choice < 0
     if nnec:
-        circles = head_circles(
-            pts, size, r_min=cfg.r_min, duplicates=cfg.duplicates, size_prior=cfg.size_prior
-        )
+        circles = head_circles(pts, size, **circle_options(cfg))
         pixels = circles.pixels
         cand = torch.from_numpy(choice)[pixels.point]
         keep = torch.zeros(len(pixels), dtype=torch.bool)
@@ -208,9 +207,7 @@ def fastsam_labels(
     n = len(pts)
     return MaskResult(
         labels=labels,
-        radii=nnec_radii(
-            pts, size, r_min=cfg.r_min, duplicates=cfg.duplicates, size_prior=cfg.size_prior
-        ),
+        radii=nnec_radii(pts, size, **circle_options(cfg)),
         area=np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64),
         fallback=missing,
         forced=forced,

@@ -51,6 +51,7 @@ from xmask.geometry.circles import (
     R_MIN,
     DuplicatePolicy,
     HeadCircles,
+    circle_options,
     disc_keep,
     head_circles,
 )
@@ -284,13 +285,7 @@ def annotate_superpixel(
     cfg = cfg or SuperpixelConfig()
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be H×W×3 uint8, got {image.shape} {image.dtype}")
-    circles = head_circles(
-        points,
-        image.shape[:2],
-        r_min=cfg.r_min,
-        duplicates=cfg.duplicates,
-        size_prior=cfg.size_prior,
-    )
+    circles = head_circles(points, image.shape[:2], **circle_options(cfg))
     if len(circles) == 0:
         return resolve_labels(circles, np.zeros(0, dtype=bool))
     t = _normalised_distance(circles)

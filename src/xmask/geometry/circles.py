@@ -42,7 +42,7 @@ Point pixel
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -330,6 +330,12 @@ def head_circles(
         pts, size, r_min=r_min, duplicates=duplicates, lone=lone, size_prior=size_prior
     )
     return circles_of(pts, radii, size)
+
+
+def circle_options(cfg: Any) -> dict[str, Any]:
+    """The circle settings (``r_min``, ``duplicates``, ``size_prior``) of an annotation backend's
+    config, as keyword arguments of :func:`head_circles` and :func:`nnec_radii`."""
+    return {"r_min": cfg.r_min, "duplicates": cfg.duplicates, "size_prior": cfg.size_prior}
 
 
 def pixel_groups(point_pixel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
