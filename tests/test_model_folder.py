@@ -27,6 +27,7 @@ from xmask.inference.model_folder import (
     resolve_model,
 )
 from xmask.inference.predictor import Predictor
+from xmask.inference.scale import ONE_PASS, ScaleRule
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +200,9 @@ def test_cli_export_list_info_predict_and_record(
     crowd = str(trained[1].parent / "crowd")
     assert main(["model", "export", run, "tiny", "--description", "tiny test", "--half"]) == 0
     assert read_model_card(tmp_path / "models" / "tiny").weights["dtype"] == "float16"
+    assert read_model_card(tmp_path / "models" / "tiny").scale == ScaleRule()  # adaptive
+    assert main(["model", "export", run, str(tmp_path / "one"), "--scale", "off"]) == 0
+    assert read_model_card(tmp_path / "one").scale == ONE_PASS
     capsys.readouterr()
     assert main(["model", "list"]) == EXIT_OK
     assert "tiny: tiny test" in capsys.readouterr().out

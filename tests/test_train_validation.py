@@ -76,3 +76,19 @@ def test_resume_from_corrupt_run_folder_is_a_clear_error(
     (checkpoints.parent / "config.yaml").write_text(to_yaml(load_config(None, overrides)))
     assert main(["train", *overrides, "--resume"]) == 1
     assert "latest.json: corrupt JSON" in caplog.text
+
+
+def test_calibrate_on_the_held_out_images(crowd: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from xmask.cli import main
+
+    overrides = [*_config(crowd, "val.txt"), "name=held", "schedule.epochs=1", "calibrate=false"]
+    Trainer(load_config(None, overrides)).fit()
+    run = crowd / "runs" / "held"
+    args = ["calibrate", "--model", str(run), "--which", "teacher", "--device", "cpu"]
+    assert main([*args, "--images", "validation", "--scale", "adaptive"]) == 0
+    assert read_calibration(run / "checkpoints", "teacher").images == 2  # the held-out two
+    bare = [*tiny_train_overrides(crowd, "bare"), "schedule.epochs=1", "calibrate=false"]
+    Trainer(load_config(None, bare)).fit()
+    bare_args = ["calibrate", "--model", str(crowd / "runs" / "bare"), "--device", "cpu"]
+    assert main([*bare_args, "--images", "validation"]) == 1
+    assert "holds no images out" in caplog.text

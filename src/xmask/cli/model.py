@@ -40,6 +40,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--description", default="", help="one line for people")
     add_which_option(export)
     export.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
+    export.add_argument(
+        "--scale",
+        choices=("adaptive", "off"),
+        default="adaptive",
+        help="the card's scale rule: adaptive (default; shrink to 1024 px, enlarge dense "
+        "crowds) or off (the image as it is, one pass); docs/accuracy.md",
+    )
     export.set_defaults(run=run_export)
 
 
@@ -77,13 +84,15 @@ def run_export(args: argparse.Namespace) -> int:
     """``xmask model export``."""
     from xmask.inference.loading import export_run
     from xmask.inference.model_folder import user_models_dir
+    from xmask.inference.scale import ONE_PASS, resolve_scale
 
     dest = Path(args.dest).expanduser()
     if len(dest.parts) == 1 and not dest.exists():
         dest = user_models_dir() / dest
     dtype = "float16" if args.half else "float32"
+    scale = resolve_scale(args.scale, ONE_PASS)
     folder = export_run(
-        args.source, dest, description=args.description, which=args.which, dtype=dtype
+        args.source, dest, description=args.description, which=args.which, dtype=dtype, scale=scale
     )
     print(f"wrote {folder}")
     return EXIT_OK

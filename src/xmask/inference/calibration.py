@@ -288,17 +288,25 @@ def calibrate_weights(
     which: str,
     device: torch.device | str,
     two_regimes: bool = False,
+    scale: ScaleRule = ONE_PASS,
     progress: bool = True,
 ) -> CountCalibration:
     """Calibrate ``model`` (the ``which`` network of the checkpoint at ``step`` in
-    ``folder``) on ``samples`` (:func:`calibrate_count_threshold`), store the result in
-    ``folder`` and log it."""
+    ``folder``) on ``samples`` (:func:`calibrate_count_threshold`, the network input sized by
+    ``scale``), store the result in ``folder`` and log it."""
     calibration = calibrate_count_threshold(
-        model, samples, device, step=step, which=which, two_regimes=two_regimes, progress=progress
+        model,
+        samples,
+        device,
+        step=step,
+        which=which,
+        two_regimes=two_regimes,
+        scale=scale,
+        progress=progress,
     )
     write_calibration(folder, calibration)
     log.info(
-        "%s count threshold %s on %d labeled images: MAE %.2f (%.2f at 0); stored in %s",
+        "%s count threshold %s on %d images: MAE %.2f (%.2f at 0); stored in %s",
         which,
         calibration.rule.describe(),
         calibration.images,

@@ -181,3 +181,17 @@ def labeled_training_images(cfg: TrainConfig) -> CrowdDataset:
     data = cfg.data
     train = open_dataset(data.dataset, data.root, "train", max_short_side=data.max_short_side)
     return train.subset(semi_split(train.names, data.labeled).labeled)
+
+
+def validation_images(cfg: TrainConfig) -> CrowdDataset:
+    """The held-out validation images of a run's config (``data.validation``): images it never
+    trained on, where a threshold or a scale rule may be chosen.
+
+    Raises:
+        DataError: the run has no validation list.
+    """
+    data = cfg.data
+    if data.validation is None:
+        raise DataError(data.root, "the run holds no images out (data.validation is not set)")
+    train = open_dataset(data.dataset, data.root, "train", max_short_side=data.max_short_side)
+    return train.subset(semi_split(train.names, data.validation).labeled)
