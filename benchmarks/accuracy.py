@@ -3,7 +3,8 @@
 ``run`` evaluates one model on the ShanghaiTech A and B test sets as they are (``x1``) and
 changed the ways user photos differ from them: greyscale (``grey``), rescaled ×0.5, ×2 and ×4
 (``x0.5``, ``x2``, ``x4``; bicubic, points scaled with the image). One JSON line per image and
-variant goes to ``WORK/LABEL/PART-VARIANT.jsonl`` (resumable: images already there are kept):
+variant goes to ``WORK/LABEL/PART-VARIANT.jsonl`` (resumable: images already there are kept;
+``--every N`` takes every N-th test image, for the costly ×4 variant):
 true and predicted counts, the scale the predictor chose, the median nearest-neighbour distance
 of the true heads (the image's head size), localisation at 4 and 8 px, per-head recall by head
 size, and the lattice blocks (below). ``resolution`` counts SHB test ``IMG_1`` (and SHA test
@@ -170,7 +171,8 @@ def run(args: argparse.Namespace) -> None:
         for name in args.variants.split(","):
             path = folder / f"{part}-{name}.jsonl"
             done = done_names(path)
-            todo = [i for i, n in enumerate(dataset.names) if n not in done]
+            names = dataset.names[:: args.every]
+            todo = [dataset.names.index(n) for n in names if n not in done]
             with path.open("a", encoding="utf-8") as out:
                 for index in tqdm(todo, desc=f"{args.label} {part} {name}", unit="img"):
                     try:
@@ -247,6 +249,7 @@ def main() -> None:
         if command == "run":
             one.add_argument("--parts", default="shb,sha")
             one.add_argument("--variants", default=",".join(VARIANTS))
+            one.add_argument("--every", type=int, default=1, help="every N-th test image only")
         if command == "gallery":
             one.add_argument("--out", required=True, help="folder for the overlays")
             one.add_argument("--worst", type=int, default=8)
