@@ -5,3 +5,7 @@ and Counting" (XMask). Importing the package has no side effects; heavy parts lo
 """
 
 __version__ = "0.1.0"
+
+DISTRIBUTION = "xmask-crowd"
+"""The name xmask is installed under (``pip install xmask-crowd``; ``xmask`` on PyPI is another
+project). The import name and the command stay ``xmask``."""

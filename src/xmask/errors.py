@@ -25,3 +25,17 @@ class DataError(XmaskError):
 
 class UsageError(XmaskError, ValueError):
     """An argument names something that does not exist (a dataset, a split, a backbone)."""
+
+
+class MissingDependencyError(UsageError):
+    """An optional dependency (an extra of the distribution) is not installed.
+
+    Attributes:
+        extra: the extra that brings it (``video``, ``sam``, ``fastsam``, ``lite2``).
+    """
+
+    def __init__(self, what: str, extra: str) -> None:
+        from xmask import DISTRIBUTION
+
+        self.extra = extra
+        super().__init__(f"{what}: pip install '{DISTRIBUTION}[{extra}]'")

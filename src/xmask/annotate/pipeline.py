@@ -54,7 +54,8 @@ def build_backend(
     point + superpixel prompts, clipped to NNEC), ``sam-point`` (the point-only baseline),
     ``fastsam`` / ``fastsam-nnec`` (the paper's FastSAM baselines: smallest candidate mask
     covering each point, without / with NNEC clipping and circle fallback). The SAM ones need
-    ``pip install xmask[sam]`` and ``sam``; the FastSAM ones ``xmask[fastsam]`` and ``fastsam``."""
+    the ``sam`` extra and ``sam``; the FastSAM ones the ``fastsam`` extra and ``fastsam``
+    (:class:`~xmask.errors.MissingDependencyError` without it)."""
     if name == "superpixel":
         cfg = SuperpixelConfig()
         return lambda image, points: annotate_superpixel(image, points, cfg)
@@ -62,12 +63,7 @@ def build_backend(
         cfg = sam or SamConfig()
         if name == "sam-point":
             cfg = replace(cfg, superpixel_prompt="none")
-        try:
-            return sam_backend(cfg)
-        except ImportError as err:
-            raise UsageError(
-                f"backend {name} needs segment-anything: pip install 'xmask[sam]'"
-            ) from err
+        return sam_backend(cfg)
     if name in ("fastsam", "fastsam-nnec"):
         return fastsam_backend(fastsam or FastSamConfig(), nnec=name == "fastsam-nnec")
     raise UsageError(f"unknown annotation backend {name!r}; available: {', '.join(BACKENDS)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from xmask import DISTRIBUTION
 from xmask.cli import EXIT_OK, EXIT_SKIPPED
 from xmask.cli._args import add_device_option, add_image_limit_option, add_root_option
 
@@ -30,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", help="output folder DIR")
     add_image_limit_option(parser)
-    sam = parser.add_argument_group("SAM backends (pip install 'xmask[sam]')")
+    sam = parser.add_argument_group(f"SAM backends (pip install '{DISTRIBUTION}[sam]')")
     sam.add_argument("--sam-checkpoint", help="local SAM checkpoint (e.g. sam_vit_b_01ec64.pth)")
     sam.add_argument("--sam-model", default="vit_b", choices=("vit_b", "vit_l", "vit_h"))
     sam.add_argument(
@@ -49,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="no checkpoint: random weights (speed measurements only)",
     )
     add_device_option(sam)
-    fast = parser.add_argument_group("FastSAM baselines (pip install 'xmask[fastsam]')")
+    fast = parser.add_argument_group(f"FastSAM baselines (pip install '{DISTRIBUTION}[fastsam]')")
     fast.add_argument("--fastsam-weights", help="local FastSAM-x.pt / FastSAM-s.pt")
     fast.add_argument("--fastsam-arch", default="x", choices=("s", "x"))
     fast.add_argument(
