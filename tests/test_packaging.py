@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import builtins
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,16 @@ def test_readme_says_how_to_install_cpu_torch_and_what_each_extra_is_for() -> No
         assert re.search(rf"`{extra}`[^\n]*:", install), (
             f"README does not say what [{extra}] is for"
         )
+
+
+def test_the_top_level_package_exposes_the_api_lazily() -> None:
+    code = (
+        "import sys, xmask; assert 'torch' not in sys.modules, 'import xmask imported torch'; "
+        "from xmask import Predictor, Prediction, load_model; "
+        "assert 'torch' in sys.modules; "
+        "from xmask.inference.predictor import Predictor as P; assert Predictor is P; "
+        "assert {'Predictor', 'Prediction', 'load_model'} <= set(dir(xmask))"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        _ = xmask.no_such_thing
