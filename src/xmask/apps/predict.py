@@ -6,10 +6,16 @@ options into a :class:`PredictRequest` and prints the :class:`~xmask.apps.batch.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from xmask.apps.batch import BatchSummary, finish, predict_images, settings_fingerprint
+from xmask.apps.batch import (
+    BatchSummary,
+    OutputOptions,
+    finish,
+    predict_images,
+    settings_fingerprint,
+)
 from xmask.apps.roi import read_polygon
 from xmask.apps.sources import dataset_sources, find_sources
 from xmask.apps.video import predict_video
@@ -37,6 +43,7 @@ class PredictRequest:
         every: videos: predict every N-th frame.
         recursive: folders: their sub-folders too.
         force: redo every item, even up-to-date ones.
+        outputs: which files each image gets.
         progress: show progress bars.
     """
 
@@ -53,6 +60,7 @@ class PredictRequest:
     every: int = 1
     recursive: bool = False
     force: bool = False
+    outputs: OutputOptions = field(default_factory=OutputOptions)
     progress: bool = True
 
     @property
@@ -92,11 +100,12 @@ def run_predict(request: PredictRequest) -> BatchSummary:
     model = str(predictor.source)
     out = request.out_folder
     summary = BatchSummary(model, predictor.count_rule.describe())
-    settings = settings_fingerprint(predictor, request.which, roi)
+    settings = settings_fingerprint(predictor, request.which, roi, request.outputs)
     images = [s for s in sources if not s.is_video]
     predict_images(
-        predictor, images, out, model=model, which=request.which, roi=roi, force=request.force,
-        settings=settings, summary=summary, progress=request.progress,
+        predictor, images, out, model=model, which=request.which, roi=roi,
+        options=request.outputs, force=request.force, settings=settings, summary=summary,
+        progress=request.progress,
     )  # fmt: skip
     for video in (s for s in sources if s.is_video):
         try:

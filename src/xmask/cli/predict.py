@@ -63,6 +63,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="redo every item, even those whose outputs are up to date (and take over "
         "output names claimed by other files)",
     )
+    saved = parser.add_argument_group("what each image gets")
+    saved.add_argument(
+        "--no-masks",
+        dest="masks",
+        action="store_false",
+        help="no masks/NAME.png label maps (nor annotations.json); the JSON keeps mask areas",
+    )
+    saved.add_argument(
+        "--no-overlay", dest="overlay", action="store_false", help="no overlays/NAME picture"
+    )
+    saved.add_argument(
+        "--overlay-format",
+        choices=("png", "jpg"),
+        default="png",
+        help="overlays as PNG (default) or JPEG (about a tenth of the size)",
+    )
+    saved.add_argument(
+        "--mask-preview",
+        action="store_true",
+        help="also previews/NAME.png: the label map in colour (the 16-bit masks/NAME.png "
+        "looks black in image viewers)",
+    )
     parser.add_argument("--dataset", help="instead of SOURCE: sha, shb, ucf, jhu or folder")
     add_root_option(parser, f"with --dataset: {ROOT_HELP}")
     parser.add_argument("--split", default="test", help="split (with --dataset; default test)")
@@ -73,6 +95,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     """``xmask predict``: :func:`xmask.apps.predict.run_predict` of the options."""
+    from xmask.apps.batch import OutputOptions
     from xmask.apps.predict import PredictRequest
     from xmask.apps.predict import run_predict as predict
 
@@ -81,6 +104,7 @@ def run_predict(args: argparse.Namespace) -> int:
         model=args.model, which=args.which, threshold=args.threshold, device=args.device,
         out=args.out, roi=args.roi, every=args.every, recursive=args.recursive,
         force=args.force,
+        outputs=OutputOptions(args.masks, args.overlay, args.overlay_format, args.mask_preview),
     )  # fmt: skip
     summary = predict(request)
     print(

@@ -1,4 +1,5 @@
-"""Drawing a prediction: instance colours, head dots, the region outline and the count caption."""
+"""Drawing instance masks: colours per instance, head dots, the region outline and the count
+caption (predictions, annotation previews), and a colour picture of a label map."""
 
 from __future__ import annotations
 
@@ -38,6 +39,26 @@ def draw_dots(image: np.ndarray, points: np.ndarray, radius: int, colour: tuple[
     rows = np.floor(points[:, 1]).astype(np.int64)[:, None] + dy[disc][None]
     ok = (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)
     image[rows[ok], cols[ok]] = colour
+
+
+def tint_instances(image: np.ndarray, labels: np.ndarray, n: int, alpha: float) -> np.ndarray:
+    """``image`` (a copy) with a translucent colour per instance of ``labels`` (``H×W``, 0
+    background, ``k`` = instance ``k`` of ``n``)."""
+    out = image.copy()
+    inside = labels > 0
+    tint = instance_colours(n)[labels[inside] - 1]
+    mixed = (1.0 - alpha) * out[inside] + alpha * tint
+    out[inside] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+    return out
+
+
+def colour_labels(labels: np.ndarray, n: int) -> np.ndarray:
+    """``H×W×3 uint8``: a label map as a viewer can show it (a 16-bit map looks black): each
+    instance in its colour of :func:`instance_colours`, the background black."""
+    picture = np.zeros((*labels.shape, 3), dtype=np.uint8)
+    inside = labels > 0
+    picture[inside] = instance_colours(n)[labels[inside] - 1].astype(np.uint8)
+    return picture
 
 
 def draw_annotations(image: np.ndarray, roi: np.ndarray | None, text: str | None) -> np.ndarray:
