@@ -4,6 +4,8 @@ Output folder ``DIR``:
 
 - ``masks/STEM.png``: 16-bit instance label map (0 background, ``k`` = the ``k``-th point);
 - ``points/STEM.txt``: the points, ``x y`` per line, in label order;
+- ``overlays/STEM.png``: a preview, the image with a colour per mask, a dot per head and the
+  count (not with ``overlays=False``);
 - ``annotations.json``: COCO instances with RLE masks, one annotation per head
   (:mod:`xmask.annotate.coco`), rebuilt from the two folders at the end;
 - ``summary.json``: images, heads, empty masks, fallbacks, seconds, skipped items.
@@ -32,9 +34,10 @@ from xmask.annotate.fastsam_model import FastSamConfig
 from xmask.annotate.sam_model import SamConfig
 from xmask.annotate.superpixel import SuperpixelConfig, annotate_superpixel
 from xmask.data.files import atomic_write_bytes, distinct_stems, remove_stale_temporaries
-from xmask.data.image_io import load_label_map, save_label_map
+from xmask.data.image_io import load_label_map, png_bytes, save_label_map
 from xmask.data.points_io import read_txt_points, write_points_txt
 from xmask.data.readers import CrowdDataset, Item
+from xmask.data.render import overlay_picture
 from xmask.errors import DataError, UsageError
 from xmask.geometry.labels import MaskResult
 
@@ -88,6 +91,10 @@ def _paths(out: Path, item: Item) -> tuple[Path, Path]:
     return out / "masks" / f"{stem}.png", out / "points" / f"{stem}.txt"
 
 
+def _overlay(out: Path, item: Item) -> Path:
+    return out / "overlays" / f"{Path(item.name).stem}.png"
+
+
 def annotate_dataset(
     dataset: CrowdDataset,
     out: str | Path,
@@ -95,6 +102,7 @@ def annotate_dataset(
     progress: bool = True,
     sam: SamConfig | None = None,
     fastsam: FastSamConfig | None = None,
+    overlays: bool = True,
 ) -> AnnotationSummary:
     """Annotate every image of ``dataset`` into ``out`` (layout in the module docstring)."""
     out = Path(out)
@@ -115,6 +123,10 @@ def annotate_dataset(
         start = time.perf_counter()
         result = run(sample.image, sample.points)
         summary.seconds += time.perf_counter() - start
+        if overlays:
+            caption = f"{len(sample.points):,} heads"
+            picture = overlay_picture(sample.image, result.labels, sample.points, caption)
+            atomic_write_bytes(_overlay(out, item), png_bytes(picture))
         write_points_txt(points_path, sample.points)
         save_label_map(mask_path, result.labels)
         summary.images += 1

@@ -20,6 +20,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "DIR/summary.json. A re-run skips finished images. `xmask annotate export` and "
         "`xmask annotate import` carry the masks to and from CVAT for manual correction.",
     )
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        metavar="FILE",
+        help="instead of --dataset: image files, each with NAME.txt or NAME.json beside it "
+        "(or in points/, or a points.csv in its folder)",
+    )
     parser.add_argument("--dataset", help="sha, shb, ucf, jhu or folder")
     add_root_option(parser)
     parser.add_argument("--split", default="train", help="train, test (jhu: also val)")
@@ -30,6 +37,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "fastsam or fastsam-nnec (the paper's FastSAM baselines)",
     )
     parser.add_argument("--out", help="output folder DIR")
+    parser.add_argument(
+        "--names", metavar="A,B", help="only these images of the split (comma-separated names)"
+    )
+    parser.add_argument("--limit", type=int, metavar="N", help="only the first N images")
+    parser.add_argument(
+        "--no-overlay",
+        dest="overlays",
+        action="store_false",
+        help="no DIR/overlays/NAME.png previews (the image with its masks, points and count)",
+    )
     add_image_limit_option(parser)
     sam = parser.add_argument_group(f"SAM backends (pip install '{DISTRIBUTION}[sam]')")
     sam.add_argument("--sam-checkpoint", help="local SAM checkpoint (e.g. sam_vit_b_01ec64.pth)")
@@ -87,16 +104,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_annotate(args: argparse.Namespace) -> int:
     """``xmask annotate``."""
     from xmask.annotate.pipeline import annotate_dataset
+    from xmask.data.image_files import ImageFiles, pick_images
     from xmask.data.readers import open_dataset
     from xmask.errors import UsageError
 
-    missing = [flag for flag in ("dataset", "out") if getattr(args, flag) is None]
-    if missing:
-        raise UsageError(f"xmask annotate needs --{', --'.join(missing)}")
-    dataset = open_dataset(args.dataset, args.root, args.split)
+    if args.out is None:
+        raise UsageError("xmask annotate needs --out")
+    if (args.dataset is None) == (args.images is None):
+        raise UsageError("xmask annotate needs either --dataset or --images")
+    if args.images:
+        dataset = ImageFiles(args.images)
+    else:
+        dataset = open_dataset(args.dataset, args.root, args.split)
+    names = [name.strip() for name in args.names.split(",")] if args.names else None
     summary = annotate_dataset(
-        dataset, args.out, args.backend, sam=_sam_config(args), fastsam=_fastsam_config(args)
-    )
+        pick_images(dataset, names, args.limit), args.out, args.backend,
+        sam=_sam_config(args), fastsam=_fastsam_config(args), overlays=args.overlays,
+    )  # fmt: skip
     print(
         f"{summary.images} images annotated ({summary.already_done} already done), "
         f"{summary.heads:,} heads, {summary.empty_masks} empty masks, "

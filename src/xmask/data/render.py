@@ -61,6 +61,24 @@ def colour_labels(labels: np.ndarray, n: int) -> np.ndarray:
     return picture
 
 
+def overlay_picture(
+    image: np.ndarray,
+    labels: np.ndarray | None,
+    points: np.ndarray,
+    caption: str | None,
+    roi: np.ndarray | None = None,
+    alpha: float = 0.5,
+    dot_radius: int = 2,
+) -> np.ndarray:
+    """``image`` (a copy) with a translucent colour per instance of ``labels`` (if any), a dot
+    on every ``(x, y)`` head point, the region's outline (if any) and a caption."""
+    out = image.copy() if labels is None else tint_instances(image, labels, len(points), alpha)
+    draw_dots(out, points, dot_radius, DOT_COLOUR)
+    if roi is None and caption is None:
+        return out
+    return draw_annotations(out, roi, caption)
+
+
 def draw_annotations(image: np.ndarray, roi: np.ndarray | None, text: str | None) -> np.ndarray:
     """``image`` with the region's outline and a caption box in the top-left corner, sized
     to the image (a copy, ``H×W×3 uint8``)."""

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from xmask.annotate.coco import ImageRecord, label_maps_to_coco
-from xmask.data.render import DOT_COLOUR, draw_annotations, draw_dots, tint_instances
+from xmask.data.render import overlay_picture
 from xmask.errors import UsageError
 
 
@@ -78,11 +78,8 @@ class Prediction:
         """
         if self.image is None:
             raise UsageError("this prediction holds no image to draw on")
-        out = self.image.copy()
-        if self.labels is not None:
-            out = tint_instances(out, self.labels, len(self.points), alpha)
-        draw_dots(out, self.points, dot_radius, DOT_COLOUR)
-        if self.roi is None and not caption:
-            return out
         text = f"{self.count:,} heads" + (" in region" if self.roi is not None else "")
-        return draw_annotations(out, self.roi, text if caption else None)
+        return overlay_picture(
+            self.image, self.labels, self.points, text if caption else None, self.roi,
+            alpha, dot_radius,
+        )  # fmt: skip
