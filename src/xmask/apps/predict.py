@@ -19,6 +19,7 @@ from xmask.apps.batch import (
 from xmask.apps.roi import read_polygon
 from xmask.apps.sources import dataset_sources, find_sources
 from xmask.apps.video import predict_video
+from xmask.data.files import check_out_folder
 from xmask.errors import DataError, UsageError
 from xmask.inference.predictor import Predictor
 
@@ -74,11 +75,13 @@ class PredictRequest:
         return Path(f"predict-{name}")
 
     def check(self) -> None:
-        """Raise :class:`~xmask.errors.UsageError` for contradictory or bad options."""
+        """Raise :class:`~xmask.errors.UsageError` for contradictory or bad options, and
+        :class:`~xmask.errors.DataError` for an output folder that is a file."""
         if bool(self.sources) == (self.dataset is not None):
             raise UsageError("xmask predict needs either SOURCE or --dataset")
         if self.every < 1:
             raise UsageError(f"--every must be at least 1, got {self.every}")
+        check_out_folder(self.out_folder)
 
 
 def run_predict(request: PredictRequest) -> BatchSummary:

@@ -104,12 +104,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_annotate(args: argparse.Namespace) -> int:
     """``xmask annotate``."""
     from xmask.annotate.pipeline import annotate_dataset
+    from xmask.data.files import check_out_folder
     from xmask.data.image_files import ImageFiles, pick_images
     from xmask.data.readers import open_dataset
     from xmask.errors import UsageError
 
     if args.out is None:
         raise UsageError("xmask annotate needs --out")
+    check_out_folder(args.out)
     if (args.dataset is None) == (args.images is None):
         raise UsageError("xmask annotate needs either --dataset or --images")
     if args.images:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
-from xmask.cli import EXIT_OK, EXIT_SKIPPED
+from xmask.cli import EXIT_OK, EXIT_SKIPPED, plural
 from xmask.cli._args import (
     ROOT_HELP,
     add_device_option,
@@ -98,6 +99,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from xmask.apps.batch import OutputOptions
     from xmask.apps.predict import PredictRequest
     from xmask.apps.predict import run_predict as predict
+    from xmask.apps.sources import VIDEO_SUFFIXES
 
     request = PredictRequest(
         sources=tuple(args.source), dataset=args.dataset, root=args.root, split=args.split,
@@ -107,10 +109,12 @@ def run_predict(args: argparse.Namespace) -> int:
         outputs=OutputOptions(args.masks, args.overlay, args.overlay_format, args.mask_preview),
     )  # fmt: skip
     summary = predict(request)
+    videos = any(Path(s).suffix.lower() in VIDEO_SUFFIXES for s in args.source)
+    done = [plural(summary.predicted, "image")]
+    done += [plural(summary.videos_predicted, "video")] if videos or summary.videos else []
     print(
-        f"{summary.predicted} images and {summary.videos_predicted} videos predicted "
-        f"({summary.already_done} already done, {summary.redone} redone); the folder holds "
-        f"{summary.images} images with {summary.heads:,} heads; "
-        f"{len(summary.skipped)} skipped → {request.out_folder}"
+        f"{' and '.join(done)} predicted ({summary.already_done} already done, "
+        f"{summary.redone} redone); the folder holds {plural(summary.images, 'image')} with "
+        f"{plural(summary.heads, 'head')}; {len(summary.skipped)} skipped → {request.out_folder}"
     )
     return EXIT_SKIPPED if summary.skipped else EXIT_OK

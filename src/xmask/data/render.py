@@ -79,18 +79,28 @@ def overlay_picture(
     return draw_annotations(out, roi, caption)
 
 
+CAPTION_SHARE = 0.25
+"""Most of an image's area a caption box may cover: a smaller font on a small image, no caption
+on one too small for any."""
+
+
 def draw_annotations(image: np.ndarray, roi: np.ndarray | None, text: str | None) -> np.ndarray:
     """``image`` with the region's outline and a caption box in the top-left corner, sized
-    to the image (a copy, ``H×W×3 uint8``)."""
+    to the image and never over :data:`CAPTION_SHARE` of it (a copy, ``H×W×3 uint8``)."""
 
     canvas = PIL.Image.fromarray(image)
     draw = ImageDraw.Draw(canvas)
-    scale = max(1, round(min(image.shape[:2]) / 400))
+    h, w = image.shape[:2]
+    scale = max(1, round(min(h, w) / 400))
     if roi is not None:
         draw.polygon([tuple(v) for v in roi.tolist()], outline=ROI_COLOUR, width=2 * scale)
-    if text is not None:
-        font = ImageFont.load_default(size=14 * scale)
-        *_, right, bottom = draw.textbbox((6 * scale, 4 * scale), text, font=font)
-        draw.rectangle((0, 0, right + 6 * scale, bottom + 4 * scale), fill=(0, 0, 0))
-        draw.text((6 * scale, 4 * scale), text, fill=(255, 255, 255), font=font)
+    for size in (14 * scale, 10, 8, 6) if text is not None else ():
+        pad = max(1, size // 4)
+        font = ImageFont.load_default(size=size)
+        *_, right, bottom = draw.textbbox((pad, pad // 2), text, font=font)
+        box = (right + pad) * (bottom + pad // 2)
+        if right + pad <= w and box <= CAPTION_SHARE * h * w:
+            draw.rectangle((0, 0, right + pad, bottom + pad // 2), fill=(0, 0, 0))
+            draw.text((pad, pad // 2), text, fill=(255, 255, 255), font=font)
+            break
     return np.asarray(canvas)
