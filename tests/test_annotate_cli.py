@@ -113,3 +113,20 @@ def test_overlays_image_files_and_a_few_images(crowd: Path) -> None:
         load_label_map(out / "masks" / "syn_0001.png"),
     )
     assert (files / "overlays" / "syn_0001.png").is_file()
+
+
+def test_the_summary_and_coco_file_describe_the_whole_folder(crowd: Path) -> None:
+    """Issue 27, item 6: a second call adds to annotations.json instead of replacing it."""
+    out = crowd / "parts"
+    args = ["annotate", "--dataset", "folder", "--root", str(crowd / "data"), "--out", str(out)]
+    assert main([*args, "--limit", "2"]) == 0
+    assert main([*args, "--names", "syn_0002.png"]) == 0
+    coco = json.loads((out / "annotations.json").read_text())
+    assert [i["file_name"] for i in coco["images"]] == [
+        "syn_0000.png",
+        "syn_0001.png",
+        "syn_0002.png",
+    ]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 1 and summary["folder_images"] == 3
+    assert summary["folder_heads"] == len(coco["annotations"])
