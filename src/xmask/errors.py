@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from xmask import DISTRIBUTION
+
 
 class XmaskError(Exception):
     """Base class of the errors xmask raises on purpose."""
@@ -35,7 +37,5 @@ class MissingDependencyError(UsageError):
     """
 
     def __init__(self, what: str, extra: str) -> None:
-        from xmask import DISTRIBUTION
-
         self.extra = extra
         super().__init__(f"{what}: pip install '{DISTRIBUTION}[{extra}]'")

@@ -41,14 +41,20 @@ def draw_dots(image: np.ndarray, points: np.ndarray, radius: int, colour: tuple[
     image[rows[ok], cols[ok]] = colour
 
 
+ROWS = 256
+"""Rows drawn at a time (large images)."""
+
+
 def tint_instances(image: np.ndarray, labels: np.ndarray, n: int, alpha: float) -> np.ndarray:
     """``image`` (a copy) with a translucent colour per instance of ``labels`` (``H×W``, 0
     background, ``k`` = instance ``k`` of ``n``)."""
     out = image.copy()
-    inside = labels > 0
-    tint = instance_colours(n)[labels[inside] - 1]
-    mixed = (1.0 - alpha) * out[inside] + alpha * tint
-    out[inside] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+    colours = instance_colours(n)
+    for top in range(0, labels.shape[0], ROWS):  # in blocks of rows: memory of a block
+        block, part = out[top : top + ROWS], labels[top : top + ROWS]
+        inside = part > 0
+        mixed = (1.0 - alpha) * block[inside] + alpha * colours[part[inside] - 1]
+        block[inside] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
     return out
 
 
