@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from pycocotools.coco import COCO
 
 from xmask.cli import EXIT_SKIPPED, main
@@ -91,3 +92,41 @@ def test_fastsam_backend_needs_weights(crowd: Path, caplog: pytest.LogCaptureFix
     args = ["annotate", "--dataset", "folder", "--root", str(crowd / "data"), "--out", "x"]
     assert main([*args, "--backend", "fastsam-nnec"]) == 1
     assert "--fastsam-weights" in caplog.text
+
+
+def test_overlays_image_files_and_a_few_images(crowd: Path) -> None:
+    """Issue 27, item 14: previews, image files given directly, --limit and --names."""
+    out = crowd / "few"
+    args = ["annotate", "--dataset", "folder", "--root", str(crowd / "data"), "--out", str(out)]
+    assert main([*args, "--limit", "2"]) == 0
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["syn_0000.png", "syn_0001.png"]
+    overlay = np.asarray(Image.open(out / "overlays" / "syn_0000.png"))
+    assert overlay.shape == (96, 128, 3)
+    assert main([*args, "--names", "syn_0002.png"]) == 0
+    assert (out / "masks" / "syn_0002.png").is_file()
+    assert main([*args, "--names", "nope.png"]) == 1
+    files = crowd / "files"
+    image = crowd / "data" / "syn_0001.png"
+    assert main(["annotate", "--images", str(image), "--out", str(files)]) == 0
+    np.testing.assert_array_equal(
+        load_label_map(files / "masks" / "syn_0001.png"),
+        load_label_map(out / "masks" / "syn_0001.png"),
+    )
+    assert (files / "overlays" / "syn_0001.png").is_file()
+
+
+def test_the_summary_and_coco_file_describe_the_whole_folder(crowd: Path) -> None:
+    """Issue 27, item 6: a second call adds to annotations.json instead of replacing it."""
+    out = crowd / "parts"
+    args = ["annotate", "--dataset", "folder", "--root", str(crowd / "data"), "--out", str(out)]
+    assert main([*args, "--limit", "2"]) == 0
+    assert main([*args, "--names", "syn_0002.png"]) == 0
+    coco = json.loads((out / "annotations.json").read_text())
+    assert [i["file_name"] for i in coco["images"]] == [
+        "syn_0000.png",
+        "syn_0001.png",
+        "syn_0002.png",
+    ]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 1 and summary["folder_images"] == 3
+    assert summary["folder_heads"] == len(coco["annotations"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from PIL import Image
 from conftest import fake_shanghaitech, write_shanghaitech_gt
 from xmask.apps.bench import BenchConfig, parse_baselines, parse_edges, run_bench, select_images
 from xmask.apps.bench_report import bin_of
-from xmask.cli import EXIT_SKIPPED, main
+from xmask.cli import EXIT_OK, EXIT_SKIPPED, main
 from xmask.data.readers import open_dataset
 from xmask.data.synthetic import make_crowd
 from xmask.errors import UsageError
@@ -92,3 +93,21 @@ def test_selection_prefers_images_of_the_median_size(tmp_path: Path) -> None:
     # median pixel count 5,248: IMG_2 (5,120) then IMG_3 (5,376), both 128 px away
     assert names(1) == ["IMG_2.jpg"]
     assert names(3) == ["IMG_1.jpg", "IMG_2.jpg", "IMG_3.jpg"]
+
+
+def test_a_baseline_whose_extra_is_missing_is_noted_not_failed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 27, item 15: the README's example without the fastsam extra."""
+    if importlib.util.find_spec("ultralytics") is not None:
+        pytest.skip("ultralytics is installed")
+    root = fake_shanghaitech(tmp_path, "A", "test", {"IMG_1": 3, "IMG_2": 7})
+    args = ["bench", "--root", str(root), "--per-bin", "1", "--baselines", "fastsam-x",
+            "--device", "cpu", "--repeat", "1"]  # fmt: skip
+    assert main([*args, "--json"]) == EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    baseline = report["baselines"]["fastsam-x"]
+    assert baseline["status"] == "unavailable" and "xmask-crowd[fastsam]" in baseline["reason"]
+    assert report["setup"]["xmask_model"].startswith("shanghaitech-lite0")  # the shipped one
+    assert main(args) == EXIT_OK
+    assert "xmask-crowd[fastsam]" in capsys.readouterr().out

@@ -12,15 +12,14 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from conftest import make_run, tiny_model
+from xmask.data.render import DOT_COLOUR
 from xmask.data.synthetic import make_crowd
 from xmask.errors import UsageError, XmaskError
 from xmask.geometry.points import pixel_of
 from xmask.inference.calibration import resolve_count_rule
 from xmask.inference.count_rule import CountRule
-from xmask.inference.decode import inside_points
 from xmask.inference.prediction import Prediction
-from xmask.inference.predictor import Predictor
-from xmask.inference.render import DOT_COLOUR
+from xmask.inference.predictor import Predictor, inside_points
 from xmask.inference.tiling import image_tensor, tiled_outputs
 from xmask.models import XMaskModel
 from xmask.types import Sample

@@ -9,10 +9,10 @@ import pytest
 
 from conftest import tiny_model
 from xmask.apps.roi import parse_polygon, polygon_mask, read_polygon, restrict
+from xmask.data.render import ROI_COLOUR
 from xmask.data.synthetic import make_crowd
 from xmask.errors import DataError, UsageError
 from xmask.inference.predictor import Predictor
-from xmask.inference.render import ROI_COLOUR
 
 
 def _inside_reference(vertices: np.ndarray, x: float, y: float) -> bool:

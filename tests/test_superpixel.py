@@ -329,3 +329,16 @@ def test_real_shanghaitech_image(shanghaitech: Path) -> None:
     d = np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(-1)) + np.diag(np.full(len(pts), np.inf))
     alone = d.min(axis=1) > 1.0  # the issue's criterion: no other point within 1 px
     assert (result.area[alone] > 0).all()
+
+
+def test_large_images_are_annotated_window_by_window() -> None:
+    """Issue 27, item 8: memory bounded by a window, not the image (benchmarks/annotate_memory)."""
+    sample = make_crowd(300, 420, 150, seed=5)
+    whole = annotate_superpixel(sample.image, sample.points)
+    windowed = annotate_superpixel(sample.image, sample.points, window=128)
+    check_invariants(windowed, sample.points, sample.size)
+    np.testing.assert_array_equal(windowed.radii, whole.radii)
+    assert (windowed.labels == whole.labels).mean() > 0.9  # superpixels differ near seams only
+    assert windowed.empty == 0
+    at_once = annotate_superpixel(sample.image, sample.points, window=1024)
+    np.testing.assert_array_equal(at_once.labels, whole.labels)

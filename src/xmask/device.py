@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from xmask.errors import XmaskError
@@ -16,10 +18,9 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise XmaskError(f"device {name!r}: {err}") from err
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
+        raise XmaskError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise XmaskError(f"device {name!r}: CUDA is not available on this machine")
     return device

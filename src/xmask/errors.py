@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from xmask import DISTRIBUTION
+
 
 class XmaskError(Exception):
     """Base class of the errors xmask raises on purpose."""
@@ -25,3 +27,15 @@ class DataError(XmaskError):
 
 class UsageError(XmaskError, ValueError):
     """An argument names something that does not exist (a dataset, a split, a backbone)."""
+
+
+class MissingDependencyError(UsageError):
+    """An optional dependency (an extra of the distribution) is not installed.
+
+    Attributes:
+        extra: the extra that brings it (``video``, ``sam``, ``fastsam``, ``lite2``).
+    """
+
+    def __init__(self, what: str, extra: str) -> None:
+        self.extra = extra
+        super().__init__(f"{what}: pip install '{DISTRIBUTION}[{extra}]'")

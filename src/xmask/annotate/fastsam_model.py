@@ -49,7 +49,7 @@ import PIL.Image
 import torch
 
 from xmask.device import resolve_device
-from xmask.errors import DataError, UsageError
+from xmask.errors import DataError, MissingDependencyError, UsageError
 from xmask.geometry.circles import (
     R_MIN,
     DuplicatePolicy,
@@ -125,9 +125,7 @@ def _import_ultralytics() -> None:
         import ultralytics
         import ultralytics.utils.patches  # noqa: F401
     except ImportError as err:
-        raise UsageError(
-            "the FastSAM baselines need ultralytics: pip install 'xmask[fastsam]'"
-        ) from err
+        raise MissingDependencyError("the FastSAM baselines need ultralytics", "fastsam") from err
     finally:
         PIL.Image.open = pil_open
     if omp is None:

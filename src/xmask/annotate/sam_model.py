@@ -69,7 +69,7 @@ import numpy as np
 import torch
 
 from xmask.device import resolve_device
-from xmask.errors import DataError, UsageError
+from xmask.errors import DataError, MissingDependencyError, UsageError
 from xmask.geometry.circles import (
     R_MIN,
     DuplicatePolicy,
@@ -205,15 +205,13 @@ def build_sam(cfg: SamConfig, builder: Callable[[], Sam] | None = None) -> SamPr
             ``segment_anything.sam_model_registry[cfg.model_type]``.
 
     Raises:
-        ImportError: ``segment_anything`` is not installed (``pip install xmask[sam]``).
+        MissingDependencyError: ``segment_anything`` is not installed (the ``sam`` extra).
         DataError: a bad checkpoint (:func:`load_sam_weights`).
     """
     try:
         from segment_anything import SamPredictor, sam_model_registry
     except ImportError as err:
-        raise ImportError(
-            "the SAM backend needs segment-anything: pip install 'xmask[sam]'"
-        ) from err
+        raise MissingDependencyError("the SAM backend needs segment-anything", "sam") from err
     model = builder() if builder is not None else sam_model_registry[cfg.model_type]()
     name = cfg.model_type if builder is None else "(custom builder)"
     if cfg.checkpoint is None:

@@ -39,6 +39,7 @@ Everything runs on the flat list of circle pixels (memory ``∝ Σ r_i²``, whic
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from dataclasses import dataclass
@@ -51,11 +52,14 @@ from xmask.geometry.circles import (
     R_MIN,
     DuplicatePolicy,
     HeadCircles,
+    check_points,
     circle_options,
+    circles_of,
     disc_keep,
-    head_circles,
+    nnec_radii,
 )
 from xmask.geometry.labels import MaskResult, resolve_labels
+from xmask.geometry.points import pixel_of
 
 log = logging.getLogger(__name__)
 
@@ -265,15 +269,30 @@ def region_fits(
     return (area >= lo * disc) & (area <= hi * disc)
 
 
+WINDOW = 1024
+"""Side of the square cores an image larger than ``WINDOW²`` pixels is annotated in."""
+
+
 def annotate_superpixel(
-    image: np.ndarray, points: np.ndarray, cfg: SuperpixelConfig | None = None
+    image: np.ndarray,
+    points: np.ndarray,
+    cfg: SuperpixelConfig | None = None,
+    window: int = WINDOW,
 ) -> MaskResult:
     """One mask per head from superpixels snapped to its radial edge, clipped to its NNEC circle.
+
+    An image of more than ``window²`` pixels is annotated core by core (``window``-pixel
+    squares): each core is cut out with every circle that reaches it, annotated with those heads
+    (their NNEC radii from the whole image), and keeps its own pixels; so every pixel is decided
+    among all the heads that can claim it, and memory is bounded by a window rather than the
+    image (an 8000×6000 image with 7,452 heads: ``benchmarks/annotate_memory.py``). Only the
+    superpixels (SLIC per window) differ from the image at once, near the cores' edges.
 
     Args:
         image: ``H×W×3 uint8`` RGB (greyscale replicated to three channels works too).
         points: ``N×2 float32`` ``(x, y)`` pixels inside ``[0, W] × [0, H]``.
         cfg: configuration; None for the defaults.
+        window: side of the cores of a large image.
 
     Returns:
         :class:`~xmask.geometry.labels.MaskResult`: ``H×W int32`` labels (0 background,
@@ -285,16 +304,66 @@ def annotate_superpixel(
     cfg = cfg or SuperpixelConfig()
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be H×W×3 uint8, got {image.shape} {image.dtype}")
-    circles = head_circles(points, image.shape[:2], **circle_options(cfg))
+    size = image.shape[:2]
+    pts = check_points(points, size)
+    radii = nnec_radii(pts, size, **circle_options(cfg))
+    if size[0] * size[1] <= window * window or len(pts) == 0:
+        return _annotate(image, pts, radii, radii, cfg)
+    return _in_windows(image, pts, radii, cfg, window)
+
+
+def _annotate(
+    image: np.ndarray,
+    pts: np.ndarray,
+    radii: np.ndarray,
+    reference: np.ndarray,
+    cfg: SuperpixelConfig,
+) -> MaskResult:
+    """The backend on one image (or window) whose heads' radii are known; ``reference``: the
+    radii the superpixel size follows (the whole image's)."""
+    circles = circles_of(pts, radii, image.shape[:2])
     if len(circles) == 0:
         return resolve_labels(circles, np.zeros(0, dtype=bool))
     t = _normalised_distance(circles)
     lab = rgb2lab(image).astype(np.float32)
     rho, edge_found = edge_radius(lab, circles, t, cfg)
-    segments = superpixels(image, circles.radii, cfg)
+    del lab
+    segments = superpixels(image, reference, cfg)
     keep, own_kept = snapped_keep(segments, circles, t, rho)
     fits = edge_found & own_kept & region_fits(circles, t, keep, rho, cfg)
     point = circles.pixels.point.numpy()
     keep = np.where(fits[point], keep, disc_keep(circles, cfg.fallback_radius))
     log.debug("superpixel masks: %d heads, %d fallback discs", len(circles), int((~fits).sum()))
     return resolve_labels(circles, keep, fallback=~fits)
+
+
+def _in_windows(
+    image: np.ndarray, pts: np.ndarray, radii: np.ndarray, cfg: SuperpixelConfig, window: int
+) -> MaskResult:
+    """:func:`annotate_superpixel` core by core (its docstring)."""
+    h, w = image.shape[:2]
+    n = len(pts)
+    labels = np.zeros((h, w), dtype=np.int32)
+    flags = np.zeros((3, n), dtype=bool)  # fallback, forced, shared, from each head's own core
+    cell = pixel_of(pts, (h, w))
+    for y0, x0 in itertools.product(range(0, h, window), range(0, w, window)):
+        y1, x1 = min(y0 + window, h), min(x0 + window, w)
+        gap_x = np.maximum(np.maximum(x0 - pts[:, 0], pts[:, 0] - x1), 0)
+        gap_y = np.maximum(np.maximum(y0 - pts[:, 1], pts[:, 1] - y1), 0)
+        near = np.flatnonzero(gap_x * gap_x + gap_y * gap_y <= radii * radii)
+        if len(near) == 0:
+            continue
+        reach = radii[near] + 1  # the crop holds the core and every circle reaching it
+        top = max(min(y0, int(np.floor((pts[near, 1] - reach).min()))), 0)
+        left = max(min(x0, int(np.floor((pts[near, 0] - reach).min()))), 0)
+        bottom = min(max(y1, int(np.ceil((pts[near, 1] + reach).max()))), h)
+        right = min(max(x1, int(np.ceil((pts[near, 0] + reach).max()))), w)
+        local = pts[near] - np.array([left, top], dtype=np.float32)
+        part = _annotate(image[top:bottom, left:right], local, radii[near], radii, cfg)
+        core = part.labels[y0 - top : y1 - top, x0 - left : x1 - left]
+        labels[y0:y1, x0:x1] = np.where(core > 0, near[core - 1] + 1, 0)
+        mine = (cell[near, 1] >= y0) & (cell[near, 1] < y1) & (cell[near, 0] >= x0)
+        mine &= cell[near, 0] < x1
+        flags[:, near[mine]] = np.stack([part.fallback, part.forced, part.shared])[:, mine]
+    area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    return MaskResult(labels, radii, area, flags[0], flags[1], flags[2])

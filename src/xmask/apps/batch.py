@@ -9,8 +9,11 @@ Output folder ``OUT/`` (every file written atomically; ``NAME`` is the source's 
   settings it was made with; written last;
 - ``points/NAME.txt``: the head points, ``x y`` per line, in label order;
 - ``masks/NAME.png``: 16-bit instance label map (0 background, ``k`` = the ``k``-th point);
-  models with a mask head only;
-- ``overlays/NAME.png``: the image with a colour per instance, a dot per head and the count;
+  models with a mask head only, not with ``masks=False``;
+- ``overlays/NAME.png`` (``.jpg`` with ``overlay_format="jpg"``): the image with a colour per
+  instance, a dot per head and the count; not with ``overlay=False``;
+- ``previews/NAME.png``: with ``preview=True``, the label map in colour (the 16-bit map looks
+  black in viewers);
 - ``annotations.json``: COCO instances with RLE masks of every finished image of the folder;
 - ``summary.json``: the images, videos and heads of the whole folder, and what this call did
   (predicted, already done, redone, skipped, seconds).
@@ -45,13 +48,9 @@ from xmask.annotate.coco import ImageRecord, label_maps_to_coco, write_coco
 from xmask.apps.roi import restrict
 from xmask.apps.sources import Source
 from xmask.data.files import atomic_write_bytes, remove_stale_temporaries
-from xmask.data.image_io import (
-    load_image,
-    load_label_map,
-    png_bytes,
-    save_label_map,
-)
+from xmask.data.image_io import jpeg_bytes, load_image, load_label_map, png_bytes, save_label_map
 from xmask.data.points_io import read_txt_points, write_points_txt
+from xmask.data.render import colour_labels
 from xmask.errors import DataError, UsageError
 from xmask.inference.loading import weights_digest
 from xmask.inference.prediction import Prediction
@@ -101,11 +100,33 @@ class BatchSummary:
 
 
 @dataclass(frozen=True)
+class OutputOptions:
+    """Which files an image gets (part of the settings a re-run compares).
+
+    Attributes:
+        masks: write ``masks/NAME.png`` (and so ``annotations.json``).
+        overlay: write the overlay picture.
+        overlay_format: ``"png"`` or ``"jpg"``.
+        preview: write ``previews/NAME.png``, the label map in colour.
+    """
+
+    masks: bool = True
+    overlay: bool = True
+    overlay_format: str = "png"
+    preview: bool = False
+
+    def __post_init__(self) -> None:
+        if self.overlay_format not in ("png", "jpg"):
+            raise UsageError(f"overlay format must be png or jpg, got {self.overlay_format!r}")
+
+
+@dataclass(frozen=True)
 class ImageOutputs:
     """The files of one image in an output folder (``stem``: its output name)."""
 
     out: Path
     stem: str
+    options: OutputOptions = OutputOptions()
 
     @property
     def prediction(self) -> Path:
@@ -124,8 +145,18 @@ class ImageOutputs:
 
     @property
     def overlay(self) -> Path:
-        """``overlays/NAME.png``."""
-        return self.out / "overlays" / f"{self.stem}.png"
+        """``overlays/NAME.png`` (or ``.jpg``)."""
+        return self.out / "overlays" / f"{self.stem}.{self.options.overlay_format}"
+
+    @property
+    def preview(self) -> Path:
+        """``previews/NAME.png``."""
+        return self.out / "previews" / f"{self.stem}.png"
+
+    def every_output(self) -> tuple[Path, ...]:
+        """Every file an image may have, whatever the options."""
+        overlays = (self.out / "overlays" / f"{self.stem}.{f}" for f in ("png", "jpg"))
+        return (self.prediction, self.mask, *overlays, self.preview)
 
     @property
     def owner(self) -> Path:
@@ -133,10 +164,16 @@ class ImageOutputs:
         return self.out / ".owners" / self.stem
 
 
-def settings_fingerprint(predictor: Predictor, which: str, roi: np.ndarray | None) -> str:
-    """SHA-256 of every setting that changes a prediction: the weights (their SHA-256, or of
-    the network's tensors for a predictor not loaded from files) and the network of a run,
-    count rule, scale rule, segmentation constants, tiling and region."""
+def settings_fingerprint(
+    predictor: Predictor,
+    which: str,
+    roi: np.ndarray | None,
+    options: OutputOptions | None = None,
+) -> str:
+    """SHA-256 of every setting that changes a prediction or its files: the weights (their
+    SHA-256, or of the network's tensors for a predictor not loaded from files) and the network
+    of a run, count rule, scale rule, segmentation constants, tiling, region and output
+    options."""
     rule = predictor.count_rule
     settings = {
         "weights": _weights_of(predictor),
@@ -146,6 +183,7 @@ def settings_fingerprint(predictor: Predictor, which: str, roi: np.ndarray | Non
         "segment": asdict(predictor.segment_config),
         "tiling": [predictor.max_pixels, predictor.tile, predictor.overlap, predictor.core],
         "roi": None if roi is None else np.asarray(roi, dtype=np.float64).tolist(),
+        "outputs": asdict(options or OutputOptions()),
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
@@ -190,21 +228,29 @@ def prediction_record(prediction: Prediction, name: str, model: str) -> dict[str
 
 
 def write_image_outputs(files: ImageOutputs, prediction: Prediction, record: dict) -> None:
-    """Remove the image's earlier outputs, then write its points, label map (if any), overlay
-    and, last, the prediction JSON.
+    """Remove the image's earlier outputs, then write its points, the label map, overlay and
+    preview its options ask for, and, last, the prediction JSON.
 
     Raises:
         DataError: more heads than a 16-bit label map holds.
     """
 
-    if prediction.labels is not None and len(prediction.points) > np.iinfo(np.uint16).max:
+    options = files.options
+    labels = prediction.labels if options.masks else None
+    if labels is not None and len(prediction.points) > np.iinfo(np.uint16).max:
         raise DataError(files.mask, f"{len(prediction.points)} heads do not fit a 16-bit map")
-    for old in (files.prediction, files.mask, files.overlay):
+    for old in files.every_output():
         old.unlink(missing_ok=True)
     write_points_txt(files.points, prediction.points)
-    if prediction.labels is not None:
-        save_label_map(files.mask, prediction.labels)
-    atomic_write_bytes(files.overlay, png_bytes(prediction.overlay()))
+    if labels is not None:
+        save_label_map(files.mask, labels)
+    if options.overlay:
+        picture = prediction.overlay()
+        encoded = jpeg_bytes(picture) if options.overlay_format == "jpg" else png_bytes(picture)
+        atomic_write_bytes(files.overlay, encoded)
+    if options.preview and prediction.labels is not None:
+        preview = colour_labels(prediction.labels, len(prediction.points))
+        atomic_write_bytes(files.preview, png_bytes(preview))
     atomic_write_bytes(files.prediction, (json.dumps(record) + "\n").encode("utf-8"))
 
 
@@ -243,6 +289,7 @@ def predict_images(
     model: str = "",
     which: str = "teacher",
     roi: np.ndarray | None = None,
+    options: OutputOptions | None = None,
     force: bool = False,
     settings: str | None = None,
     summary: BatchSummary | None = None,
@@ -257,6 +304,7 @@ def predict_images(
         model: the model's name or path, recorded in the outputs.
         which: the network of a training run (part of the settings).
         roi: ``K×2`` ``(x, y)`` polygon to count inside (:mod:`xmask.apps.roi`), or None.
+        options: which files to write (default: all but the preview).
         force: redo every image, even one whose outputs are up to date.
         settings: :func:`settings_fingerprint` of ``predictor``, ``which`` and ``roi``
             (computed when None).
@@ -270,13 +318,14 @@ def predict_images(
     out = Path(out)
     remove_stale_temporaries(out)
     summary = summary or BatchSummary(model, predictor.count_rule.describe())
-    settings = settings or settings_fingerprint(predictor, which, roi)
+    options = options or OutputOptions()
+    settings = settings or settings_fingerprint(predictor, which, roi, options)
     owners: dict[str, str] = {}
     bar = tqdm(sources, desc="predict", unit="img", disable=not progress)
     for source in bar:
         start = time.perf_counter()
         try:
-            files = ImageOutputs(out, source.stem)
+            files = ImageOutputs(out, source.stem, options)
             first = owners.setdefault(files.stem, str(source.path))
             holder = claim(files, source, force) if first == str(source.path) else first
             if holder is not None:

@@ -178,7 +178,9 @@ def format_report(report: dict[str, Any]) -> str:
         f"peak RSS {report['peak_rss_mb']:,.0f} MiB",
     ]
     for name, info in report["baselines"].items():
-        what = info["description"] if info["status"] == "ok" else f"skipped: {info['reason']}"
+        what = {"ok": info["description"], "unavailable": f"not run: {info['reason']}"}.get(
+            info["status"], f"skipped: {info['reason']}"
+        )
         lines.append(f"{name}: {what}")
     lines += [f"skipped {s['name']}: {s['problem']}" for s in report["skipped"]]
     return "\n".join(lines)

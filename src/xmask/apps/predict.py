@@ -6,13 +6,20 @@ options into a :class:`PredictRequest` and prints the :class:`~xmask.apps.batch.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from xmask.apps.batch import BatchSummary, finish, predict_images, settings_fingerprint
+from xmask.apps.batch import (
+    BatchSummary,
+    OutputOptions,
+    finish,
+    predict_images,
+    settings_fingerprint,
+)
 from xmask.apps.roi import read_polygon
 from xmask.apps.sources import dataset_sources, find_sources
 from xmask.apps.video import predict_video
+from xmask.data.files import check_out_folder
 from xmask.errors import DataError, UsageError
 from xmask.inference.predictor import Predictor
 
@@ -39,6 +46,7 @@ class PredictRequest:
         every: videos: predict every N-th frame.
         recursive: folders: their sub-folders too.
         force: redo every item, even up-to-date ones.
+        outputs: which files each image gets.
         progress: show progress bars.
     """
 
@@ -56,6 +64,7 @@ class PredictRequest:
     every: int = 1
     recursive: bool = False
     force: bool = False
+    outputs: OutputOptions = field(default_factory=OutputOptions)
     progress: bool = True
 
     @property
@@ -69,11 +78,13 @@ class PredictRequest:
         return Path(f"predict-{name}")
 
     def check(self) -> None:
-        """Raise :class:`~xmask.errors.UsageError` for contradictory or bad options."""
+        """Raise :class:`~xmask.errors.UsageError` for contradictory or bad options, and
+        :class:`~xmask.errors.DataError` for an output folder that is a file."""
         if bool(self.sources) == (self.dataset is not None):
             raise UsageError("xmask predict needs either SOURCE or --dataset")
         if self.every < 1:
             raise UsageError(f"--every must be at least 1, got {self.every}")
+        check_out_folder(self.out_folder)
 
 
 def run_predict(request: PredictRequest) -> BatchSummary:
@@ -97,11 +108,12 @@ def run_predict(request: PredictRequest) -> BatchSummary:
     model = str(predictor.source)
     out = request.out_folder
     summary = BatchSummary(model, predictor.count_rule.describe())
-    settings = settings_fingerprint(predictor, request.which, roi)
+    settings = settings_fingerprint(predictor, request.which, roi, request.outputs)
     images = [s for s in sources if not s.is_video]
     predict_images(
-        predictor, images, out, model=model, which=request.which, roi=roi, force=request.force,
-        settings=settings, summary=summary, progress=request.progress,
+        predictor, images, out, model=model, which=request.which, roi=roi,
+        options=request.outputs, force=request.force, settings=settings, summary=summary,
+        progress=request.progress,
     )  # fmt: skip
     for video in (s for s in sources if s.is_video):
         try:

@@ -10,7 +10,8 @@ For ``OUT/videos/`` and a video ``NAME.mp4``:
   :mod:`xmask.apps.batch`, with ``every``), written last: a video is done when it exists and
   matches; an interrupted or changed video is redone from its start.
 
-Needs PyAV (``pip install 'xmask[video]'``), and matplotlib for the plot.
+Needs PyAV (the ``video`` extra: ``pip install 'xmask-crowd[video]'``), and matplotlib for the
+plot.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from xmask.apps.batch import read_record, source_fingerprint
 from xmask.apps.roi import restrict
 from xmask.apps.sources import Source
 from xmask.data.files import atomic_write_bytes
-from xmask.errors import DataError, UsageError
+from xmask.errors import DataError, MissingDependencyError, UsageError
 from xmask.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def _import_av() -> Any:
     try:
         import av
     except ImportError as err:
-        raise UsageError("video input needs PyAV: pip install 'xmask[video]'") from err
+        raise MissingDependencyError("video input needs PyAV", "video") from err
     return av
 
 
@@ -214,7 +215,9 @@ def _write_plot(path: Path, result: VideoResult, title: str) -> None:
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        log.warning("matplotlib is not installed: no count plot (pip install 'xmask[video]')")
+        log.warning(
+            "no count plot: %s", MissingDependencyError("matplotlib is not installed", "video")
+        )
         return
 
     figure = Figure(figsize=(8, 3), dpi=100)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from typing import NoReturn
 
 from xmask import __version__
 from xmask.errors import XmaskError
@@ -16,13 +18,41 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_SKIPPED = 3
 """Exit code of a batch command that finished but skipped at least one bad item."""
+EXIT_INTERRUPTED = 130
+"""Exit code after Ctrl-C (128 + SIGINT)."""
+
+
+def plural(count: int, noun: str) -> str:
+    """``"1 image"``, ``"2 images"``, ``"1,234 heads"``."""
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
+class XmaskParser(argparse.ArgumentParser):
+    """An argument parser whose "unrecognized arguments" error suggests the nearest option of
+    the (sub-)command being parsed."""
+
+    active: argparse.ArgumentParser | None = None
+    """The innermost parser of the current command line (set as parsing goes down)."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+        XmaskParser.active = self
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        unknown = message.partition("unrecognized arguments: ")[2].split()
+        options = [o for a in (XmaskParser.active or self)._actions for o in a.option_strings]
+        hints = []
+        for word in (w.split("=")[0] for w in unknown if w.startswith("-")):
+            close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+            hints += [f"{word}: did you mean {close[0]}?"] if close else []
+        super().error("; ".join([message, *hints]))
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, one sub-parser per sub-command."""
     from xmask.cli import annotate, bench, calibrate, data, evaluate, model, predict, train
 
-    parser = argparse.ArgumentParser(
+    parser = XmaskParser(
         prog="xmask",
         description="Crowd counts, head points and one mask per person from head-point labels.",
     )
@@ -60,10 +90,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         with image_limit(getattr(args, "max_image_pixels", None)):
-            return int(args.run(args))
+            code = int(args.run(args))
+            sys.stdout.flush()
+            return code
     except XmaskError as err:
         logging.getLogger("xmask").error("%s", err)
         return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(
+            f"\nxmask {args.command}: interrupted; what is finished is kept: run the same "
+            "command again to resume (training: with --resume)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader left (`xmask model info | head`): end quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
 
 
 @contextlib.contextmanager

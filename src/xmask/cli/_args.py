@@ -4,6 +4,7 @@ threshold, the device."""
 from __future__ import annotations
 
 import argparse
+import math
 
 MODEL_HELP = (
     "a model name (`xmask model list`), a model folder, or a training run (its folder, "
@@ -46,7 +47,16 @@ def add_model_options(
     )
     add_which_option(parser, which)
     if threshold:
-        parser.add_argument("--threshold", default="auto", metavar="LOGIT", help=THRESHOLD_HELP)
+        rule = parser.add_mutually_exclusive_group()
+        rule.add_argument("--threshold", default="auto", metavar="LOGIT", help=THRESHOLD_HELP)
+        rule.add_argument(
+            "--conf",
+            dest="threshold",
+            type=probability_logit,
+            metavar="P",
+            help="the same as a probability in (0, 1): count cells whose score (the "
+            "probability in the outputs) is above P; --conf P = --threshold log(P / (1 - P))",
+        )
         parser.add_argument(
             "--scale",
             choices=("auto", "off", "adaptive"),
@@ -55,6 +65,17 @@ def add_model_options(
             "the image as it is, one pass; adaptive: shrink to 1024 px, enlarge dense crowds "
             "(docs/accuracy.md)",
         )
+
+
+def probability_logit(text: str) -> str:
+    """``--conf P`` → the logit ``log(P / (1 − P))`` that ``--threshold`` takes, as text."""
+    try:
+        p = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a probability, got {text!r}") from err
+    if not 0.0 < p < 1.0:
+        raise argparse.ArgumentTypeError(f"a probability strictly between 0 and 1, got {text}")
+    return repr(math.log(p / (1.0 - p)))
 
 
 def add_device_option(parser: argparse.ArgumentParser) -> None:

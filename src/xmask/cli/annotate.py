@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from xmask import DISTRIBUTION
 from xmask.cli import EXIT_OK, EXIT_SKIPPED
 from xmask.cli._args import add_device_option, add_image_limit_option, add_root_option
 
@@ -19,6 +20,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "DIR/summary.json. A re-run skips finished images. `xmask annotate export` and "
         "`xmask annotate import` carry the masks to and from CVAT for manual correction.",
     )
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        metavar="FILE",
+        help="instead of --dataset: image files, each with NAME.txt or NAME.json beside it "
+        "(or in points/, or a points.csv in its folder)",
+    )
     parser.add_argument("--dataset", help="sha, shb, ucf, jhu or folder")
     add_root_option(parser)
     parser.add_argument("--split", default="train", help="train, test (jhu: also val)")
@@ -29,8 +37,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "fastsam or fastsam-nnec (the paper's FastSAM baselines)",
     )
     parser.add_argument("--out", help="output folder DIR")
+    parser.add_argument(
+        "--names", metavar="A,B", help="only these images of the split (comma-separated names)"
+    )
+    parser.add_argument("--limit", type=int, metavar="N", help="only the first N images")
+    parser.add_argument(
+        "--no-overlay",
+        dest="overlays",
+        action="store_false",
+        help="no DIR/overlays/NAME.png previews (the image with its masks, points and count)",
+    )
     add_image_limit_option(parser)
-    sam = parser.add_argument_group("SAM backends (pip install 'xmask[sam]')")
+    sam = parser.add_argument_group(f"SAM backends (pip install '{DISTRIBUTION}[sam]')")
     sam.add_argument("--sam-checkpoint", help="local SAM checkpoint (e.g. sam_vit_b_01ec64.pth)")
     sam.add_argument("--sam-model", default="vit_b", choices=("vit_b", "vit_l", "vit_h"))
     sam.add_argument(
@@ -49,7 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="no checkpoint: random weights (speed measurements only)",
     )
     add_device_option(sam)
-    fast = parser.add_argument_group("FastSAM baselines (pip install 'xmask[fastsam]')")
+    fast = parser.add_argument_group(f"FastSAM baselines (pip install '{DISTRIBUTION}[fastsam]')")
     fast.add_argument("--fastsam-weights", help="local FastSAM-x.pt / FastSAM-s.pt")
     fast.add_argument("--fastsam-arch", default="x", choices=("s", "x"))
     fast.add_argument(
@@ -86,16 +104,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_annotate(args: argparse.Namespace) -> int:
     """``xmask annotate``."""
     from xmask.annotate.pipeline import annotate_dataset
+    from xmask.data.files import check_out_folder
+    from xmask.data.image_files import ImageFiles, pick_images
     from xmask.data.readers import open_dataset
     from xmask.errors import UsageError
 
-    missing = [flag for flag in ("dataset", "out") if getattr(args, flag) is None]
-    if missing:
-        raise UsageError(f"xmask annotate needs --{', --'.join(missing)}")
-    dataset = open_dataset(args.dataset, args.root, args.split)
+    if args.out is None:
+        raise UsageError("xmask annotate needs --out")
+    check_out_folder(args.out)
+    if (args.dataset is None) == (args.images is None):
+        raise UsageError("xmask annotate needs either --dataset or --images")
+    if args.images:
+        dataset = ImageFiles(args.images)
+    else:
+        dataset = open_dataset(args.dataset, args.root, args.split)
+    names = [name.strip() for name in args.names.split(",")] if args.names else None
     summary = annotate_dataset(
-        dataset, args.out, args.backend, sam=_sam_config(args), fastsam=_fastsam_config(args)
-    )
+        pick_images(dataset, names, args.limit), args.out, args.backend,
+        sam=_sam_config(args), fastsam=_fastsam_config(args), overlays=args.overlays,
+    )  # fmt: skip
     print(
         f"{summary.images} images annotated ({summary.already_done} already done), "
         f"{summary.heads:,} heads, {summary.empty_masks} empty masks, "

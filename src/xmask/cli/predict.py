@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
-from xmask.cli import EXIT_OK, EXIT_SKIPPED
+from xmask.cli import EXIT_OK, EXIT_SKIPPED, plural
 from xmask.cli._args import (
     ROOT_HELP,
     add_device_option,
@@ -63,6 +64,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="redo every item, even those whose outputs are up to date (and take over "
         "output names claimed by other files)",
     )
+    saved = parser.add_argument_group("what each image gets")
+    saved.add_argument(
+        "--no-masks",
+        dest="masks",
+        action="store_false",
+        help="no masks/NAME.png label maps (nor annotations.json); the JSON keeps mask areas",
+    )
+    saved.add_argument(
+        "--no-overlay", dest="overlay", action="store_false", help="no overlays/NAME picture"
+    )
+    saved.add_argument(
+        "--overlay-format",
+        choices=("png", "jpg"),
+        default="png",
+        help="overlays as PNG (default) or JPEG (about a tenth of the size)",
+    )
+    saved.add_argument(
+        "--mask-preview",
+        action="store_true",
+        help="also previews/NAME.png: the label map in colour (the 16-bit masks/NAME.png "
+        "looks black in image viewers)",
+    )
     parser.add_argument("--dataset", help="instead of SOURCE: sha, shb, ucf, jhu or folder")
     add_root_option(parser, f"with --dataset: {ROOT_HELP}")
     parser.add_argument("--split", default="test", help="split (with --dataset; default test)")
@@ -73,8 +96,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     """``xmask predict``: :func:`xmask.apps.predict.run_predict` of the options."""
+    from xmask.apps.batch import OutputOptions
     from xmask.apps.predict import PredictRequest
     from xmask.apps.predict import run_predict as predict
+    from xmask.apps.sources import VIDEO_SUFFIXES
 
     request = PredictRequest(
         sources=tuple(args.source), dataset=args.dataset, root=args.root, split=args.split,
@@ -82,12 +107,15 @@ def run_predict(args: argparse.Namespace) -> int:
         device=args.device,
         out=args.out, roi=args.roi, every=args.every, recursive=args.recursive,
         force=args.force,
+        outputs=OutputOptions(args.masks, args.overlay, args.overlay_format, args.mask_preview),
     )  # fmt: skip
     summary = predict(request)
+    videos = any(Path(s).suffix.lower() in VIDEO_SUFFIXES for s in args.source)
+    done = [plural(summary.predicted, "image")]
+    done += [plural(summary.videos_predicted, "video")] if videos or summary.videos else []
     print(
-        f"{summary.predicted} images and {summary.videos_predicted} videos predicted "
-        f"({summary.already_done} already done, {summary.redone} redone); the folder holds "
-        f"{summary.images} images with {summary.heads:,} heads; "
-        f"{len(summary.skipped)} skipped → {request.out_folder}"
+        f"{' and '.join(done)} predicted ({summary.already_done} already done, "
+        f"{summary.redone} redone); the folder holds {plural(summary.images, 'image')} with "
+        f"{plural(summary.heads, 'head')}; {len(summary.skipped)} skipped → {request.out_folder}"
     )
     return EXIT_SKIPPED if summary.skipped else EXIT_OK

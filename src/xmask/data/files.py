@@ -151,6 +151,18 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def check_out_folder(path: str | Path) -> Path:
+    """``path`` as an output folder, refused before any work when a file holds its name.
+
+    Raises:
+        DataError: ``path`` is an existing file (or anything else but a folder).
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise DataError(path, "--out is not a folder (a file of that name exists)")
+    return path
+
+
 def output_stem(name: str) -> str:
     """The output name of a file name: its relative path without the suffix, ``/`` separated.
 

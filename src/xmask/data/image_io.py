@@ -168,6 +168,13 @@ def save_label_map(path: str | Path, labels: np.ndarray) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def jpeg_bytes(image: np.ndarray, quality: int = 90) -> bytes:
+    """``image`` (``H×W×3 uint8``) encoded as JPEG (an overlay: a tenth of the PNG's size)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
 def png_bytes(image: np.ndarray) -> bytes:
     """``image`` (``H×W×3 uint8``) encoded as PNG, at zlib level 1: a photo-like overlay
     compresses about as well as at the default level 6 (5 % larger), four to five times faster."""

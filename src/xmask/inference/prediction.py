@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from xmask.annotate.coco import ImageRecord, label_maps_to_coco
+from xmask.data.render import overlay_picture
 from xmask.errors import UsageError
-from xmask.inference.render import DOT_COLOUR, draw_annotations, draw_dots, instance_colours
 
 
 @dataclass
@@ -78,15 +78,8 @@ class Prediction:
         """
         if self.image is None:
             raise UsageError("this prediction holds no image to draw on")
-        out = self.image.copy()
-        if self.labels is not None:
-            colours = instance_colours(len(self.points))
-            inside = self.labels > 0
-            tint = colours[self.labels[inside] - 1]
-            mixed = (1.0 - alpha) * out[inside] + alpha * tint
-            out[inside] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
-        draw_dots(out, self.points, dot_radius, DOT_COLOUR)
-        if self.roi is None and not caption:
-            return out
         text = f"{self.count:,} heads" + (" in region" if self.roi is not None else "")
-        return draw_annotations(out, self.roi, text if caption else None)
+        return overlay_picture(
+            self.image, self.labels, self.points, text if caption else None, self.roi,
+            alpha, dot_radius,
+        )  # fmt: skip

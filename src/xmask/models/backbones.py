@@ -210,7 +210,7 @@ def build_backbone(name: str, weights: Weights = "imagenet") -> Backbone:
     if name not in _REGISTRY:
         raise ValueError(f"unknown backbone {name!r}; registered: {', '.join(list_backbones())}")
     if weights is None:
-        log.debug("%s: random initialisation (weights=None)", name)
+        log.debug("%s: built without pretrained weights (weights=None)", name)
     return _REGISTRY[name](weights)
 
 

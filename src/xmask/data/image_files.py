@@ -1,0 +1,69 @@
+"""Image files given one by one, read as the folder format reads them, and a few images of a
+split (``--names``, ``--limit``).
+
+Each image's points are found as :class:`~xmask.data.readers.FolderDataset` finds them, in its
+own folder: ``NAME.txt`` or ``NAME.json`` beside it or in ``points/``, or a row set of the
+folder's ``points.csv``; a label map in ``masks/NAME.png``. Names are the file names, which
+must differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from xmask.data.image_io import IMAGE_SUFFIXES
+from xmask.data.points_io import read_csv_points
+from xmask.data.readers import CrowdDataset, FolderDataset, Item
+from xmask.errors import DataError, UsageError
+
+
+class ImageFiles(FolderDataset):
+    """The images ``paths``, in that order (module docstring)."""
+
+    key = "files"
+
+    def __init__(self, paths: Sequence[str | Path]) -> None:
+        self.paths = [Path(p).expanduser() for p in paths]
+        if not self.paths:
+            raise UsageError("no image files given")
+        super().__init__(self.paths[0].parent, "files")
+
+    def list_items(self) -> list[Item]:
+        tables: dict[Path, dict[str, np.ndarray] | None] = {}
+        items, seen = [], {}
+        for path in self.paths:
+            if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+                raise DataError(path, "not an image file")
+            if seen.setdefault(path.name, path) != path:
+                raise DataError(path, f"the same name as {seen[path.name]}: give them apart")
+            folder = path.parent
+            if folder not in tables:
+                csv = folder / "points.csv"
+                tables[folder] = read_csv_points(csv) if csv.is_file() else None
+            items.append(self._item(folder, path, tables[folder]))
+        return items
+
+
+def pick_images(
+    dataset: CrowdDataset, names: Sequence[str] | None = None, limit: int | None = None
+) -> CrowdDataset:
+    """The images of ``dataset`` named (in that order), then at most ``limit`` of them.
+
+    Raises:
+        DataError: a name not in the split.
+        UsageError: ``limit < 1``.
+    """
+    if names:
+        index = {name: i for i, name in enumerate(dataset.names)}
+        unknown = [name for name in names if name not in index]
+        if unknown:
+            raise DataError(dataset.root, f"not in the {dataset.split} split: {', '.join(unknown)}")
+        dataset = dataset.subset([index[name] for name in names])
+    if limit is not None:
+        if limit < 1:
+            raise UsageError(f"--limit must be at least 1, got {limit}")
+        dataset = dataset.subset(range(min(limit, len(dataset))))
+    return dataset
