@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file, save_file
 
 from conftest import make_run
 from xmask.cli import EXIT_ERROR, EXIT_OK, EXIT_SKIPPED, main
@@ -115,3 +116,18 @@ def test_same_named_images_of_two_calls_never_mix(setup: Path, tmp_path: Path) -
     summary = _summary(out)
     assert "cam1" in summary["skipped"][0]["problem"]
     assert all(p.read_bytes() == data for p, data in before.items())  # nothing overwritten
+
+
+def test_new_weights_at_the_same_path_redo_the_image(setup: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(setup / "run", run)
+    out = tmp_path / "out"
+    images = str(setup / "images")
+    assert main(["predict", images, "--out", str(out), "--model", str(run)]) == EXIT_OK
+    assert main(["predict", images, "--out", str(out), "--model", str(run)]) == EXIT_OK
+    assert _summary(out)["already_done"] == 3
+    weights = next((run / "checkpoints").glob("*.safetensors"))
+    tensors = load_file(weights)
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in tensors.items()}, weights)
+    assert main(["predict", images, "--out", str(out), "--model", str(run)]) == EXIT_OK
+    assert _summary(out)["predicted"] == 3 and _summary(out)["already_done"] == 0

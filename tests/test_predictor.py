@@ -18,8 +18,9 @@ from xmask.errors import UsageError, XmaskError
 from xmask.geometry.points import pixel_of
 from xmask.inference.calibration import resolve_count_rule
 from xmask.inference.count_rule import CountRule
+from xmask.inference.decode import inside_points
 from xmask.inference.prediction import Prediction
-from xmask.inference.predictor import Predictor, inside_points
+from xmask.inference.predictor import Predictor
 from xmask.inference.tiling import image_tensor, tiled_outputs
 from xmask.models import XMaskModel
 from xmask.types import Sample
