@@ -105,6 +105,7 @@ def test_overlays_image_files_and_a_few_images(crowd: Path) -> None:
     assert main([*args, "--names", "syn_0002.png"]) == 0
     assert (out / "masks" / "syn_0002.png").is_file()
     assert main([*args, "--names", "nope.png"]) == 1
+    assert main([*args, "--names", "syn_0002"]) == 0  # the stem names it too
     files = crowd / "files"
     image = crowd / "data" / "syn_0001.png"
     assert main(["annotate", "--images", str(image), "--out", str(files)]) == 0

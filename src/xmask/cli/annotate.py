@@ -38,7 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", help="output folder DIR")
     parser.add_argument(
-        "--names", metavar="A,B", help="only these images of the split (comma-separated names)"
+        "--names",
+        metavar="A,B",
+        help="only these images of the split (comma-separated file names or stems)",
     )
     parser.add_argument("--limit", type=int, metavar="N", help="only the first N images")
     parser.add_argument(

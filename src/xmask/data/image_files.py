@@ -50,14 +50,19 @@ class ImageFiles(FolderDataset):
 def pick_images(
     dataset: CrowdDataset, names: Sequence[str] | None = None, limit: int | None = None
 ) -> CrowdDataset:
-    """The images of ``dataset`` named (in that order), then at most ``limit`` of them.
+    """The images of ``dataset`` named (in that order; a file name, or its stem where no other
+    image shares it), then at most ``limit`` of them.
 
     Raises:
         DataError: a name not in the split.
         UsageError: ``limit < 1``.
     """
     if names:
-        index = {name: i for i, name in enumerate(dataset.names)}
+        stems: dict[str, list[int]] = {}
+        for i, name in enumerate(dataset.names):
+            stems.setdefault(Path(name).stem, []).append(i)
+        index = {stem: found[0] for stem, found in stems.items() if len(found) == 1}
+        index.update({name: i for i, name in enumerate(dataset.names)})
         unknown = [name for name in names if name not in index]
         if unknown:
             raise DataError(dataset.root, f"not in the {dataset.split} split: {', '.join(unknown)}")
