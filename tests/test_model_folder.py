@@ -203,6 +203,12 @@ def test_cli_export_list_info_predict_and_record(
     assert read_model_card(tmp_path / "models" / "tiny").scale == ScaleRule()  # adaptive
     assert main(["model", "export", run, str(tmp_path / "one"), "--scale", "off"]) == 0
     assert read_model_card(tmp_path / "one").scale == ONE_PASS
+    segment = ["--segment", "lam=1.6", "size_prior=1.5", "connected=false"]
+    assert main(["model", "export", run, str(tmp_path / "tuned"), *segment]) == 0
+    tuned = read_model_card(tmp_path / "tuned").segment
+    assert (tuned.lam, tuned.tau_g, tuned.size_prior, tuned.connected) == (1.6, 1.1, 1.5, False)
+    assert main(["model", "export", run, str(tmp_path / "bad"), "--segment", "lambda=2"]) == 1
+    assert not (tmp_path / "bad").exists()
     capsys.readouterr()
     assert main(["model", "list"]) == EXIT_OK
     assert "tiny: tiny test" in capsys.readouterr().out

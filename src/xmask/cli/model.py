@@ -4,11 +4,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xmask.cli import EXIT_OK
 from xmask.cli._args import add_which_option
+from xmask.errors import UsageError
+
+if TYPE_CHECKING:
+    from xmask.segment.instances import SegmentConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +53,45 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="the card's scale rule: adaptive (default; shrink to 1024 px, enlarge dense "
         "crowds) or off (the image as it is, one pass); docs/accuracy.md",
     )
+    export.add_argument(
+        "--segment",
+        nargs="+",
+        metavar="KEY=VALUE",
+        default=[],
+        help="the card's segmentation constants instead of the defaults, e.g. lam=1.6 "
+        "tau_g=1.1 size_prior=1.5 (keys: lam, tau_g, kernel, sigma, size_prior (none: off), "
+        "connected (true/false); chosen with benchmarks/mask_tuning.py on held-out images)",
+    )
     export.set_defaults(run=run_export)
+
+
+def segment_settings(pairs: list[str]) -> SegmentConfig:
+    """The inference :class:`SegmentConfig` with ``KEY=VALUE`` pairs applied.
+
+    Raises:
+        UsageError: an unknown key, or a value that is not a number (or ``none`` for
+            ``size_prior``, ``true``/``false`` for ``connected``).
+    """
+    from xmask.segment.instances import INFERENCE
+
+    parsers = {"lam": float, "tau_g": float, "kernel": int, "sigma": float}
+    changes: dict[str, object] = {}
+    for pair in pairs:
+        key, _, text = pair.partition("=")
+        try:
+            if key in parsers:
+                changes[key] = parsers[key](text)
+            elif key == "size_prior":
+                changes[key] = None if text.lower() == "none" else float(text)
+            elif key == "connected" and text.lower() in ("true", "false"):
+                changes[key] = text.lower() == "true"
+            else:
+                raise ValueError
+        except ValueError:
+            keys = ", ".join([*parsers, "size_prior", "connected"])
+            message = f"--segment {pair!r}: expected KEY=VALUE with a key of {keys}"
+            raise UsageError(message) from None
+    return dataclasses.replace(INFERENCE, **changes)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -92,7 +136,13 @@ def run_export(args: argparse.Namespace) -> int:
     dtype = "float16" if args.half else "float32"
     scale = resolve_scale(args.scale, ONE_PASS)
     folder = export_run(
-        args.source, dest, description=args.description, which=args.which, dtype=dtype, scale=scale
+        args.source,
+        dest,
+        description=args.description,
+        which=args.which,
+        dtype=dtype,
+        scale=scale,
+        segment=segment_settings(args.segment),
     )
     print(f"wrote {folder}")
     return EXIT_OK

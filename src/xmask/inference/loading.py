@@ -173,6 +173,7 @@ def export_run(
     which: str = "teacher",
     dtype: str = "float32",
     scale: ScaleRule | None = None,
+    segment: SegmentConfig = INFERENCE,
 ) -> Path:
     """Write the ``which`` network of a training run as a model folder, with the count
     threshold calibrated for it (else 0) and :func:`training_summary`.
@@ -183,6 +184,7 @@ def export_run(
         name: the model's name (default: ``out``'s folder name).
         scale: the card's :class:`~xmask.inference.scale.ScaleRule` (default: the adaptive
             rule, :class:`ScaleRule` ``()``).
+        segment: the card's segmentation constants (default: :data:`INFERENCE`).
 
     Raises:
         CheckpointError: not a loadable run.
@@ -193,7 +195,7 @@ def export_run(
         name=name or out.name,
         architecture=dataclasses.replace(info.model, weights=None),
         **ModelCard.rule_fields(resolve_count_rule("auto", run_path, which)),
-        segment=INFERENCE,
+        segment=segment,
         scale=ScaleRule() if scale is None else scale,
         description=description,
         training=training_summary(run_path, which),
