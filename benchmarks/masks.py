@@ -38,7 +38,7 @@ from xmask.errors import DataError
 from xmask.geometry.circles import circle_pixels, nnec_radii
 from xmask.geometry.points import pixel_of
 from xmask.inference.predictor import Predictor
-from xmask.metrics.localisation import localisation_counts
+from xmask.metrics.localisation import MISS_CAUSES, localisation_counts, miss_causes
 from xmask.metrics.segmentation import SegmentationCounts, segmentation_counts
 from xmask.types import Sample
 
@@ -68,6 +68,7 @@ class Totals:
         self.predicted, self.given = SegmentationCounts(), SegmentationCounts()
         self.loc = {s: [0, 0, 0] for s in SIGMAS}
         self.connected = [0, 0]
+        self.misses = dict.fromkeys(MISS_CAUSES, 0)
         self.images = 0
 
     def add(self, reference: np.ndarray, sample: Sample, own: Any, given: Any) -> None:
@@ -76,6 +77,8 @@ class Totals:
         for sigma, counts in localisation_counts(own.points, sample.points, SIGMAS).items():
             tp, fp, fn = self.loc[sigma]
             self.loc[sigma] = [tp + counts.tp, fp + counts.fp, fn + counts.fn]
+        for cause, count in miss_causes(own.points, sample.points).items():
+            self.misses[cause] += count
         good, total = connected_share(own.labels, own.points)
         self.connected = [self.connected[0] + good, self.connected[1] + total]
         self.images += 1
@@ -94,6 +97,7 @@ class Totals:
             "predicted": self.predicted.to_dict(),
             "given": self.given.to_dict(),
             "localisation": loc,
+            "misses_4px": self.misses,
             "connected": self.connected[0] / max(self.connected[1], 1),
             "masks": self.connected[1],
         }
@@ -183,6 +187,31 @@ def table(work: Path, labels: list[str]) -> list[str]:
     return lines
 
 
+def misses_table(work: Path, labels: list[str]) -> list[str]:
+    """Why points are unmatched at 4 px, as shares of the true heads (FN) and of the
+    predictions (FP)."""
+    lines = [
+        "| model | data | heads unmatched: taken / off / missed | predictions unmatched: "
+        "double / displaced / spurious |",
+        "|---|---|---|---|",
+    ]
+    for label in labels:
+        for part in ("sha", "shb", "synthetic"):
+            path = work / label / f"masks-{part}.json"
+            if not path.is_file():
+                continue
+            r = json.loads(path.read_text(encoding="utf-8"))
+            if "misses_4px" not in r:
+                continue
+            m, heads, preds = r["misses_4px"], r["predicted"]["gt_instances"], r["masks"]
+            fn = " / ".join(f"{m[k] / max(heads, 1):.1%}" for k in ("taken", "off", "missed"))
+            fp = " / ".join(
+                f"{m[k] / max(preds, 1):.1%}" for k in ("double", "displaced", "spurious")
+            )
+            lines.append(f"| {label} | {part} | {fn} | {fp} |")
+    return lines if len(lines) > 2 else []
+
+
 def report(args: argparse.Namespace) -> None:
     work = Path(args.work)
     labels = [args.before, args.after] if args.after else [args.before]
@@ -214,6 +243,13 @@ def report(args: argparse.Namespace) -> None:
         *table(work, labels),
         "",
     ]
+    misses = misses_table(work, labels)
+    if misses:
+        text += ["Why points miss at 4 px (`xmask.metrics.localisation.miss_causes`): a true head "
+                 "is *taken* (a point within 4 px went to another head), *off* (the nearest "
+                 "point is 4–8 px away) or *missed* (none within 8 px); a prediction is a "
+                 "*double* (a second point on a matched head), *displaced* (4–8 px from the "
+                 "nearest head) or *spurious*.", "", *misses, ""]  # fmt: skip
     if baselines:
         text += ["Baselines on the synthetic crowds (no weights: a disc of half the NNEC radius, "
                  "the whole NNEC circle; FastSAM + NNEC needs FastSAM weights, which cannot be "

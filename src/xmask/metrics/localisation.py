@@ -189,3 +189,47 @@ def localisation_counts(
 def threshold_key(sigma: float) -> str:
     """JSON/CSV key of a threshold: ``4.0`` → ``"4"``, ``2.5`` → ``"2.5"``."""
     return f"{sigma:g}"
+
+
+MISS_CAUSES = ("taken", "off", "missed", "double", "displaced", "spurious")
+"""Why points go unmatched at ``σ`` (:func:`miss_causes`)."""
+
+
+def miss_causes(
+    pred: np.ndarray, gt: np.ndarray, sigma: float = 4.0, far: float = 8.0
+) -> dict[str, int]:
+    """Why points stay unmatched after the one-to-one matching at ``sigma`` (:func:`match_points`).
+
+    A ground-truth head left unmatched is ``taken`` (a prediction lies within ``sigma`` but is
+    matched to another head: one point between two heads), ``off`` (the nearest prediction is
+    between ``sigma`` and ``far``: placed a cell or more away) or ``missed`` (nothing within
+    ``far``). A prediction left unmatched is ``double`` (a head lies within ``sigma`` but is
+    matched to another prediction: a second point on one head), ``displaced`` (the nearest head
+    is between ``sigma`` and ``far``) or ``spurious`` (nothing within ``far``).
+
+    Args:
+        pred: ``N×2`` ``(x, y)`` predicted points.
+        gt: ``M×2`` ``(x, y)`` ground-truth points.
+
+    Returns:
+        ``{cause: count}`` for every name of :data:`MISS_CAUSES`; ``taken + off + missed`` is
+        FN and ``double + displaced + spurious`` is FP at ``sigma``.
+    """
+    p, g = _as_points(pred), _as_points(gt)
+    matched_p, matched_g = match_points(p, g, sigma)
+    causes = dict.fromkeys(MISS_CAUSES, 0)
+    for points, others, matched, names in (
+        (g, p, matched_g, ("taken", "off", "missed")),
+        (p, g, matched_p, ("double", "displaced", "spurious")),
+    ):
+        alone = np.setdiff1d(np.arange(len(points)), matched)
+        if len(alone) == 0:
+            continue
+        if len(others) == 0:
+            causes[names[2]] += len(alone)
+            continue
+        nearest, _ = cKDTree(others).query(points[alone])
+        causes[names[0]] += int((nearest <= sigma).sum())
+        causes[names[1]] += int(((nearest > sigma) & (nearest <= far)).sum())
+        causes[names[2]] += int((nearest > far).sum())
+    return causes
