@@ -10,7 +10,8 @@ import pytest
 
 from conftest import tiny_crowd, tiny_train_overrides
 from xmask.errors import XmaskError
-from xmask.inference.calibration import read_calibration
+from xmask.inference.calibration import CountCalibration, read_calibration, write_calibration
+from xmask.inference.checkpoint import latest_step
 from xmask.train.config import load_config, to_yaml
 from xmask.train.run_folder import load_trained_model
 from xmask.train.trainer import Trainer
@@ -48,6 +49,22 @@ def test_validation_selects_best_teacher(crowd: Path) -> None:
     best_step = json.loads((run / "best" / "latest.json").read_text())["step"]
     calibration = read_calibration(run / "best", "teacher")
     assert calibration is not None and calibration.step == best_step and calibration.images == 2
+
+
+def test_a_stage_with_the_counter_frozen_keeps_its_threshold_for_best_too(crowd: Path) -> None:
+    start = crowd / "runs" / "val"
+    if not (start / "best").is_dir():
+        Trainer(load_config(None, _config(crowd, "val.txt"))).fit()
+    step = latest_step(start / "checkpoints")
+    marked = CountCalibration(0.123, 1.0, 2.0, 99, step=step, which="teacher")
+    write_calibration(start / "checkpoints", marked)
+    overrides = [*_config(crowd, "val.txt"), "name=val4", f"offset.init={start}"]
+    trainer = Trainer(load_config("stage4-cpu", [*overrides, "schedule.steps_per_epoch=2"]))
+    trainer.fit()
+    run = crowd / "runs" / "val4"
+    for folder in (run / "checkpoints", run / "best"):
+        kept = read_calibration(folder, "teacher")
+        assert kept is not None and (kept.threshold, kept.images) == (0.123, 99)  # not redone
 
 
 def test_validation_images_must_not_be_labeled(crowd: Path) -> None:

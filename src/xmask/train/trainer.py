@@ -395,8 +395,13 @@ class Trainer:
                 continue
             calibrate(model, folder=self.run.checkpoints, step=step, which=which)
         if self.run.has_best() and read_calibration(self.run.best, "teacher") is None:
+            best_step = latest_step(self.run.best)
+            if inherited is not None:
+                kept = replace(inherited, step=best_step, which="teacher")
+                write_calibration(self.run.best, kept)
+                return
             best, _ = load_trained_model(self.run.best, self.device)
-            calibrate(best, folder=self.run.best, step=latest_step(self.run.best), which="teacher")
+            calibrate(best, folder=self.run.best, step=best_step, which="teacher")
 
     def _inherited_calibration(self) -> CountCalibration | None:
         """A stage that leaves the counter of the run it starts from exactly as it was (Stage 2
