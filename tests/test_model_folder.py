@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,23 @@ def test_export_describes_the_run(exported: Path) -> None:
     assert training["step"] == 1 and training["network"] == "teacher"
     content = json.loads((exported / CARD_FILE).read_text())
     assert content["format"] == FORMAT and len(content["weights"]["sha256"]) == 64
+
+
+def test_held_out_validation_images_are_not_counted_as_labeled(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    crowd = trained[0].parent / "crowd"
+    (crowd / "val.txt").write_text("syn_0004.png\n")
+    config = (run / "config.yaml").read_text()
+    config = config.replace(f"labeled: {crowd / 'labeled.txt'}", "labeled: all")
+    (run / "config.yaml").write_text(
+        config.replace("validation: null", f"validation: {crowd / 'val.txt'}")
+    )
+    training = read_model_card(export_run(run, tmp_path / "model")).training
+    assert training["labeled_images"] == 4 and training["train_images"] == 5
+    assert training["validation"] == "val.txt" and training["validation_images"] == 1
 
 
 def test_card_holds_no_path_of_the_training_machine(trained: tuple[Path, Path]) -> None:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from xmask.data.readers import open_dataset
-from xmask.data.splits import semi_split
+from xmask.data.splits import read_labeled_list, semi_split
 from xmask.errors import XmaskError
 from xmask.inference.calibration import resolve_count_rule
 from xmask.inference.checkpoint import checkpoint_state, latest_step
@@ -126,8 +126,9 @@ def weights_digest(source: str | Path) -> str:
 
 def training_summary(run_path: Path, which: str) -> dict[str, Any]:
     """What ``model.json`` records about the training run behind ``run_path``: dataset name,
-    resize rule, labeled list and its size, training images and label fraction (where the
-    dataset is on this machine), recipe(s), stage, network, step and training seconds. No path
+    resize rule, labeled list and its size (held-out validation images left out, as training
+    leaves them), training images and label fraction (where the dataset is on this machine),
+    the validation list, recipe(s), stage, network, step and training seconds. No path
     of the training machine is recorded."""
     run = find_run_folder(run_path)
     info = read_run_info(run)
@@ -138,14 +139,20 @@ def training_summary(run_path: Path, which: str) -> dict[str, Any]:
         "labeled": _name_only(info.data.labeled),
         "unlabeled_pool": info.data.unlabeled_pool,
     }
+    if info.data.validation:
+        summary["validation"] = _name_only(info.data.validation)
     try:
         names = open_dataset(info.data.dataset, info.data.root, "train").names
-        labeled = len(semi_split(names, info.data.labeled).labeled)
+        held_out = set(read_labeled_list(info.data.validation)) if info.data.validation else set()
+        labeled = semi_split(names, info.data.labeled).labeled
+        labeled = [i for i in labeled if names[i] not in held_out]  # as the trainer leaves them
         summary |= {
-            "labeled_images": labeled,
+            "labeled_images": len(labeled),
             "train_images": len(names),
-            "label_fraction": round(labeled / len(names), 4),
+            "label_fraction": round(len(labeled) / len(names), 4),
         }
+        if held_out:
+            summary["validation_images"] = sum(name in held_out for name in names)
     except XmaskError as err:
         log.warning("labeled images not recorded: %s", err)
     command = run.root.parent / "pipeline-command.json"

@@ -81,6 +81,7 @@ class RunData:
         labeled: the labeled list (a split name, a list file, or ``all``).
         unlabeled_pool: ``all``, ``rest`` or ``none``.
         max_short_side: the readers' resize rule, or None.
+        validation: the held-out list that selected the best teacher, or None.
     """
 
     dataset: str
@@ -88,6 +89,7 @@ class RunData:
     labeled: str
     unlabeled_pool: str = "all"
     max_short_side: int | None = None
+    validation: str | None = None
 
 
 @dataclass(frozen=True)
