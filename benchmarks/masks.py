@@ -14,7 +14,8 @@ document from two labels. Examples::
     python benchmarks/masks.py run --label before --model M --connected off --scale off \\
         --root DATA --refs-sha refs/sha --refs-shb refs/shb --work work/masks
     python benchmarks/masks.py synthetic --label before --model M --work work/masks
-    python benchmarks/masks.py report --work work/masks --before before --after after
+    python benchmarks/masks.py report --work work/masks --before before --after after \\
+        --describe "before=the model of 2026-11-27" "after=with the offset head"
 """
 
 from __future__ import annotations
@@ -220,7 +221,8 @@ def report(args: argparse.Namespace) -> None:
         found = sorted((work / label).glob("masks-*.json"))
         if found:
             model = json.loads(found[0].read_text(encoding="utf-8"))["model"]
-            models.append(f"- `{label}`: `{Path(model).name}`")
+            note = dict(pair.split("=", 1) for pair in args.describe).get(label)
+            models.append(f"- `{label}`: `{Path(model).name}`" + (f": {note}" if note else ""))
     baselines = []
     synth = work / labels[-1] / "masks-synthetic.json"
     if synth.is_file():
@@ -250,6 +252,21 @@ def report(args: argparse.Namespace) -> None:
                  "point is 4–8 px away) or *missed* (none within 8 px); a prediction is a "
                  "*double* (a second point on a matched head), *displaced* (4–8 px from the "
                  "nearest head) or *spurious*.", "", *misses, ""]  # fmt: skip
+    if args.tuning:
+        tuning = json.loads(Path(args.tuning).read_text(encoding="utf-8"))
+        text += [f"The segmentation constants, chosen on {tuning['images']} held-out training "
+                 "images (`shanghaitech-val`) against their superpixel annotation with "
+                 "`benchmarks/mask_tuning.py` (the paper's Fig. S1 search; never on test), "
+                 f"model `{Path(tuning['model']).name}`, best first:", "",
+                 "| λ | τ_g | head-sized prior | predicted: mean IoU | F1@0.5 | given: mean IoU "
+                 "| F1@0.5 |", "|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for r in tuning["rows"]:
+            p, g = r["predicted"], r["given"]
+            text.append(
+                f"| {r['lam']:g} | {r['tau_g']:g} | {r['size_prior'] or 'none'} "
+                f"| {p['mean_iou']:.3f} | {p['f1']:.3f} | {g['mean_iou']:.3f} | {g['f1']:.3f} |"
+            )
+        text.append("")
     if baselines:
         text += ["Baselines on the synthetic crowds (no weights: a disc of half the NNEC radius, "
                  "the whole NNEC circle; FastSAM + NNEC needs FastSAM weights, which cannot be "
@@ -283,6 +300,8 @@ def main() -> None:
     rep.add_argument("--before", required=True)
     rep.add_argument("--after")
     rep.add_argument("--out", default="docs/masks.md")
+    rep.add_argument("--tuning", help="the JSON of benchmarks/mask_tuning.py")
+    rep.add_argument("--describe", nargs="*", default=[], metavar="LABEL=TEXT", help="a line each")
     args = parser.parse_args()
     {"run": run, "synthetic": synthetic, "report": report}[args.command](args)
 
