@@ -62,6 +62,8 @@ def test_a_stage_with_the_counter_frozen_keeps_its_threshold_for_best_too(crowd:
     trainer = Trainer(load_config("stage4-cpu", [*overrides, "schedule.steps_per_epoch=2"]))
     trainer.fit()
     run = crowd / "runs" / "val4"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert trainer.state.best == pytest.approx(1.0 - max(r["val_f1_4"] for r in records))
     for folder in (run / "checkpoints", run / "best"):
         kept = read_calibration(folder, "teacher")
         assert kept is not None and (kept.threshold, kept.images) == (0.123, 99)  # not redone

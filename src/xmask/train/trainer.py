@@ -67,7 +67,8 @@ class TrainState:
         epoch: current epoch (0-based).
         step_in_epoch: steps already done in it.
         step: optimiser steps done in the whole run.
-        best: best validation MAE so far (None without validation).
+        best: best validation score so far, lower is better (None without validation): the
+            count MAE, or for Stage 4 (which only places the points) 1 − F1 at 4 px.
         unmatched_points: points that owned no cell, summed over the run (P2R).
         seconds: time spent in the training loop (steps and their data) over the run, up to
             the last checkpoint; ``schedule.time_budget_minutes`` is measured on it.
@@ -333,16 +334,25 @@ class Trainer:
 
         if not self.dist.is_main:
             return {}
-        result = evaluate_model(self.teacher.model, self.validation, self.device, progress=False)
-        mae = float(result.mae)
+        inherited = self._inherited_calibration()
+        rule = inherited.rule if inherited is not None else 0.0
+        model = self.teacher.model
+        result = evaluate_model(model, self.validation, self.device, count_threshold=rule,
+                                progress=False)  # fmt: skip
+        mae, f1 = float(result.mae), result.localisation[4.0].f1
         log.info(
-            "validation after epoch %d: MAE %.2f RMSE %.2f", self.state.epoch, mae, result.rmse
+            "validation after epoch %d: MAE %.2f RMSE %.2f, F1 at 4 px %.3f",
+            self.state.epoch,
+            mae,
+            result.rmse,
+            f1,
         )
-        if self.state.best is None or mae < self.state.best:
-            self.state.best = mae
-            tensors = {f"teacher.{k}": v for k, v in self.teacher.model.state_dict().items()}
+        score = 1.0 - f1 if self.cfg.stage == 4 else mae  # Stage 4 only places the points
+        if self.state.best is None or score < self.state.best:
+            self.state.best = score
+            tensors = {f"teacher.{k}": v for k, v in model.state_dict().items()}
             save_checkpoint(self.run.best, Checkpoint(tensors, asdict(self.state)), keep=1)
-        return {"val_mae": mae, "val_rmse": float(result.rmse)}
+        return {"val_mae": mae, "val_rmse": float(result.rmse), "val_f1_4": f1}
 
     def fit(self) -> TrainState:
         """Train until ``schedule.epochs``; returns the final counters."""
