@@ -11,12 +11,14 @@ from torch import nn
 from torch.nn import functional as nnf
 
 from conftest import tiny_model
+from xmask.cli._args import SCALE_CHOICES
 from xmask.data.synthetic import make_crowd
 from xmask.geometry.points import pixel_of
 from xmask.inference.count_rule import CountRule
 from xmask.inference.predictor import Predictor, labels_to_size
 from xmask.inference.scale import (
     ONE_PASS,
+    SCALE_OPTIONS,
     ScaleRule,
     adaptive_outputs,
     nearest_distances,
@@ -70,6 +72,8 @@ def test_the_rule_checks_its_fields() -> None:
     assert ScaleRule().first_scale((3000, 4000)) == pytest.approx(1024 / 4000)
     assert ScaleRule().first_scale((768, 1024)) == 1.0 and ONE_PASS.first_scale((9, 9999)) == 1.0
     assert resolve_scale("off", ScaleRule()) == ONE_PASS
+    assert resolve_scale("shrink", ONE_PASS) == ScaleRule(target_spacing=None)
+    assert SCALE_CHOICES == SCALE_OPTIONS  # the CLI's spelling of the options
     assert resolve_scale("auto", ONE_PASS) == ONE_PASS
     with pytest.raises(ValueError, match="scale must be one of"):
         resolve_scale("big", ONE_PASS)

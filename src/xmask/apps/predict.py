@@ -38,7 +38,7 @@ class PredictRequest:
         model: a model name or folder, or a training run (None: the shipped model).
         which: the network of a run.
         threshold: ``"auto"`` or a logit.
-        scale: ``"auto"`` (the model's rule), ``"off"`` or ``"adaptive"``
+        scale: ``"auto"`` (the model's rule), ``"off"``, ``"shrink"`` or ``"adaptive"``
             (:func:`~xmask.inference.scale.resolve_scale`).
         device: ``"auto"``, ``"cpu"``, ``"cuda:N"``.
         out: the output folder (None: ``predict-NAME``).

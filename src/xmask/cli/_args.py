@@ -11,6 +11,9 @@ MODEL_HELP = (
     "checkpoints/ or best/, or a .safetensors file in it)"
 )
 RUN_HELP = "a training run: its folder, checkpoints/ or best/, or a step-N.safetensors file in it"
+SCALE_CHOICES = ("auto", "off", "shrink", "adaptive")
+"""``--scale``: :data:`xmask.inference.scale.SCALE_OPTIONS`, spelled here so that parsing options
+does not import torch (a test checks that they agree)."""
 THRESHOLD_HELP = (
     "count cells with a logit above this; auto (default): the model's own threshold (a model "
     "folder's, or the one `xmask calibrate` or the end of training stored for a run's weights), "
@@ -59,11 +62,11 @@ def add_model_options(
         )
         parser.add_argument(
             "--scale",
-            choices=("auto", "off", "adaptive"),
+            choices=SCALE_CHOICES,
             default="auto",
             help="how the network input is sized: auto (default): the model's own rule; off: "
-            "the image as it is, one pass; adaptive: shrink to 1024 px, enlarge dense crowds "
-            "(docs/accuracy.md)",
+            "the image as it is, one pass; shrink: longer side at most 1024 px, one pass; "
+            "adaptive: shrink, then enlarge dense crowds (docs/accuracy.md)",
         )
 
 

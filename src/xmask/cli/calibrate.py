@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--scale",
-        choices=("off", "adaptive"),
+        choices=("off", "shrink", "adaptive"),
         default="off",
         help="size the network input as a model exported with this scale rule will "
         "(docs/accuracy.md); off: the image as it is",

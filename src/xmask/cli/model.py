@@ -48,10 +48,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
     export.add_argument(
         "--scale",
-        choices=("adaptive", "off"),
+        choices=("adaptive", "shrink", "off"),
         default="adaptive",
         help="the card's scale rule: adaptive (default; shrink to 1024 px, enlarge dense "
-        "crowds) or off (the image as it is, one pass); docs/accuracy.md",
+        "crowds), shrink (longer side at most 1024 px, one pass) or off (the image as it is, "
+        "one pass); docs/accuracy.md",
     )
     export.add_argument(
         "--segment",

@@ -36,7 +36,7 @@ class EvaluationRequest:
         model: a model name or folder, or a training run (None: the shipped model).
         which: the network of a run, ``"teacher"`` or ``"student"``.
         threshold: ``"auto"`` or a logit (:func:`~xmask.inference.calibration.resolve_count_rule`).
-        scale: ``"auto"`` (the model's rule), ``"off"`` or ``"adaptive"``
+        scale: ``"auto"`` (the model's rule), ``"off"``, ``"shrink"`` or ``"adaptive"``
             (:func:`~xmask.inference.scale.resolve_scale`).
         device: ``"auto"``, ``"cpu"``, ``"cuda:N"``.
         dataset: reader key; None: the run's training dataset.

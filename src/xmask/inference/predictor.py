@@ -238,7 +238,7 @@ class Predictor:
             threshold: a logit, or ``"auto"``: the model folder's threshold, or the
                 calibration stored for a run's weights, else 0.
             scale: a :class:`~xmask.inference.scale.ScaleRule`, or ``"auto"`` (the model
-                folder's rule; a run's: one pass), ``"off"`` or ``"adaptive"``.
+                folder's rule; a run's: one pass), ``"off"``, ``"shrink"`` or ``"adaptive"``.
             kwargs: the other arguments of :class:`Predictor` (``segment`` defaults to the
                 model folder's).
 

@@ -98,10 +98,12 @@ class ScaleRule:
 ONE_PASS = ScaleRule(canonical_side=None, target_spacing=None)
 """The image as it is, one pass (what xmask did before scale adaptation)."""
 
+SHRINK = ScaleRule(target_spacing=None)
+"""The canonical pass alone: images longer than 1024 px shrunk to it, never enlarged."""
 
-SCALE_OPTIONS = ("auto", "off", "adaptive")
-"""What ``--scale`` accepts: the model's own rule, one pass at the image's size, or
-:class:`ScaleRule` ``()``."""
+SCALE_OPTIONS = ("auto", "off", "shrink", "adaptive")
+"""What ``--scale`` accepts: the model's own rule, one pass at the image's size, the canonical
+pass alone (:data:`SHRINK`), or :class:`ScaleRule` ``()``."""
 
 
 def resolve_scale(option: str, own: ScaleRule) -> ScaleRule:
@@ -110,7 +112,7 @@ def resolve_scale(option: str, own: ScaleRule) -> ScaleRule:
     Raises:
         ValueError: another option.
     """
-    rules = {"auto": own, "off": ONE_PASS, "adaptive": ScaleRule()}
+    rules = {"auto": own, "off": ONE_PASS, "shrink": SHRINK, "adaptive": ScaleRule()}
     if option not in rules:
         raise ValueError(f"scale must be one of {', '.join(SCALE_OPTIONS)}, got {option!r}")
     return rules[option]
