@@ -209,7 +209,7 @@ def meta(work: Path, label: str) -> str:
 
 def report(args: argparse.Namespace) -> str:
     work = Path(args.work)
-    labels = [args.before, args.after] if args.after else [args.before]
+    labels = [args.before, *args.after]
     out = [
         "# Counting accuracy: where the counts go wrong, before and after",
         "",
@@ -223,6 +223,7 @@ def report(args: argparse.Namespace) -> str:
         "more. *Enlarged*: images where the scale rule ran the second, enlarged pass.",
         "",
         *[meta(work, label) for label in labels],
+        *[f"- `{label}`: {text}" for label, text in (p.split("=", 1) for p in args.describe)],
         "",
         "## All variants",
         "",
@@ -281,10 +282,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", required=True)
     parser.add_argument("--before", required=True)
-    parser.add_argument("--after")
+    parser.add_argument("--after", nargs="*", default=[], help="one label or several")
     parser.add_argument("--cross-a")
     parser.add_argument("--cross-b")
     parser.add_argument("--worst", type=int, default=10)
+    parser.add_argument("--describe", nargs="*", default=[], metavar="LABEL=TEXT")
     parser.add_argument("--out", default="docs/accuracy.md")
     args = parser.parse_args()
     Path(args.out).write_text(report(args), encoding="utf-8")

@@ -76,9 +76,11 @@ def test_report_tables_from_records(tmp_path: Path) -> None:
     assert errors["images"] == 2 and errors["mae"] == pytest.approx(15.0)
     assert errors["bias"] == pytest.approx(5.0) and errors["mre"] == pytest.approx(20.0)
     assert errors["lattice"] == 1 and errors["off30"] == 0.0
-    args = type("Args", (), {"work": tmp_path, "before": "before", "after": None,
-                             "cross_a": None, "cross_b": None, "worst": 5})()  # fmt: skip
+    args = type("Args", (), {"work": tmp_path, "before": "before", "after": [],
+                             "cross_a": None, "cross_b": None, "worst": 5,
+                             "describe": ["before=the first model"]})()  # fmt: skip
     markdown = report.report(args)
     assert "| before | B | x1 | 2 | 15.00 |" in markdown
+    assert "- `before`: the first model" in markdown
     assert "| before | B | – | – | 1.33 | – |" in markdown  # x2 MAE 20 over x1 MAE 15
     assert "| B | b.jpg | 50 | 40 | -20 % |" in markdown
