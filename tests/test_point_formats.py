@@ -187,6 +187,8 @@ BAD_FILES = {
     '"annotations": [{"id": 1, "image_id": 9, "keypoints": [1, 2, 2]}]}',
     "twice.json": '{"images": [{"id": 1, "file_name": "a.jpg", "height": 5, "width": 6},'
     '{"id": 2, "file_name": "a.jpg", "height": 5, "width": 6}], "annotations": []}',
+    "ids.json": '{"images": [{"id": [1], "file_name": "a.jpg", "height": 5, "width": 6}],'
+    '"annotations": []}',
     "latin1.json": b'{"shapes": [], "imagePath": "caf\xe9.jpg"}',
     "odd.yaml": "points: []",
 }
@@ -246,7 +248,7 @@ def test_folder_reads_labelme_and_mat_per_image(tmp_path: Path) -> None:
 def test_folder_reads_one_cvat_or_coco_file(tmp_path: Path, layout: str) -> None:
     for stem in ("IMG_1", "IMG_2", "IMG_3"):
         _image(tmp_path / "images" / f"{stem}.jpg")
-    _write(tmp_path / "IMG_3.txt", "1 1\n")  # not read: the table covers the folder
+    _write(tmp_path / "points" / "IMG_2.txt", "1 1\n")  # an image's own point file wins
     if layout == "annotations.xml":
         _write(tmp_path / layout, CVAT_11)
     else:
@@ -254,8 +256,8 @@ def test_folder_reads_one_cvat_or_coco_file(tmp_path: Path, layout: str) -> None
         _write(tmp_path / where, json.dumps(COCO_KEYPOINTS))
     found = _points_of(tmp_path)
     np.testing.assert_allclose(found["IMG_1.jpg"], [[12.35, 20.5], [30.0, 10.25]])
-    assert found["IMG_2.jpg"].shape == (0, 2)  # listed without heads
-    assert found["IMG_3.jpg"] is None  # not listed: unlabeled
+    np.testing.assert_allclose(found["IMG_2.jpg"], [[1, 1]])  # listed, but its file wins
+    assert found["IMG_3.jpg"] is None  # not listed, no file: unlabeled
 
 
 def test_folder_table_precedence(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -348,3 +350,9 @@ def test_convert_errors_name_the_file(tmp_path: Path, caplog: pytest.LogCaptureF
     assert f"{bad}: XML with a document type declaration is refused" in caplog.text
     with pytest.raises(SystemExit):
         main(["data", "convert", str(bad), str(tmp_path / "o"), "--to", "yolo"])
+
+
+def test_the_cli_offers_every_format(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["data", "convert", "--help"])
+    assert "{" + ",".join(FORMATS) + "}" in capsys.readouterr().out

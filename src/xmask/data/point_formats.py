@@ -105,6 +105,11 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _id(value: object) -> int | str | None:
+    """A COCO id (an integer or a string), or None for anything else."""
+    return value if isinstance(value, (int, str)) and not isinstance(value, bool) else None
+
+
 def _image_size(height: object, width: object, path: Path, image: str) -> tuple[int, int]:
     """``(H, W)`` from recorded values (numbers or decimal strings), checked."""
     try:
@@ -279,22 +284,22 @@ def is_coco(content: object) -> bool:
     )
 
 
-def _head_keypoint(categories: object) -> dict[object, int]:
+def _head_keypoint(categories: object) -> dict[int | str | None, int]:
     """Category id → index of its ``head`` keypoint (0 when it names none)."""
-    index: dict[object, int] = {}
+    index: dict[int | str | None, int] = {}
     for category in categories if isinstance(categories, list) else []:
         if isinstance(category, dict):
             names = category.get("keypoints")
             names = names if isinstance(names, list) else []
-            index[category.get("id")] = names.index(LABEL) if LABEL in names else 0
+            index[_id(category.get("id"))] = names.index(LABEL) if LABEL in names else 0
     return index
 
 
 def _coco_images(content: Mapping[str, Any], path: Path) -> dict[object, str]:
     names: dict[object, str] = {}
     for number, entry in enumerate(content["images"]):
-        if not isinstance(entry, dict) or "id" not in entry:
-            raise DataError(path, f"images[{number}] is not an object with an 'id'")
+        if not isinstance(entry, dict) or _id(entry.get("id")) is None:
+            raise DataError(path, f"images[{number}] is not an object with an integer 'id'")
         if entry["id"] in names:
             raise DataError(path, f"image id {entry['id']!r} appears twice")
         names[entry["id"]] = _checked_name(entry.get("file_name"), path)
@@ -313,9 +318,9 @@ def coco_points(content: Mapping[str, Any], path: Path) -> PointSet:
     rows: dict[object, list[list[float]]] = {image_id: [] for image_id in names}
     missing = 0
     for number, ann in enumerate(content["annotations"]):
-        if not isinstance(ann, dict) or ann.get("image_id") not in names:
+        if not isinstance(ann, dict) or _id(ann.get("image_id")) not in names:
             raise DataError(path, f"annotations[{number}]: not an object of a listed image")
-        keypoints, k = ann.get("keypoints"), 3 * head.get(ann.get("category_id"), 0)
+        keypoints, k = ann.get("keypoints"), 3 * head.get(_id(ann.get("category_id")), 0)
         if not (isinstance(keypoints, list) and len(keypoints) >= k + 3):
             missing += 1
             continue

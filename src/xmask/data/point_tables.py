@@ -9,10 +9,13 @@ in this order; the others are left out with a warning):
 3. ``annotations.json``, or ``annotations/person_keypoints_*.json`` (the layout of CVAT's
    "COCO Keypoints 1.0" export): COCO keypoints.
 
-CVAT and COCO files list every image of their task, those without heads included, so an image
-they do not list is an unlabeled image. Their images are matched by file name (the last part of
-the recorded name: ``images/IMG_1.jpg`` is ``IMG_1.jpg``); two recorded names with one file name
-are an error. When a table is found, per-image point files of the folder are not read.
+``points.csv`` covers the whole folder: per-image point files are not read. A CVAT or COCO
+file gives the points of the images it lists that have no point file of their own (a point file
+of the image wins: a folder written by ``xmask annotate`` keeps its ``points/NAME.txt`` beside
+its COCO ``annotations.json``); an image with neither is unlabeled. These files list every image
+of their task, those without heads included. Their images are matched by file name (the last
+part of the recorded name: ``images/IMG_1.jpg`` is ``IMG_1.jpg``); two recorded names with one
+file name are an error.
 """
 
 from __future__ import annotations
@@ -42,8 +45,8 @@ class PointTable(NamedTuple):
     Attributes:
         source: the file.
         points: image file name → raw ``N×2 float64`` ``(x, y)`` points.
-        complete: an image the file does not list has no heads (``points.csv``); else it is
-            unlabeled.
+        complete: the file covers the folder, and an image it does not list has no heads
+            (``points.csv``); else it serves images without a point file of their own.
     """
 
     source: Path

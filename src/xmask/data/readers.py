@@ -329,10 +329,8 @@ class FolderDataset(CrowdDataset):
     def _item(base: Path, image: Path, table: PointTable | None) -> Item:
         mask = base / "masks" / f"{image.stem}.png"
         labels = mask if mask.is_file() else None
-        if table is not None:
-            preset = table.points.get(image.name)
-            if preset is None and table.complete:
-                preset = np.zeros((0, 2))
+        if table is not None and table.complete:
+            preset = table.points.get(image.name, np.zeros((0, 2)))
             return Item(image.name, image, None, labels, preset)
         candidates = [
             folder / f"{image.stem}{suffix}"
@@ -340,6 +338,8 @@ class FolderDataset(CrowdDataset):
             for suffix in (".txt", ".json", ".mat")
         ]
         found = next((c for c in candidates if c.is_file()), None)
+        if found is None and table is not None:
+            return Item(image.name, image, None, labels, table.points.get(image.name))
         return Item(image.name, image, found, labels)
 
     def read_points(self, item: Item) -> np.ndarray:
