@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from xmask.annotate.coco import ImageRecord, label_maps_to_coco
 from xmask.cli import EXIT_OK, EXIT_SKIPPED, main
 from xmask.data import points_io
 from xmask.data.convert import FORMATS
@@ -356,3 +357,11 @@ def test_the_cli_offers_every_format(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit):
         main(["data", "convert", "--help"])
     assert "{" + ",".join(FORMATS) + "}" in capsys.readouterr().out
+
+
+def test_the_coco_file_of_xmask_annotate_reads_as_points(tmp_path: Path) -> None:
+    labels = np.zeros(SIZE, np.int32)
+    labels[18:23, 10:15], labels[8:13, 28:33] = 1, 2
+    coco = label_maps_to_coco([ImageRecord("IMG_1.jpg", POINTS[:2], labels)])
+    path = _write(tmp_path / "annotations.json", json.dumps(coco))
+    np.testing.assert_allclose(read_point_file(path)["IMG_1.jpg"].points, POINTS[:2], atol=1e-4)
