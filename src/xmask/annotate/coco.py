@@ -39,6 +39,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from xmask.data.files import atomic_write_bytes
+from xmask.data.point_formats import HEAD_CATEGORY
 from xmask.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -51,14 +52,8 @@ HEAD_ATTRIBUTE = "xmask_head"
 """Name of the per-annotation attribute holding the head's 1-based index."""
 
 
-CATEGORY: dict[str, Any] = {
-    "id": 1,
-    "name": "head",
-    "supercategory": "person",
-    "keypoints": ["head"],
-    "skeleton": [],
-}
-"""The single category of every exported annotation."""
+CATEGORY = HEAD_CATEGORY
+"""The single category of every exported annotation (that of the point formats' COCO files)."""
 
 
 class AnnotationError(DataError):

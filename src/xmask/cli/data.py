@@ -1,4 +1,5 @@
-"""``xmask data``: dataset statistics, export to the folder format, synthetic crowds."""
+"""``xmask data``: dataset statistics, export to the folder format, point format conversion,
+synthetic crowds."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, split_default: str = 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``xmask data`` and its sub-commands."""
     parser = sub.add_parser(
-        "data", help="dataset statistics, export to the folder format, synthetic crowds"
+        "data",
+        help="dataset statistics, export to the folder format, point formats, synthetic crowds",
     )
     data_sub = parser.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     stats = data_sub.add_parser(
@@ -59,6 +61,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--out", required=True, help="output folder")
     export.add_argument("--prefix", default="", help="prepended to every file name, e.g. sha_")
     export.set_defaults(run=run_export)
+
+    convert = data_sub.add_parser(
+        "convert",
+        help="head points from one format to another (LabelMe, CVAT, COCO, .mat, txt, csv)",
+        description="Read the points of SRC (a point file of any format, or a folder as "
+        "--dataset folder reads it) and write them to DEST in the format --to: labelme, mat "
+        "and txt write one file per image into the folder DEST; cvat, coco and csv write one "
+        "file (DEST, or annotations.xml / annotations.json / points.csv in the folder DEST). "
+        "LabelMe, CVAT and COCO record image sizes: sources without them take them from the "
+        "images beside. Bad items are reported and skipped "
+        f"(exit code {EXIT_SKIPPED}).",
+    )
+    convert.add_argument("src", metavar="SRC", help="a point file, or a folder of images")
+    convert.add_argument("dest", metavar="DEST", help="output folder or file")
+    convert.add_argument(
+        "--to",
+        required=True,
+        choices=("labelme", "cvat", "coco", "mat", "txt", "csv"),
+        help="the output format",
+    )
+    convert.set_defaults(run=run_convert)
 
     synth = data_sub.add_parser(
         "synth",
@@ -106,6 +129,20 @@ def run_export(args: argparse.Namespace) -> int:
     print(
         f"{summary.written} images with {summary.points:,} points written to {args.out} "
         f"({summary.reencoded} re-encoded, {summary.already_done} already there, "
+        f"{len(summary.skipped)} skipped)"
+    )
+    return EXIT_SKIPPED if summary.skipped else EXIT_OK
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """``xmask data convert``."""
+    from xmask.data.convert import convert_points
+
+    summary = convert_points(args.src, args.dest, args.to)
+    where = summary.files[0] if len(summary.files) == 1 else args.dest
+    print(
+        f"{summary.images} images with {summary.points:,} points written to {where} "
+        f"({len(summary.files)} files, {summary.unlabeled} unlabeled left out, "
         f"{len(summary.skipped)} skipped)"
     )
     return EXIT_SKIPPED if summary.skipped else EXIT_OK

@@ -2,9 +2,10 @@
 split (``--names``, ``--limit``).
 
 Each image's points are found as :class:`~xmask.data.readers.FolderDataset` finds them, in its
-own folder: ``NAME.txt`` or ``NAME.json`` beside it or in ``points/``, or a row set of the
-folder's ``points.csv``; a label map in ``masks/NAME.png``. Names are the file names, which
-must differ.
+own folder: ``NAME.txt``, ``NAME.json`` or ``NAME.mat`` beside it or in ``points/``, or the
+entry of the folder's ``points.csv``, ``annotations.xml`` or ``annotations.json``
+(:mod:`xmask.data.point_tables`); a label map in ``masks/NAME.png``. Names are the file
+names, which must differ.
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from xmask.data.image_io import IMAGE_SUFFIXES
-from xmask.data.points_io import read_csv_points
+from xmask.data.point_tables import PointTable, read_table
 from xmask.data.readers import CrowdDataset, FolderDataset, Item
 from xmask.errors import DataError, UsageError
 
@@ -32,7 +31,7 @@ class ImageFiles(FolderDataset):
         super().__init__(self.paths[0].parent, "files")
 
     def list_items(self) -> list[Item]:
-        tables: dict[Path, dict[str, np.ndarray] | None] = {}
+        tables: dict[Path, PointTable | None] = {}
         items, seen = [], {}
         for path in self.paths:
             if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -41,8 +40,7 @@ class ImageFiles(FolderDataset):
                 raise DataError(path, f"the same name as {seen[path.name]}: give them apart")
             folder = path.parent
             if folder not in tables:
-                csv = folder / "points.csv"
-                tables[folder] = read_csv_points(csv) if csv.is_file() else None
+                tables[folder] = read_table(folder)
             items.append(self._item(folder, path, tables[folder]))
         return items
 

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,13 @@ from xmask.errors import DataError
 from xmask.geometry.points import inside_image
 
 log = logging.getLogger(__name__)
+
+MAX_POINT_FILE_BYTES = 512 * 2**20
+"""The largest point file read (a COCO file of a million heads takes about 150 MB); a larger
+one is refused before it is parsed."""
+
+MAT_KEYS = ("image_info", "annPoints")
+"""The keys of the MATLAB point files xmask reads (ShanghaiTech, UCF-QNRF), in the order tried."""
 
 
 def _as_points(values: object, path: Path) -> np.ndarray:
@@ -39,6 +47,11 @@ def _as_points(values: object, path: Path) -> np.ndarray:
 def _require(path: Path) -> None:
     if not path.is_file():
         raise DataError(path, "ground-truth file not found")
+    size = path.stat().st_size
+    if size > MAX_POINT_FILE_BYTES:
+        raise DataError(
+            path, f"{size:,} bytes, over the {MAX_POINT_FILE_BYTES:,} a point file may hold"
+        )
 
 
 def read_text(path: Path) -> str:
@@ -56,12 +69,13 @@ def read_text(path: Path) -> str:
         raise DataError(path, f"unreadable ({err})") from err
 
 
-def read_mat_points(path: str | Path, key: str) -> np.ndarray:
+def read_mat_points(path: str | Path, key: str | None = None) -> np.ndarray:
     """Points from a MATLAB file.
 
     Args:
         key: ``"image_info"`` (ShanghaiTech, nested struct ``[0,0][0,0][0]``) or any key that
-            holds an ``N×2`` array directly (``"annPoints"`` for UCF-QNRF).
+            holds an ``N×2`` array directly (``"annPoints"`` for UCF-QNRF); None: the first of
+            :data:`MAT_KEYS` the file holds.
     """
 
     path = Path(path)
@@ -72,6 +86,8 @@ def read_mat_points(path: str | Path, key: str) -> np.ndarray:
         # (zlib.error, struct.error, UnicodeDecodeError, MemoryError, ...): name the file
         problem = f"unreadable MATLAB file ({type(err).__name__}: {err})"
         raise DataError(path, problem) from err
+    if key is None:
+        key = next((k for k in MAT_KEYS if k in content), MAT_KEYS[0])
     if key not in content:
         found = sorted(k for k in content if not k.startswith("__"))
         raise DataError(path, f"no '{key}' entry (found: {', '.join(found) or 'none'})")
@@ -103,15 +119,28 @@ def read_txt_points(path: str | Path) -> np.ndarray:
     return _as_points(rows, path)
 
 
-def read_json_points(path: str | Path) -> np.ndarray:
-    """Points from JSON: ``[[x, y], ...]``, ``[{"x": .., "y": ..}, ...]`` or ``{"points": ...}``."""
+def read_json(path: str | Path) -> object:
+    """The content of a JSON file (UTF-8, see :func:`read_text`).
+
+    Raises:
+        DataError: a missing or unreadable file, or invalid JSON.
+    """
     path = Path(path)
     try:
-        content = json.loads(read_text(path))
+        return json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise DataError(path, f"invalid JSON ({err})") from err
     except RecursionError as err:
         raise DataError(path, "invalid JSON (nested too deeply)") from err
+
+
+def read_json_points(path: str | Path) -> np.ndarray:
+    """Points from JSON: ``[[x, y], ...]``, ``[{"x": .., "y": ..}, ...]`` or ``{"points": ...}``."""
+    return json_points(read_json(path), Path(path))
+
+
+def json_points(content: object, path: Path) -> np.ndarray:
+    """The points of the parsed content of a JSON point file (:func:`read_json_points`)."""
     if isinstance(content, dict):
         if "points" not in content:
             raise DataError(path, "JSON object has no 'points' key")
@@ -153,6 +182,18 @@ def write_points_txt(path: str | Path, points: np.ndarray) -> None:
     """Write ``N×2`` ``(x, y)`` points as ``x y`` lines with two decimals, atomically."""
     lines = "".join(f"{x:.2f} {y:.2f}\n" for x, y in np.asarray(points, dtype=np.float64))
     atomic_write_bytes(path, lines.encode("utf-8"))
+
+
+def write_csv_points(path: str | Path, table: Mapping[str, np.ndarray]) -> None:
+    """Write the points of many images as one CSV (``image,x,y``, three decimals), atomically;
+    :func:`read_csv_points` reads it back."""
+    text = io.StringIO(newline="")
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["image", "x", "y"])
+    for name, points in table.items():
+        for x, y in np.asarray(points, dtype=np.float64).reshape(-1, 2):
+            writer.writerow([name, f"{x:.3f}", f"{y:.3f}"])
+    atomic_write_bytes(path, text.getvalue().encode("utf-8"))
 
 
 def clean_points(

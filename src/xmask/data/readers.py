@@ -13,9 +13,11 @@ Layouts (``root`` is the dataset folder):
 - ``ucf``: ``{Train,Test}/img_NNNN.jpg`` and ``img_NNNN_ann.mat`` (key ``annPoints``).
 - ``jhu``: ``{train,val,test}/images/NNNN.jpg`` and ``.../gt/NNNN.txt`` (``x y w h o b``).
 - ``folder``: images in ``root/SPLIT/`` if that folder exists, else in ``root/`` (or its
-  ``images/`` sub-folder); points per image in ``STEM.txt`` (``x y`` lines) or ``STEM.json``
-  beside the image or in ``points/``, or all of them in one ``points.csv`` (``image,x,y``);
-  optional instance label maps in ``masks/STEM.png`` (16-bit, 0 background, k = k-th point).
+  ``images/`` sub-folder); points per image in ``STEM.txt`` (``x y`` lines), ``STEM.json``
+  (xmask's JSON or LabelMe) or ``STEM.mat`` (ShanghaiTech) beside the image or in ``points/``,
+  or all of them in one ``points.csv`` (``image,x,y``), CVAT ``annotations.xml`` or COCO
+  keypoints ``annotations.json`` (:mod:`xmask.data.point_tables`); optional instance label maps
+  in ``masks/STEM.png`` (16-bit, 0 background, k = k-th point).
   An image without a point file is an unlabeled image: training draws it for Mean Teacher;
   reading its points (evaluation, statistics, annotation, a labeled list) is an error.
 """
@@ -36,13 +38,9 @@ from PIL import Image
 
 from xmask.data.image_io import IMAGE_SUFFIXES, LoadedImage, load_image, load_label_map
 from xmask.data.locations import dataset_root
-from xmask.data.points_io import (
-    clean_points,
-    read_csv_points,
-    read_json_points,
-    read_mat_points,
-    read_txt_points,
-)
+from xmask.data.point_formats import read_image_points
+from xmask.data.point_tables import PointTable, read_table, warn_unknown_names
+from xmask.data.points_io import clean_points, read_mat_points, read_txt_points
 from xmask.errors import DataError, UsageError
 from xmask.geometry.points import scale_points
 from xmask.types import Sample
@@ -321,32 +319,27 @@ class FolderDataset(CrowdDataset):
     def list_items(self) -> list[Item]:
         base = self._base()
         image_dir = base / "images" if (base / "images").is_dir() else base
-        csv_path = base / "points.csv"
-        table = read_csv_points(csv_path) if csv_path.is_file() else None
+        table = read_table(base)
         images = _images_in(image_dir)
         if table is not None:
-            self._check_csv_names(csv_path, table, images)
+            warn_unknown_names(table, images)
         return [self._item(base, image, table) for image in images]
 
     @staticmethod
-    def _check_csv_names(csv_path: Path, table: dict[str, np.ndarray], images: list[Path]) -> None:
-        unknown = sorted(set(table) - {p.name for p in images})
-        if unknown:
-            log.warning("%s: rows for %d unknown image(s): %s", csv_path, len(unknown), unknown[:5])
-
-    @staticmethod
-    def _item(base: Path, image: Path, table: dict[str, np.ndarray] | None) -> Item:
+    def _item(base: Path, image: Path, table: PointTable | None) -> Item:
         mask = base / "masks" / f"{image.stem}.png"
         labels = mask if mask.is_file() else None
-        if table is not None:
-            preset = table.get(image.name, np.zeros((0, 2)))
+        if table is not None and table.complete:
+            preset = table.points.get(image.name, np.zeros((0, 2)))
             return Item(image.name, image, None, labels, preset)
         candidates = [
             folder / f"{image.stem}{suffix}"
             for folder in (image.parent, base / "points")
-            for suffix in (".txt", ".json")
+            for suffix in (".txt", ".json", ".mat")
         ]
         found = next((c for c in candidates if c.is_file()), None)
+        if found is None and table is not None:
+            return Item(image.name, image, None, labels, table.points.get(image.name))
         return Item(image.name, image, found, labels)
 
     def read_points(self, item: Item) -> np.ndarray:
@@ -355,12 +348,11 @@ class FolderDataset(CrowdDataset):
         if item.points is None:
             raise DataError(
                 item.image,
-                "no point file (NAME.txt or NAME.json beside the image or in points/); "
+                "no point file (NAME.txt, NAME.json or NAME.mat beside the image or in points/, "
+                "or an entry in the folder's points.csv, annotations.xml or annotations.json); "
                 "only unlabeled training images may go without",
             )
-        if item.points.suffix == ".json":
-            return read_json_points(item.points)
-        return read_txt_points(item.points)
+        return read_image_points(item.points)
 
 
 DATASETS: dict[str, type[CrowdDataset]] = {
