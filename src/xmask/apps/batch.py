@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 from xmask.annotate.coco import ImageRecord, label_maps_to_coco, write_coco
 from xmask.apps.roi import restrict
 from xmask.apps.sources import Source
-from xmask.apps.zones import Zone, count_table, zone_counts, zones_setting
+from xmask.apps.zones import Zone, count_row, count_table, zone_counts, zones_setting
 from xmask.data.files import atomic_write_bytes, remove_stale_temporaries
 from xmask.data.image_io import jpeg_bytes, load_image, load_label_map, png_bytes, save_label_map
 from xmask.data.points_io import read_txt_points, write_points_txt
@@ -400,17 +400,18 @@ def finish(summary: BatchSummary, out: str | Path) -> BatchSummary:
 
     out = Path(out)
     records = []
+    rows = []
     summary.images = summary.heads = 0
-    finished = list(finished_images(out))
-    table, summary.zones = count_table(record for _, record in finished)
-    atomic_write_bytes(out / "counts.csv", table.encode("utf-8"))
-    for files, record in finished:
+    for files, record in finished_images(out):
+        rows.append(count_row(record))
         summary.images += 1
         summary.heads += len(record.get("points", []))
         if files.mask.is_file():
             points = read_txt_points(files.points).astype(np.float32)
             records.append(ImageRecord(str(record["image"]), points, load_label_map(files.mask)))
     summary.videos = sum(1 for _ in (out / "videos").rglob("*.json"))
+    table, summary.zones = count_table(rows)
+    atomic_write_bytes(out / "counts.csv", table.encode("utf-8"))
     if records:
         write_coco(out / "annotations.json", label_maps_to_coco(records))
     else:

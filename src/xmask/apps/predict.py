@@ -123,7 +123,7 @@ def run_predict(request: PredictRequest) -> BatchSummary:
         try:
             result = predict_video(
                 predictor, video, out, every=request.every, roi=roi, zones=zones,
-                heatmap=request.outputs, settings=settings, force=request.force,
+                options=request.outputs, settings=settings, force=request.force,
                 progress=request.progress,
             )  # fmt: skip
         except DataError as err:

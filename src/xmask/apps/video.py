@@ -7,7 +7,7 @@ For ``OUT/videos/`` and a video ``NAME.mp4``:
 - ``NAME.csv``: ``frame,time_s,count`` per predicted frame, and a ``zone:NAME`` column of
   heads per zone with zones (:mod:`xmask.apps.zones`);
 - ``NAME-counts.png``: the count over time;
-- ``NAME-heatmap.png``: with ``heatmap=True`` in the output options, the head density of all
+- ``NAME-heatmap.png``: with ``heatmap=True`` in the output ``options``, the head density of all
   predicted frames together over the last of them (:func:`xmask.data.render.heatmap_picture`;
   beside the video rather than in ``heatmaps/``, so that an image of the same name keeps its
   own);
@@ -120,7 +120,7 @@ def predict_video(
     every: int = 1,
     roi: np.ndarray | None = None,
     zones: Sequence[Zone] = (),
-    heatmap: OutputOptions | None = None,
+    options: OutputOptions | None = None,
     settings: str = "",
     force: bool = False,
     progress: bool = True,
@@ -129,7 +129,7 @@ def predict_video(
 
     Args:
         zones: named polygons to count heads in per frame.
-        heatmap: output options whose ``heatmap`` asks for ``NAME-heatmap.png``.
+        options: output options; of them, ``heatmap`` and ``heatmap_sigma`` apply.
         settings: the fingerprint of the prediction settings
             (:func:`xmask.apps.batch.settings_fingerprint`).
         force: redo the video even when its outputs are up to date.
@@ -150,7 +150,7 @@ def predict_video(
         return None
     files.record.unlink(missing_ok=True)
     files.heatmap.unlink(missing_ok=True)
-    heat = heatmap if heatmap is not None and heatmap.heatmap else None
+    heat = options if options is not None and options.heatmap else None
     av = _import_av()
     files.video.parent.mkdir(parents=True, exist_ok=True)
     partial = files.video.with_name(f".{files.video.name}.part")
@@ -185,6 +185,7 @@ def _run(
     """The frames' result, and the heatmap picture of ``heat`` (None: no heatmap)."""
     result = VideoResult([], [], [], {zone.name: [] for zone in zones})
     grid: DensityGrid | None = None
+    background: np.ndarray | None = None
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise DataError(path, "no video stream")
@@ -214,6 +215,7 @@ def _run(
                 if heat is not None:
                     grid = grid or heat.heatmap_grid(prediction.size)
                     grid.add(prediction.points)
+                    background = prediction.image
                 result.network_s += prediction.network_s
                 result.post_s += prediction.post_s
                 bar.update()
@@ -223,9 +225,9 @@ def _run(
                 raise DataError(path, "no frame could be decoded")
             for packet in encoder.encode():
                 output.mux(packet)
-    if grid is None or prediction.image is None:
+    if grid is None or background is None:
         return result, None
-    return result, heatmap_picture(prediction.image, grid.density())
+    return result, heatmap_picture(background, grid.density())
 
 
 def _encoder(output: Any, rate: Any, shape: tuple[int, ...]) -> Any:

@@ -135,13 +135,17 @@ def zone_column(name: str) -> str:
     return f"zone:{name}"
 
 
-def count_table(records: Iterable[dict[str, Any]]) -> tuple[str, dict[str, int]]:
-    """``counts.csv`` of an output folder's prediction records and the heads per zone over them.
+def count_row(record: dict[str, Any]) -> tuple[str, int, dict[str, int]]:
+    """What :func:`count_table` needs of a prediction record: image, count, heads per zone."""
+    return str(record["image"]), int(record.get("count", 0)), dict(record.get("zones") or {})
+
+
+def count_table(rows: Sequence[tuple[str, int, dict[str, int]]]) -> tuple[str, dict[str, int]]:
+    """``counts.csv`` of an output folder's :func:`count_row` rows, and the heads per zone.
 
     The table has a row ``image,count,zone:NAME...`` per record; the zone columns are every
     zone of any record, in order of first appearance, empty for a record without that zone.
     """
-    rows = [(r["image"], r.get("count", 0), r.get("zones") or {}) for r in records]
     totals: dict[str, int] = {}
     for _, _, zones in rows:
         for name, count in zones.items():
