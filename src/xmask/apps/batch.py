@@ -5,7 +5,8 @@ Output folder ``OUT/`` (every file written atomically; ``NAME`` is the source's 
 :mod:`xmask.apps.sources`, which may hold sub-folders such as ``100/IMG_1``):
 
 - ``predictions/NAME.json``: image, size, count, head points ``[x, y]`` with their scores and
-  mask areas, the region if any, the model, and the fingerprint of the source file and of the
+  mask areas, the region if any, the heads per zone (``zones``: ``{NAME: count}``, with zones,
+  :mod:`xmask.apps.zones`), the model, and the fingerprint of the source file and of the
   settings it was made with; written last;
 - ``points/NAME.txt``: the head points, ``x y`` per line, in label order;
 - ``masks/NAME.png``: 16-bit instance label map (0 background, ``k`` = the ``k``-th point);
@@ -14,14 +15,18 @@ Output folder ``OUT/`` (every file written atomically; ``NAME`` is the source's 
   instance, a dot per head and the count; not with ``overlay=False``;
 - ``previews/NAME.png``: with ``preview=True``, the label map in colour (the 16-bit map looks
   black in viewers);
+- ``heatmaps/NAME.png``: with ``heatmap=True``, the head density over the image
+  (:func:`xmask.data.render.heatmap_picture`);
 - ``annotations.json``: COCO instances with RLE masks of every finished image of the folder;
-- ``summary.json``: the images, videos and heads of the whole folder, and what this call did
-  (predicted, already done, redone, skipped, seconds).
+- ``counts.csv``: ``image,count`` and a ``zone:NAME`` column per zone, a row per finished
+  image of the folder;
+- ``summary.json``: the images, videos and heads of the whole folder (and per zone), and what
+  this call did (predicted, already done, redone, skipped, seconds).
 
 Re-runs: an image is kept only when its ``predictions/NAME.json`` holds the same fingerprint:
 the source file's path, size and modification time, and every setting that changes the
 result (the weights' SHA-256 and network, count rule, segmentation constants, tiling, region,
-which files are written). Anything else is redone; ``force`` redoes everything. A name is
+zones, which files are written). Anything else is redone; ``force`` redoes everything. A name is
 claimed by its source file (``OUT/.owners/NAME``) before anything is written, so another file
 of the same name, from this call, a later one or one running at the same time, is reported
 and skipped instead of overwriting or mixing with it.
@@ -47,10 +52,11 @@ from tqdm.auto import tqdm
 from xmask.annotate.coco import ImageRecord, label_maps_to_coco, write_coco
 from xmask.apps.roi import restrict
 from xmask.apps.sources import Source
+from xmask.apps.zones import Zone, count_row, count_table, zone_counts, zones_setting
 from xmask.data.files import atomic_write_bytes, remove_stale_temporaries
 from xmask.data.image_io import jpeg_bytes, load_image, load_label_map, png_bytes, save_label_map
 from xmask.data.points_io import read_txt_points, write_points_txt
-from xmask.data.render import colour_labels
+from xmask.data.render import DensityGrid, colour_labels, heatmap_picture, heatmap_sigma
 from xmask.errors import DataError, UsageError
 from xmask.inference.loading import weights_digest
 from xmask.inference.prediction import Prediction
@@ -69,6 +75,7 @@ class BatchSummary:
         images: finished images in the output folder (every call's).
         videos: finished videos in the output folder.
         heads: heads of the finished images of the folder.
+        zones: heads per zone over the finished images of the folder, by zone name.
         predicted: images predicted by this call (new, changed or forced).
         videos_predicted: videos predicted by this call.
         already_done: images and videos of this call kept from an earlier one.
@@ -84,6 +91,7 @@ class BatchSummary:
     images: int = 0
     videos: int = 0
     heads: int = 0
+    zones: dict[str, int] = field(default_factory=dict)
     predicted: int = 0
     videos_predicted: int = 0
     already_done: int = 0
@@ -108,16 +116,28 @@ class OutputOptions:
         overlay: write the overlay picture.
         overlay_format: ``"png"`` or ``"jpg"``.
         preview: write ``previews/NAME.png``, the label map in colour.
+        heatmap: write ``heatmaps/NAME.png`` (videos: one over all their frames).
+        heatmap_sigma: the heatmap's Gaussian in pixels (None:
+            :func:`~xmask.data.render.heatmap_sigma`'s default).
     """
 
     masks: bool = True
     overlay: bool = True
     overlay_format: str = "png"
     preview: bool = False
+    heatmap: bool = False
+    heatmap_sigma: float | None = None
 
     def __post_init__(self) -> None:
         if self.overlay_format not in ("png", "jpg"):
             raise UsageError(f"overlay format must be png or jpg, got {self.overlay_format!r}")
+        sigma = self.heatmap_sigma
+        if sigma is not None and not (self.heatmap and 0 < sigma < float("inf")):
+            raise UsageError(f"--heatmap-sigma needs --heatmap and a positive number, got {sigma}")
+
+    def heatmap_grid(self, size: tuple[int, int]) -> DensityGrid:
+        """An empty density grid for an image of ``size`` ``(H, W)``."""
+        return DensityGrid(size, heatmap_sigma(size, self.heatmap_sigma))
 
 
 @dataclass(frozen=True)
@@ -153,10 +173,15 @@ class ImageOutputs:
         """``previews/NAME.png``."""
         return self.out / "previews" / f"{self.stem}.png"
 
+    @property
+    def heatmap(self) -> Path:
+        """``heatmaps/NAME.png``."""
+        return self.out / "heatmaps" / f"{self.stem}.png"
+
     def every_output(self) -> tuple[Path, ...]:
         """Every file an image may have, whatever the options."""
         overlays = (self.out / "overlays" / f"{self.stem}.{f}" for f in ("png", "jpg"))
-        return (self.prediction, self.mask, *overlays, self.preview)
+        return (self.prediction, self.mask, *overlays, self.preview, self.heatmap)
 
     @property
     def owner(self) -> Path:
@@ -169,11 +194,12 @@ def settings_fingerprint(
     which: str,
     roi: np.ndarray | None,
     options: OutputOptions | None = None,
+    zones: Sequence[Zone] = (),
 ) -> str:
     """SHA-256 of every setting that changes a prediction or its files: the weights (their
     SHA-256, or of the network's tensors for a predictor not loaded from files) and the network
-    of a run, count rule, scale rule, segmentation constants, tiling, region and output
-    options."""
+    of a run, count rule, scale rule, segmentation constants, tiling, region, output options
+    and zones."""
     rule = predictor.count_rule
     settings = {
         "weights": _weights_of(predictor),
@@ -185,6 +211,8 @@ def settings_fingerprint(
         "roi": None if roi is None else np.asarray(roi, dtype=np.float64).tolist(),
         "outputs": asdict(options or OutputOptions()),
     }
+    if zones:  # only with zones: earlier fingerprints without them stay valid
+        settings["zones"] = zones_setting(zones)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
@@ -209,7 +237,9 @@ def source_fingerprint(source: Source) -> dict[str, Any]:
     }
 
 
-def prediction_record(prediction: Prediction, name: str, model: str) -> dict[str, Any]:
+def prediction_record(
+    prediction: Prediction, name: str, model: str, zones: Sequence[Zone] = ()
+) -> dict[str, Any]:
     """The JSON of one prediction (``predictions/NAME.json``), without its fingerprint."""
     record: dict[str, Any] = {
         "image": name,
@@ -224,12 +254,14 @@ def prediction_record(prediction: Prediction, name: str, model: str) -> dict[str
     }
     if prediction.roi is not None:
         record["roi"] = prediction.roi.tolist()
+    if zones:
+        record["zones"] = zone_counts(prediction, zones)
     return record
 
 
 def write_image_outputs(files: ImageOutputs, prediction: Prediction, record: dict) -> None:
-    """Remove the image's earlier outputs, then write its points, the label map, overlay and
-    preview its options ask for, and, last, the prediction JSON.
+    """Remove the image's earlier outputs, then write its points, the label map, overlay,
+    preview and heatmap its options ask for, and, last, the prediction JSON.
 
     Raises:
         DataError: more heads than a 16-bit label map holds.
@@ -251,6 +283,11 @@ def write_image_outputs(files: ImageOutputs, prediction: Prediction, record: dic
     if options.preview and prediction.labels is not None:
         preview = colour_labels(prediction.labels, len(prediction.points))
         atomic_write_bytes(files.preview, png_bytes(preview))
+    if options.heatmap and prediction.image is not None:
+        grid = options.heatmap_grid(prediction.size)
+        grid.add(prediction.points)
+        heatmap = heatmap_picture(prediction.image, grid.density())
+        atomic_write_bytes(files.heatmap, png_bytes(heatmap))
     atomic_write_bytes(files.prediction, (json.dumps(record) + "\n").encode("utf-8"))
 
 
@@ -289,6 +326,7 @@ def predict_images(
     model: str = "",
     which: str = "teacher",
     roi: np.ndarray | None = None,
+    zones: Sequence[Zone] = (),
     options: OutputOptions | None = None,
     force: bool = False,
     settings: str | None = None,
@@ -304,10 +342,11 @@ def predict_images(
         model: the model's name or path, recorded in the outputs.
         which: the network of a training run (part of the settings).
         roi: ``K×2`` ``(x, y)`` polygon to count inside (:mod:`xmask.apps.roi`), or None.
+        zones: named polygons to count heads in (:mod:`xmask.apps.zones`).
         options: which files to write (default: all but the preview).
         force: redo every image, even one whose outputs are up to date.
-        settings: :func:`settings_fingerprint` of ``predictor``, ``which`` and ``roi``
-            (computed when None).
+        settings: :func:`settings_fingerprint` of ``predictor``, ``which``, ``roi``,
+            ``options`` and ``zones`` (computed when None).
         summary: totals to add to (a new one when None).
         progress: show a tqdm bar on stderr.
 
@@ -319,7 +358,7 @@ def predict_images(
     remove_stale_temporaries(out)
     summary = summary or BatchSummary(model, predictor.count_rule.describe())
     options = options or OutputOptions()
-    settings = settings or settings_fingerprint(predictor, which, roi, options)
+    settings = settings or settings_fingerprint(predictor, which, roi, options, zones)
     owners: dict[str, str] = {}
     bar = tqdm(sources, desc="predict", unit="img", disable=not progress)
     for source in bar:
@@ -339,7 +378,7 @@ def predict_images(
             prediction = predictor(load_image(source.path, apply_exif=source.apply_exif).array)
             if roi is not None:
                 prediction = restrict(prediction, roi)
-            record = prediction_record(prediction, source.name, model)
+            record = prediction_record(prediction, source.name, model, zones)
             write_image_outputs(files, prediction, record | {"fingerprint": fingerprint})
         except (DataError, UsageError, OSError) as err:
             summary.skip(source.name, str(err))
@@ -355,19 +394,24 @@ def predict_images(
 
 
 def finish(summary: BatchSummary, out: str | Path) -> BatchSummary:
-    """Count the output folder's finished images, heads and videos into ``summary``; write
-    ``annotations.json`` (COCO, every finished image with a label map) and ``summary.json``."""
+    """Count the output folder's finished images, heads (also per zone) and videos into
+    ``summary``; write ``annotations.json`` (COCO, every finished image with a label map),
+    ``counts.csv`` and ``summary.json``."""
 
     out = Path(out)
     records = []
+    rows = []
     summary.images = summary.heads = 0
     for files, record in finished_images(out):
+        rows.append(count_row(record))
         summary.images += 1
         summary.heads += len(record.get("points", []))
         if files.mask.is_file():
             points = read_txt_points(files.points).astype(np.float32)
             records.append(ImageRecord(str(record["image"]), points, load_label_map(files.mask)))
     summary.videos = sum(1 for _ in (out / "videos").rglob("*.json"))
+    table, summary.zones = count_table(rows)
+    atomic_write_bytes(out / "counts.csv", table.encode("utf-8"))
     if records:
         write_coco(out / "annotations.json", label_maps_to_coco(records))
     else:

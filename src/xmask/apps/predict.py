@@ -19,6 +19,7 @@ from xmask.apps.batch import (
 from xmask.apps.roi import read_polygon
 from xmask.apps.sources import dataset_sources, find_sources
 from xmask.apps.video import predict_video
+from xmask.apps.zones import read_zones
 from xmask.data.files import check_out_folder
 from xmask.errors import DataError, UsageError
 from xmask.inference.predictor import Predictor
@@ -43,6 +44,7 @@ class PredictRequest:
         device: ``"auto"``, ``"cpu"``, ``"cuda:N"``.
         out: the output folder (None: ``predict-NAME``).
         roi: a region polygon or a file holding it, or None.
+        zones: a zones file (:mod:`xmask.apps.zones`), or None.
         every: videos: predict every N-th frame.
         recursive: folders: their sub-folders too.
         force: redo every item, even up-to-date ones.
@@ -61,6 +63,7 @@ class PredictRequest:
     device: str = "auto"
     out: str | None = None
     roi: str | None = None
+    zones: str | None = None
     every: int = 1
     recursive: bool = False
     force: bool = False
@@ -102,24 +105,26 @@ def run_predict(request: PredictRequest) -> BatchSummary:
     if not sources:
         raise UsageError(f"{' '.join(request.sources) or request.root}: no images or videos")
     roi = None if request.roi is None else read_polygon(request.roi)
+    zones = () if request.zones is None else read_zones(request.zones)
     predictor = Predictor.load(
         request.model, request.device, request.which, request.threshold, request.scale
     )
     model = str(predictor.source)
     out = request.out_folder
     summary = BatchSummary(model, predictor.count_rule.describe())
-    settings = settings_fingerprint(predictor, request.which, roi, request.outputs)
+    settings = settings_fingerprint(predictor, request.which, roi, request.outputs, zones)
     images = [s for s in sources if not s.is_video]
     predict_images(
-        predictor, images, out, model=model, which=request.which, roi=roi,
+        predictor, images, out, model=model, which=request.which, roi=roi, zones=zones,
         options=request.outputs, force=request.force, settings=settings, summary=summary,
         progress=request.progress,
     )  # fmt: skip
     for video in (s for s in sources if s.is_video):
         try:
             result = predict_video(
-                predictor, video, out, every=request.every, roi=roi, settings=settings,
-                force=request.force, progress=request.progress,
+                predictor, video, out, every=request.every, roi=roi, zones=zones,
+                options=request.outputs, settings=settings, force=request.force,
+                progress=request.progress,
             )  # fmt: skip
         except DataError as err:
             summary.skip(video.name, str(err))

@@ -3,8 +3,9 @@
 A region is a simple polygon of ``K >= 3`` vertices in image pixels, ``(x, y)`` order, as
 ``"x1,y1 x2,y2 x3,y3 ..."`` on the command line or in a file: that text, a JSON list of
 ``[x, y]`` pairs, or a JSON object with a ``"roi"`` (or ``"points"``) list. A head is inside
-when the pixel holding its point is inside the rasterised polygon (pixel centres, scikit-image's
-rule); its mask is clipped to the polygon.
+when the centre of the pixel holding its point is inside the polygon (even-odd rule, the
+rule scikit-image rasterises polygons with: :func:`in_polygon` and :func:`polygon_mask` agree);
+its mask is clipped to the polygon. Named zones (:mod:`xmask.apps.zones`) use the same rule.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from skimage.draw import polygon2mask
+from skimage.measure import points_in_poly
 
 from xmask.errors import DataError, UsageError
 from xmask.inference.prediction import Prediction
@@ -27,21 +29,34 @@ def parse_polygon(text: str) -> np.ndarray:
         UsageError: not numbers, odd coordinates, fewer than 3 vertices, or not finite.
     """
     stripped = text.strip()
+    label = f"region {text[:60]!r}"
     try:
         if stripped.startswith(("[", "{")):
             content = json.loads(stripped)
             if isinstance(content, dict):
                 content = content.get("roi", content.get("points"))
-            vertices = np.asarray(content, dtype=np.float64)
         else:
-            pairs = stripped.replace(";", " ").split()
-            vertices = np.asarray([p.split(",") for p in pairs], dtype=np.float64)
+            content = [p.split(",") for p in stripped.replace(";", " ").split()]
+    except ValueError as err:
+        raise UsageError(f"{label}: expected 'x1,y1 x2,y2 x3,y3 ...' ({err})") from err
+    return polygon_vertices(content, label)
+
+
+def polygon_vertices(content: object, label: str) -> np.ndarray:
+    """``K×2 float64`` ``(x, y)`` vertices of a list of ``[x, y]`` pairs.
+
+    Raises:
+        UsageError: (starting with ``label``) not numbers, not pairs, fewer than 3 vertices, or
+            not finite.
+    """
+    try:
+        vertices = np.asarray(content, dtype=np.float64)
     except (ValueError, TypeError) as err:
-        raise UsageError(f"region {text[:60]!r}: expected 'x1,y1 x2,y2 x3,y3 ...' ({err})") from err
+        raise UsageError(f"{label}: expected a list of [x, y] numbers ({err})") from err
     if vertices.ndim != 2 or vertices.shape[1] != 2 or len(vertices) < 3:
-        raise UsageError(f"region {text[:60]!r}: needs at least 3 (x, y) vertices")
+        raise UsageError(f"{label}: needs at least 3 (x, y) vertices")
     if not np.isfinite(vertices).all():
-        raise UsageError(f"region {text[:60]!r}: vertices must be finite")
+        raise UsageError(f"{label}: vertices must be finite")
     return vertices
 
 
@@ -79,6 +94,20 @@ def polygon_mask(vertices: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return mask
 
 
+def in_polygon(points: np.ndarray, vertices: np.ndarray) -> np.ndarray:
+    """``N bool``: whether the centre of the pixel holding each point lies inside the polygon
+    (even-odd rule; the pixels of :func:`polygon_mask` hold exactly the points inside).
+
+    Args:
+        points: ``N×2`` ``(x, y)`` pixels.
+        vertices: ``K×2`` ``(x, y)`` polygon vertices.
+    """
+    if len(points) == 0:
+        return np.zeros(0, dtype=bool)
+    centres = np.floor(np.asarray(points, dtype=np.float64)) + 0.5
+    return points_in_poly(centres, np.asarray(vertices, dtype=np.float64))
+
+
 def restrict(prediction: Prediction, vertices: np.ndarray) -> Prediction:
     """The heads of ``prediction`` inside the polygon, relabelled ``1..n`` in their order, with
     masks clipped to it; ``count`` becomes the number of heads inside.
@@ -88,9 +117,7 @@ def restrict(prediction: Prediction, vertices: np.ndarray) -> Prediction:
     """
     inside = polygon_mask(vertices, prediction.size)
     pts = prediction.points
-    cols = np.clip(np.floor(pts[:, 0]).astype(np.int64), 0, prediction.size[1] - 1)
-    rows = np.clip(np.floor(pts[:, 1]).astype(np.int64), 0, prediction.size[0] - 1)
-    keep = inside[rows, cols]
+    keep = in_polygon(pts, vertices)
     labels = areas = None
     if prediction.labels is not None:
         new_label = np.zeros(len(pts) + 1, dtype=np.int32)

@@ -4,8 +4,13 @@ For ``OUT/videos/`` and a video ``NAME.mp4``:
 
 - ``NAME.mp4``: every predicted frame drawn as :meth:`xmask.inference.prediction.Prediction.overlay`
   (instances, head dots, the count), H.264 at the source rate divided by ``every``;
-- ``NAME.csv``: ``frame,time_s,count`` per predicted frame;
+- ``NAME.csv``: ``frame,time_s,count`` per predicted frame, and a ``zone:NAME`` column of
+  heads per zone with zones (:mod:`xmask.apps.zones`);
 - ``NAME-counts.png``: the count over time;
+- ``NAME-heatmap.png``: with ``heatmap=True`` in the output ``options``, the head density of all
+  predicted frames together over the last of them (:func:`xmask.data.render.heatmap_picture`;
+  beside the video rather than in ``heatmaps/``, so that an image of the same name keeps its
+  own);
 - ``NAME.json``: the fingerprint of the source file and the settings (as for images,
   :mod:`xmask.apps.batch`, with ``every``), written last: a video is done when it exists and
   matches; an interrupted or changed video is redone from its start.
@@ -21,7 +26,8 @@ import io
 import json
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -29,10 +35,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from xmask.apps.batch import read_record, source_fingerprint
+from xmask.apps.batch import OutputOptions, read_record, source_fingerprint
 from xmask.apps.roi import restrict
 from xmask.apps.sources import Source
+from xmask.apps.zones import Zone, zone_column, zone_counts
 from xmask.data.files import atomic_write_bytes
+from xmask.data.image_io import png_bytes
+from xmask.data.render import DensityGrid, heatmap_picture
 from xmask.errors import DataError, MissingDependencyError, UsageError
 from xmask.inference.predictor import Predictor
 
@@ -49,6 +58,7 @@ class VideoResult:
         frames: frame indices predicted (every ``every``-th decoded frame, from 0).
         times: their presentation times in seconds.
         counts: their head counts.
+        zones: per zone name, its head count in each predicted frame.
         network_s: seconds in the network over all frames.
         post_s: seconds after the network over all frames.
     """
@@ -56,6 +66,7 @@ class VideoResult:
     frames: list[int]
     times: list[float]
     counts: list[int]
+    zones: dict[str, list[int]] = field(default_factory=dict)
     network_s: float = 0.0
     post_s: float = 0.0
 
@@ -83,6 +94,11 @@ class VideoOutputs:
         return self.out / "videos" / f"{self.stem}-counts.png"
 
     @property
+    def heatmap(self) -> Path:
+        """``videos/STEM-heatmap.png``."""
+        return self.out / "videos" / f"{self.stem}-heatmap.png"
+
+    @property
     def record(self) -> Path:
         """``videos/STEM.json``, written last."""
         return self.out / "videos" / f"{self.stem}.json"
@@ -103,6 +119,8 @@ def predict_video(
     *,
     every: int = 1,
     roi: np.ndarray | None = None,
+    zones: Sequence[Zone] = (),
+    options: OutputOptions | None = None,
     settings: str = "",
     force: bool = False,
     progress: bool = True,
@@ -110,6 +128,8 @@ def predict_video(
     """Predict every ``every``-th frame of a video and write its outputs (module docstring).
 
     Args:
+        zones: named polygons to count heads in per frame.
+        options: output options; of them, ``heatmap`` and ``heatmap_sigma`` apply.
         settings: the fingerprint of the prediction settings
             (:func:`xmask.apps.batch.settings_fingerprint`).
         force: redo the video even when its outputs are up to date.
@@ -129,17 +149,23 @@ def predict_video(
     if not force and earlier is not None and earlier.get("fingerprint") == fingerprint:
         return None
     files.record.unlink(missing_ok=True)
+    files.heatmap.unlink(missing_ok=True)
+    heat = options if options is not None and options.heatmap else None
     av = _import_av()
     files.video.parent.mkdir(parents=True, exist_ok=True)
     partial = files.video.with_name(f".{files.video.name}.part")
     try:
-        result = _run(av, predictor, source.path, partial, every, roi, progress)
+        result, picture = _run(
+            av, predictor, source.path, partial, every, roi, zones, heat, progress
+        )
     except (av.error.FFmpegError, UnicodeDecodeError) as err:
         partial.unlink(missing_ok=True)
         raise DataError(source.path, f"unreadable video ({err})") from err
     os.replace(partial, files.video)
     _write_plot(files.plot, result, source.name)
     _write_table(files.table, result)
+    if picture is not None:
+        atomic_write_bytes(files.heatmap, png_bytes(picture))
     record = {"video": source.name, "frames": len(result.frames), "fingerprint": fingerprint}
     atomic_write_bytes(files.record, (json.dumps(record) + "\n").encode("utf-8"))
     return result
@@ -152,10 +178,14 @@ def _run(
     partial: Path,
     every: int,
     roi: np.ndarray | None,
+    zones: Sequence[Zone],
+    heat: OutputOptions | None,
     progress: bool,
-) -> VideoResult:
-
-    result = VideoResult([], [], [])
+) -> tuple[VideoResult, np.ndarray | None]:
+    """The frames' result, and the heatmap picture of ``heat`` (None: no heatmap)."""
+    result = VideoResult([], [], [], {zone.name: [] for zone in zones})
+    grid: DensityGrid | None = None
+    background: np.ndarray | None = None
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise DataError(path, "no video stream")
@@ -180,6 +210,12 @@ def _run(
                 result.frames.append(index)
                 result.times.append(float(frame.time or index / float(rate * every)))
                 result.counts.append(prediction.count)
+                for name, count in zone_counts(prediction, zones).items():
+                    result.zones[name].append(count)
+                if heat is not None:
+                    grid = grid or heat.heatmap_grid(prediction.size)
+                    grid.add(prediction.points)
+                    background = prediction.image
                 result.network_s += prediction.network_s
                 result.post_s += prediction.post_s
                 bar.update()
@@ -189,7 +225,9 @@ def _run(
                 raise DataError(path, "no frame could be decoded")
             for packet in encoder.encode():
                 output.mux(packet)
-    return result
+    if grid is None or background is None:
+        return result, None
+    return result, heatmap_picture(background, grid.density())
 
 
 def _encoder(output: Any, rate: Any, shape: tuple[int, ...]) -> Any:
@@ -204,9 +242,10 @@ def _write_table(path: Path, result: VideoResult) -> None:
 
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["frame", "time_s", "count"])
-    for row in zip(result.frames, result.times, result.counts, strict=True):
-        writer.writerow([row[0], f"{row[1]:.3f}", row[2]])
+    writer.writerow(["frame", "time_s", "count", *map(zone_column, result.zones)])
+    columns = (result.frames, result.times, result.counts, *result.zones.values())
+    for frame, time_s, *counts in zip(*columns, strict=True):
+        writer.writerow([frame, f"{time_s:.3f}", *counts])
     atomic_write_bytes(path, text.getvalue().encode("utf-8"))
 
 

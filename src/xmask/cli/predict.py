@@ -30,12 +30,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Run a model on images, folders, glob patterns ('photos/**/*.jpg', quoted) "
         "or videos and write, per image, OUT/predictions/NAME.json (count, points, scores, "
         "mask areas), OUT/points/NAME.txt, OUT/masks/NAME.png (16-bit label map) and "
-        "OUT/overlays/NAME.png; OUT/annotations.json (COCO, RLE masks) and OUT/summary.json "
-        "for the whole folder; per video, OUT/videos/NAME.mp4 (annotated), NAME.csv (count "
-        "per frame) and NAME-counts.png. NAME keeps the sub-folder of an image found in a "
-        "folder or by a pattern. A re-run keeps a finished item only if its file and every "
-        "setting that changes the result are unchanged, and redoes the others. Very large "
-        f"images run in tiles. Bad files are reported and skipped (exit code {EXIT_SKIPPED}).",
+        "OUT/overlays/NAME.png; OUT/annotations.json (COCO, RLE masks), OUT/counts.csv (count "
+        "per image) and OUT/summary.json for the whole folder; per video, OUT/videos/NAME.mp4 "
+        "(annotated), NAME.csv (count per frame) and NAME-counts.png. With --zones, the JSON, "
+        "the CSVs and the summary also hold the heads per zone. NAME keeps the sub-folder of "
+        "an image found in a folder or by a pattern. A re-run keeps a finished item only if "
+        "its file and every setting that changes the result are unchanged, and redoes the "
+        "others. Very large images run in tiles. Bad files are reported and skipped "
+        f"(exit code {EXIT_SKIPPED}).",
     )
     parser.add_argument(
         "source", nargs="*", metavar="SOURCE", help="image or video files, folders or patterns"
@@ -47,6 +49,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="POLYGON",
         help="count only inside this polygon: 'x1,y1 x2,y2 x3,y3 ...' in pixels, or a file "
         "holding it (or a JSON list of [x, y])",
+    )
+    parser.add_argument(
+        "--zones",
+        metavar="FILE",
+        help="also count the heads in each named polygon of this JSON or YAML file: "
+        '{"zones": [{"name": "gate", "polygon": [[x, y], ...]}, ...]} in pixels (a head '
+        "counts in every zone holding its point; at most 100 zones of 3 to 1000 vertices)",
     )
     parser.add_argument(
         "--every", type=int, default=1, metavar="N", help="videos: predict every N-th frame"
@@ -86,6 +95,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="also previews/NAME.png: the label map in colour (the 16-bit masks/NAME.png "
         "looks black in image viewers)",
     )
+    saved.add_argument(
+        "--heatmap",
+        action="store_true",
+        help="also heatmaps/NAME.png: the head points smoothed with a Gaussian, in colour over "
+        "the image in dimmed grey (videos: OUT/videos/NAME-heatmap.png, all frames together)",
+    )
+    saved.add_argument(
+        "--heatmap-sigma",
+        type=float,
+        metavar="PX",
+        help="the heatmap's Gaussian standard deviation in pixels (default: 1%% of the "
+        "image's longer side, at least 2)",
+    )
     parser.add_argument("--dataset", help="instead of SOURCE: sha, shb, ucf, jhu or folder")
     add_root_option(parser, f"with --dataset: {ROOT_HELP}")
     parser.add_argument("--split", default="test", help="split (with --dataset; default test)")
@@ -105,9 +127,12 @@ def run_predict(args: argparse.Namespace) -> int:
         sources=tuple(args.source), dataset=args.dataset, root=args.root, split=args.split,
         model=args.model, which=args.which, threshold=args.threshold, scale=args.scale,
         device=args.device,
-        out=args.out, roi=args.roi, every=args.every, recursive=args.recursive,
+        out=args.out, roi=args.roi, zones=args.zones, every=args.every, recursive=args.recursive,
         force=args.force,
-        outputs=OutputOptions(args.masks, args.overlay, args.overlay_format, args.mask_preview),
+        outputs=OutputOptions(
+            args.masks, args.overlay, args.overlay_format, args.mask_preview, args.heatmap,
+            args.heatmap_sigma,
+        ),
     )  # fmt: skip
     summary = predict(request)
     videos = any(Path(s).suffix.lower() in VIDEO_SUFFIXES for s in args.source)

@@ -1,11 +1,15 @@
 """Drawing instance masks: colours per instance, head dots, the region outline and the count
-caption (predictions, annotation previews), and a colour picture of a label map."""
+caption (predictions, annotation previews), a colour picture of a label map, and head-density
+heatmaps (points splatted into a grid, smoothed with a Gaussian, colour-mapped over the image)."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import PIL.Image
 from PIL import ImageDraw, ImageFont
+from scipy.ndimage import gaussian_filter
 
 DOT_COLOUR = (255, 32, 32)
 """Colour of the head-point dots of :meth:`Prediction.overlay`."""
@@ -110,3 +114,76 @@ def draw_annotations(image: np.ndarray, roi: np.ndarray | None, text: str | None
             draw.text((pad, pad // 2), text, fill=(255, 255, 255), font=font)
             break
     return np.asarray(canvas)
+
+
+HEAT_CELLS = 1024
+"""Longest side of the grid head points are splatted into before smoothing (a heatmap costs
+the same for any image size or number of heads, up to its final resize)."""
+
+HEAT_ALPHA = 0.75
+"""Opacity of the heatmap colour where the density peaks."""
+
+HEAT_COLOURS = np.array(
+    [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float32
+)
+"""The colour map from no density to the peak (evenly spaced anchors, like matplotlib's
+``inferno``: dark purple → red → orange → pale yellow)."""
+
+
+def heatmap_sigma(size: tuple[int, int], sigma: float | None = None) -> float:
+    """The Gaussian's standard deviation in pixels: ``sigma``, or by default 1 % of the
+    image's longer side, at least 2 px."""
+    return float(sigma) if sigma is not None else max(2.0, 0.01 * max(size))
+
+
+class DensityGrid:
+    """Head points of an ``H×W`` image (or of every frame of a video) accumulated in a coarse
+    grid, then smoothed with a Gaussian (:meth:`density`).
+
+    Args:
+        size: ``(H, W)`` of the image.
+        sigma: the Gaussian's standard deviation in image pixels (:func:`heatmap_sigma`).
+    """
+
+    def __init__(self, size: tuple[int, int], sigma: float) -> None:
+        self.size = size
+        self.step = max(1.0, max(size) / HEAT_CELLS)
+        self.shape = (math.ceil(size[0] / self.step), math.ceil(size[1] / self.step))
+        self.sigma = sigma
+        self.counts = np.zeros(self.shape[0] * self.shape[1], dtype=np.float64)
+
+    def add(self, points: np.ndarray) -> None:
+        """Add ``N×2`` ``(x, y)`` pixel points (each adds 1 to its grid cell)."""
+        if len(points) == 0:
+            return
+        cells = np.floor(np.asarray(points, dtype=np.float64) / self.step).astype(np.int64)
+        cols = np.clip(cells[:, 0], 0, self.shape[1] - 1)
+        rows = np.clip(cells[:, 1], 0, self.shape[0] - 1)
+        self.counts += np.bincount(rows * self.shape[1] + cols, minlength=self.counts.size)
+
+    def density(self) -> np.ndarray:
+        """``H×W float32`` in ``[0, 1]``: the smoothed counts over their peak (all 0 without
+        points), resized to the image bilinearly."""
+        grid = self.counts.reshape(self.shape)
+        smooth = gaussian_filter(grid, self.sigma / self.step, mode="constant")
+        peak = smooth.max()
+        scaled = (smooth / peak if peak > 0 else smooth).astype(np.float32)
+        picture = PIL.Image.fromarray(scaled)
+        resized = picture.resize((self.size[1], self.size[0]), PIL.Image.Resampling.BILINEAR)
+        return np.clip(np.asarray(resized), 0.0, 1.0)
+
+
+def heatmap_picture(image: np.ndarray, density: np.ndarray) -> np.ndarray:
+    """``H×W×3 uint8``: ``image`` in grey at half brightness with the colour of
+    :data:`HEAT_COLOURS` for ``density`` (``H×W`` in ``[0, 1]``) blended over it, at opacity
+    :data:`HEAT_ALPHA` × √density (so where there are no heads the dimmed image shows)."""
+    out = np.empty((*image.shape[:2], 3), dtype=np.uint8)
+    anchors = np.linspace(0.0, 1.0, len(HEAT_COLOURS))
+    for top in range(0, image.shape[0], ROWS):  # in blocks of rows: memory of a block
+        heat = density[top : top + ROWS]
+        grey = 0.5 * image[top : top + ROWS].astype(np.float32).mean(axis=2, keepdims=True)
+        colour = np.stack([np.interp(heat, anchors, c) for c in HEAT_COLOURS.T], axis=-1)
+        alpha = HEAT_ALPHA * np.sqrt(heat)[..., None]
+        mixed = (1.0 - alpha) * grey + alpha * colour
+        out[top : top + ROWS] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+    return out
