@@ -41,6 +41,7 @@ class PredictRequest:
         scale: ``"auto"`` (the model's rule), ``"off"`` or ``"adaptive"``
             (:func:`~xmask.inference.scale.resolve_scale`).
         device: ``"auto"``, ``"cpu"``, ``"cuda:N"``.
+        backend: what runs the network: ``"torch"`` or ``"onnx"`` (onnxruntime).
         out: the output folder (None: ``predict-NAME``).
         roi: a region polygon or a file holding it, or None.
         every: videos: predict every N-th frame.
@@ -59,6 +60,7 @@ class PredictRequest:
     threshold: str = "auto"
     scale: str = "auto"
     device: str = "auto"
+    backend: str = "torch"
     out: str | None = None
     roi: str | None = None
     every: int = 1
@@ -103,7 +105,12 @@ def run_predict(request: PredictRequest) -> BatchSummary:
         raise UsageError(f"{' '.join(request.sources) or request.root}: no images or videos")
     roi = None if request.roi is None else read_polygon(request.roi)
     predictor = Predictor.load(
-        request.model, request.device, request.which, request.threshold, request.scale
+        request.model,
+        request.device,
+        request.which,
+        request.threshold,
+        request.scale,
+        backend=request.backend,
     )
     model = str(predictor.source)
     out = request.out_folder
