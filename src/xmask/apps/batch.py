@@ -25,11 +25,12 @@ Output folder ``OUT/`` (every file written atomically; ``NAME`` is the source's 
 
 Re-runs: an image is kept only when its ``predictions/NAME.json`` holds the same fingerprint:
 the source file's path, size and modification time, and every setting that changes the
-result (the weights' SHA-256 and network, count rule, segmentation constants, tiling, region,
-zones, which files are written). Anything else is redone; ``force`` redoes everything. A name is
-claimed by its source file (``OUT/.owners/NAME``) before anything is written, so another file
-of the same name, from this call, a later one or one running at the same time, is reported
-and skipped instead of overwriting or mixing with it.
+result (the weights' SHA-256 and network, the ONNX graph's SHA-256 with the onnx backend, count
+rule, segmentation constants, tiling, region, zones, which files are written). Anything else is
+redone; ``force`` redoes everything. A name is claimed by its source file
+(``OUT/.owners/NAME``) before anything is written, so another file of the same name, from this
+call, a later one or one running at the same time, is reported and skipped instead of
+overwriting or mixing with it.
 
 Videos go to ``videos/`` (:mod:`xmask.apps.video`). Unreadable images are reported and skipped.
 """
@@ -198,8 +199,8 @@ def settings_fingerprint(
 ) -> str:
     """SHA-256 of every setting that changes a prediction or its files: the weights (their
     SHA-256, or of the network's tensors for a predictor not loaded from files) and the network
-    of a run, count rule, scale rule, segmentation constants, tiling, region, output options
-    and zones."""
+    of a run, the ONNX graph (the onnx backend), count rule, scale rule, segmentation
+    constants, tiling, region, output options and zones."""
     rule = predictor.count_rule
     settings = {
         "weights": _weights_of(predictor),
@@ -213,6 +214,8 @@ def settings_fingerprint(
     }
     if zones:  # only with zones: earlier fingerprints without them stay valid
         settings["zones"] = zones_setting(zones)
+    if predictor.onnx is not None:  # only then: the torch backend's fingerprints stay as before
+        settings["onnx"] = predictor.onnx.sha256
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 

@@ -42,6 +42,7 @@ class PredictRequest:
         scale: ``"auto"`` (the model's rule), ``"off"``, ``"shrink"`` or ``"adaptive"``
             (:func:`~xmask.inference.scale.resolve_scale`).
         device: ``"auto"``, ``"cpu"``, ``"cuda:N"``.
+        backend: what runs the network: ``"torch"`` or ``"onnx"`` (onnxruntime).
         out: the output folder (None: ``predict-NAME``).
         roi: a region polygon or a file holding it, or None.
         zones: a zones file (:mod:`xmask.apps.zones`), or None.
@@ -61,6 +62,7 @@ class PredictRequest:
     threshold: str = "auto"
     scale: str = "auto"
     device: str = "auto"
+    backend: str = "torch"
     out: str | None = None
     roi: str | None = None
     zones: str | None = None
@@ -107,7 +109,12 @@ def run_predict(request: PredictRequest) -> BatchSummary:
     roi = None if request.roi is None else read_polygon(request.roi)
     zones = () if request.zones is None else read_zones(request.zones)
     predictor = Predictor.load(
-        request.model, request.device, request.which, request.threshold, request.scale
+        request.model,
+        request.device,
+        request.which,
+        request.threshold,
+        request.scale,
+        backend=request.backend,
     )
     model = str(predictor.source)
     out = request.out_folder

@@ -33,28 +33,43 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     info.set_defaults(run=run_info)
     export = model_sub.add_parser(
         "export",
-        help="write a training run's network as a model folder",
+        help="write a training run's network as a model folder (or copy one), optionally "
+        "with its ONNX graph",
         description="Write the network of a training run (its final teacher by default) as a "
         "model folder: model.json (architecture, count threshold, training data and label "
-        "fraction, metrics) and weights.safetensors. DEST is a folder path, or a plain name: "
-        "the model is then registered in $XMASK_MODELS and usable as `--model NAME`.",
+        "fraction, metrics) and weights.safetensors; or copy a model folder (a path or a name, "
+        "e.g. the shipped model) as it is. With --format onnx, also model.onnx beside the card "
+        "(the network for onnxruntime, any image size; `xmask predict --backend onnx`); DEST "
+        "may then be SOURCE's own folder to add model.onnx to it (not an installed model's). "
+        "DEST is a folder path, or a plain name: the model is then registered in "
+        "$XMASK_MODELS and usable as `--model NAME` (a name of the shipped model hides it).",
     )
     export.add_argument(
-        "source", metavar="RUN", help="run folder, checkpoints/ or best/, or a file in it"
+        "source",
+        metavar="SOURCE",
+        help="a training run (folder, checkpoints/ or best/, or a file in it), or a model "
+        "folder or name",
     )
     export.add_argument("dest", metavar="DEST", help="model folder, or a name to register")
-    export.add_argument("--description", default="", help="one line for people")
-    add_which_option(export)
-    export.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
     export.add_argument(
+        "--format",
+        choices=("safetensors", "onnx"),
+        default="safetensors",
+        help="safetensors (default): the model folder; onnx: also model.onnx "
+        "(pip install 'xmask-crowd[onnx]')",
+    )
+    runs = export.add_argument_group("training runs only")
+    runs.add_argument("--description", help="one line for people")
+    add_which_option(runs)
+    runs.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
+    runs.add_argument(
         "--scale",
         choices=("adaptive", "shrink", "off"),
-        default="adaptive",
         help="the card's scale rule: adaptive (default; shrink to 1024 px, enlarge dense "
         "crowds), shrink (longer side at most 1024 px, one pass) or off (the image as it is, "
         "one pass); docs/accuracy.md",
     )
-    export.add_argument(
+    runs.add_argument(
         "--segment",
         nargs="+",
         metavar="KEY=VALUE",
@@ -126,24 +141,24 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """``xmask model export``."""
-    from xmask.inference.loading import export_run
+    """``xmask model export``: the options given (a run's defaults are
+    :func:`~xmask.inference.loading.export_run`'s)."""
+    from xmask.inference.loading import export_model
     from xmask.inference.model_folder import user_models_dir
     from xmask.inference.scale import ONE_PASS, resolve_scale
 
     dest = Path(args.dest).expanduser()
     if len(dest.parts) == 1 and not dest.exists():
         dest = user_models_dir() / dest
-    dtype = "float16" if args.half else "float32"
-    scale = resolve_scale(args.scale, ONE_PASS)
-    folder = export_run(
-        args.source,
-        dest,
-        description=args.description,
-        which=args.which,
-        dtype=dtype,
-        scale=scale,
-        segment=segment_settings(args.segment),
-    )
+    options: dict[str, object] = {"which": args.which}
+    if args.description is not None:
+        options["description"] = args.description
+    if args.half:
+        options["dtype"] = "float16"
+    if args.scale is not None:
+        options["scale"] = resolve_scale(args.scale, ONE_PASS)
+    if args.segment:
+        options["segment"] = segment_settings(args.segment)
+    folder = export_model(args.source, dest, onnx=args.format == "onnx", **options)
     print(f"wrote {folder}")
     return EXIT_OK

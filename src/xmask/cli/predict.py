@@ -112,6 +112,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_root_option(parser, f"with --dataset: {ROOT_HELP}")
     parser.add_argument("--split", default="test", help="split (with --dataset; default test)")
     add_device_option(parser)
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="what runs the network: torch (default) or onnx (onnxruntime: the model folder's "
+        "model.onnx, else the network exported in memory; pip install 'xmask-crowd[onnx]'); "
+        "counts, points and masks are decoded the same way",
+    )
     add_image_limit_option(parser)
     parser.set_defaults(run=run_predict)
 
@@ -126,7 +134,7 @@ def run_predict(args: argparse.Namespace) -> int:
     request = PredictRequest(
         sources=tuple(args.source), dataset=args.dataset, root=args.root, split=args.split,
         model=args.model, which=args.which, threshold=args.threshold, scale=args.scale,
-        device=args.device,
+        device=args.device, backend=args.backend,
         out=args.out, roi=args.roi, zones=args.zones, every=args.every, recursive=args.recursive,
         force=args.force,
         outputs=OutputOptions(

@@ -5,6 +5,9 @@ A model argument is a registered name or a model folder (None: the shipped defau
 training run: a run folder, its ``checkpoints/`` or ``best/``, or a ``.safetensors`` file in it.
 Either way the result is an :class:`InferenceModel`: the network, its count rule and its
 segmentation constants.
+
+:func:`export_model` (``xmask model export``) writes a run as a model folder, or copies a model
+folder as it is, and with ``onnx`` adds the network's ONNX graph beside the card.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from torch import nn
 
 from xmask.data.readers import open_dataset
 from xmask.data.splits import read_labeled_list, semi_split
-from xmask.errors import XmaskError
+from xmask.errors import UsageError, XmaskError
 from xmask.inference.calibration import resolve_count_rule
 from xmask.inference.checkpoint import checkpoint_state, latest_step
 from xmask.inference.count_rule import CountRule
 from xmask.inference.model_folder import (
     ModelCard,
+    copy_model_folder,
+    is_installed,
     is_model_folder,
     load_model_folder,
     read_model_card,
@@ -34,6 +39,7 @@ from xmask.inference.model_folder import (
     sha256_of,
     write_model_folder,
 )
+from xmask.inference.onnx_backend import write_onnx
 from xmask.inference.run_folder import (
     find_run_folder,
     load_run_model,
@@ -208,3 +214,39 @@ def export_run(
         training=training_summary(run_path, which),
     )
     return write_model_folder(out, model, card, dtype)
+
+
+def export_model(
+    source: str | Path, out: str | Path, onnx: bool = False, **run_options: Any
+) -> Path:
+    """``xmask model export``: a training run written as a model folder (:func:`export_run`
+    with ``run_options``), or a model folder (a path or a registered name) copied to ``out``
+    as it is (``out`` may be the folder itself, unless it is an installed model); then, with
+    ``onnx``, its network as ``model.onnx`` beside the card
+    (:func:`~xmask.inference.onnx_backend.write_onnx`).
+
+    Args:
+        run_options: :func:`export_run`'s options (``which`` is ignored for a model folder,
+            which holds one network; the others are refused there).
+
+    Raises:
+        CheckpointError: neither a loadable run nor a model folder.
+        UsageError: a run option for a model folder, or ``out`` an installed model.
+        MissingDependencyError: ``onnx`` without the ``onnx`` package.
+    """
+    path, out = resolve_model(source), Path(out).expanduser()
+    if not is_model_folder(path):
+        folder = export_run(path, out, **run_options)
+    else:
+        refused = sorted(set(run_options) - {"which"})
+        if refused:
+            raise UsageError(
+                f"{', '.join(refused)}: options of a training run, not of a model folder"
+            )
+        same = out.exists() and out.resolve() == path.resolve()
+        if same and is_installed(out):
+            raise UsageError(f"{out} is an installed model and is never changed: give another DEST")
+        folder = out if same else copy_model_folder(path, out)
+    if onnx:
+        write_onnx(folder)
+    return folder

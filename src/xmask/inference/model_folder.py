@@ -10,11 +10,17 @@ A model folder ``MODEL/`` holds two files:
   without it runs the image as it is, in one pass), ``training``
   (dataset, labeled list, label fraction, images, recipe, run, step, seconds), ``metrics``
   (``"DATASET-SPLIT"`` → the figures of ``xmask evaluate --record``), ``weights`` (file name,
-  SHA-256, dtype, tensor count), ``xmask_version`` and ``created``;
-- ``weights.safetensors``: the network's tensors (never a pickle).
+  SHA-256, dtype, tensor count), ``onnx`` (optional: file name, SHA-256, opset and outputs of
+  the network as an ONNX graph, :mod:`xmask.inference.onnx_backend`), ``xmask_version`` and
+  ``created``;
+- ``weights.safetensors``: the network's tensors (never a pickle);
+- ``model.onnx`` (optional, ``xmask model export ... --format onnx``): the same network for
+  onnxruntime.
 
 Loading checks the format, every required key, the weights' SHA-256 (a changed or truncated
-file is refused as tampered) and that the tensors fit the architecture exactly.
+file is refused as tampered) and that the tensors fit the architecture exactly; the ONNX file
+is checked the same way when the onnx backend opens it. A card's file entries must name plain
+files inside the folder.
 
 Names: ``xmask predict --model NAME`` looks for ``NAME/`` in the user's model folder
 (``$XMASK_MODELS``, default ``~/.local/share/xmask/models``; ``xmask model export RUN NAME``
@@ -60,6 +66,9 @@ CARD_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
 
 
+ONNX_FILE = "model.onnx"
+
+
 DEFAULT_MODEL = "shanghaitech-lite0"
 """The shipped model used when none is named."""
 
@@ -90,6 +99,7 @@ class ModelCard:
         training: how it was trained (dataset, labeled list, label fraction, ...).
         metrics: ``"DATASET-SPLIT"`` → figures measured on the shipped weights.
         weights: ``file``, ``sha256``, ``dtype``, ``tensors``.
+        onnx: ``file``, ``sha256``, ``opset``, ``outputs`` of the ONNX graph, or None.
         xmask_version: the xmask that wrote the folder.
         created: UTC time of writing, ISO 8601.
     """
@@ -105,6 +115,7 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     weights: dict[str, Any] = field(default_factory=dict)
+    onnx: dict[str, Any] | None = None
     xmask_version: str = ""
     created: str = ""
 
@@ -129,6 +140,8 @@ class ModelCard:
     def to_dict(self) -> dict[str, Any]:
         """The JSON content of ``model.json``."""
         content = dataclasses.asdict(self)
+        if content["onnx"] is None:
+            del content["onnx"]
         return {"format": FORMAT, **content}
 
 
@@ -223,6 +236,7 @@ def read_model_card(folder: str | Path) -> ModelCard:
             training=dict(content.get("training", {})),
             metrics=dict(content.get("metrics", {})),
             weights=dict(content["weights"]),
+            onnx=None if content.get("onnx") is None else dict(content["onnx"]),
             xmask_version=str(content.get("xmask_version", "")),
             created=str(content.get("created", "")),
         )
@@ -230,12 +244,38 @@ def read_model_card(folder: str | Path) -> ModelCard:
         raise CheckpointError(path, f"bad value ({err})") from err
     if card.weights.get("dtype") not in WEIGHT_DTYPES or "sha256" not in card.weights:
         raise CheckpointError(path, "bad 'weights' entry (needs sha256 and dtype)")
-    file = card.weights.get("file", WEIGHTS_FILE)
+    _check_file_entry(path, "weights", card.weights, WEIGHTS_FILE)
+    if card.onnx is not None:
+        if "sha256" not in card.onnx:
+            raise CheckpointError(path, "bad 'onnx' entry (needs sha256)")
+        _check_file_entry(path, "onnx", card.onnx, ONNX_FILE)
+    return card
+
+
+def _check_file_entry(card: Path, what: str, entry: dict[str, Any], default: str) -> None:
+    """Refuse an entry whose ``file`` is not a plain file name inside the model folder."""
+    file = entry.get("file", default)
     if not isinstance(file, str) or file in ("", ".", "..") or "\\" in file or "/" in file:
         raise CheckpointError(
-            path, f"weights file {file!r} is not a plain file name inside the model folder"
+            card, f"{what} file {file!r} is not a plain file name inside the model folder"
         )
-    return card
+
+
+def checked_file(folder: Path, entry: dict[str, Any], default: str, what: str) -> Path:
+    """The file a card entry (``weights``, ``onnx``) names in ``folder``, checked against
+    the entry's SHA-256.
+
+    Raises:
+        CheckpointError: the file is missing, or changed or truncated since the card was written.
+    """
+    path = folder / str(entry.get("file", default))
+    if not path.is_file():
+        raise CheckpointError(path, f"{what} file not found (incomplete model folder)")
+    if sha256_of(path) != entry["sha256"]:
+        raise CheckpointError(
+            path, f"checksum differs from {CARD_FILE}: the file was changed or truncated"
+        )
+    return path
 
 
 def _optional_float(value: Any) -> float | None:
@@ -255,13 +295,7 @@ def load_model_folder(
 
     folder = Path(folder).expanduser()
     card = read_model_card(folder)
-    weights = folder / str(card.weights.get("file", WEIGHTS_FILE))
-    if not weights.is_file():
-        raise CheckpointError(weights, "weights file not found (incomplete model folder)")
-    if sha256_of(weights) != card.weights["sha256"]:
-        raise CheckpointError(
-            weights, f"checksum differs from {CARD_FILE}: the file was changed or truncated"
-        )
+    weights = checked_file(folder, card.weights, WEIGHTS_FILE, "weights")
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_tensors(weights).items()}
     model = build_model(dataclasses.replace(card.architecture, weights=None))
     try:
@@ -297,16 +331,34 @@ def record_metrics(folder: str | Path, key: str, metrics: dict[str, Any]) -> Pat
     read_model_card(folder)
     target = output_folder(folder)
     if not is_model_folder(target):
-        card = read_model_card(folder)
-        weights = str(card.weights.get("file", WEIGHTS_FILE))
-        atomic_write_bytes(target / weights, (folder / weights).read_bytes(), durable=True)
+        copy_model_folder(folder, target)
         log.info("copied the installed model %s to %s for its records", folder, target)
-        atomic_write_bytes(target / CARD_FILE, (folder / CARD_FILE).read_bytes(), durable=True)
-    path = target / CARD_FILE
-    content = json.loads(path.read_text(encoding="utf-8"))
-    content.setdefault("metrics", {})[key] = metrics
-    write_json(path, content)
+    update_card(target, metrics={**read_model_card(target).metrics, key: metrics})
     return target
+
+
+def copy_model_folder(folder: str | Path, target: str | Path) -> Path:
+    """Copy a model folder's files (weights, the ONNX file if any, then the card) to ``target``
+    (created if needed), each atomically.
+
+    Raises:
+        CheckpointError: a bad card.
+    """
+    folder, target = Path(folder).expanduser(), Path(target).expanduser()
+    card = read_model_card(folder)
+    files = [str(card.weights.get("file", WEIGHTS_FILE))]
+    files += [] if card.onnx is None else [str(card.onnx.get("file", ONNX_FILE))]
+    for name in [*files, CARD_FILE]:
+        atomic_write_bytes(target / name, (folder / name).read_bytes(), durable=True)
+    return target
+
+
+def update_card(folder: str | Path, **entries: Any) -> None:
+    """Set top-level entries of a model folder's ``model.json`` (atomically), keeping the rest
+    as written."""
+    path = Path(folder).expanduser() / CARD_FILE
+    content = json.loads(path.read_text(encoding="utf-8"))
+    write_json(path, content | entries)
 
 
 def user_models_dir() -> Path:

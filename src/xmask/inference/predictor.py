@@ -38,6 +38,12 @@ Large images
     as the whole image at once. What grows with the image is its ``H×W int32`` label map, the
     stride-4 outputs (``4·(D + 1)/16`` bytes per pixel) and the ``1×3×H×W`` input.
 
+Backends
+    ``backend="torch"`` (default) runs the network with PyTorch; ``backend="onnx"`` runs its
+    ONNX graph with onnxruntime (:mod:`xmask.inference.onnx_backend`: a model folder's
+    ``model.onnx``, else the network exported in memory). Only the network changes: tiling, the
+    scale rule, the count rule, decoding and segmentation are the same code for both.
+
 Timing
     ``network_s`` and ``post_s`` are wall-clock seconds of the two phases of each call (the
     device is synchronised at the phase boundary on CUDA); reading and decoding an image file
@@ -66,6 +72,7 @@ from xmask.geometry.points import pixel_of
 from xmask.inference.count_rule import CountRule, as_count_rule
 from xmask.inference.decode import Heads, decode_heads
 from xmask.inference.loading import load_inference_model
+from xmask.inference.onnx_backend import OnnxNetwork, folder_onnx, onnx_bytes
 from xmask.inference.prediction import Prediction
 from xmask.inference.scale import (
     ONE_PASS,
@@ -74,7 +81,7 @@ from xmask.inference.scale import (
     adaptive_outputs,
     resolve_scale,
 )
-from xmask.inference.tiling import MAX_PIXELS, OVERLAP, TILE, check_tiling
+from xmask.inference.tiling import MAX_PIXELS, OVERLAP, TILE, Network, check_tiling
 from xmask.models.count_head import COUNT_STRIDE
 from xmask.models.fusion import inference_copy
 from xmask.segment.instances import INFERENCE, SegmentConfig
@@ -85,6 +92,10 @@ log = logging.getLogger(__name__)
 
 ImageInput = np.ndarray | PIL.Image.Image | str | Path
 """What :class:`Predictor` accepts: ``H×W×3 uint8`` RGB, a PIL image, or an image file."""
+
+
+BACKENDS = ("torch", "onnx")
+"""What runs the network (module docstring, Backends)."""
 
 
 def as_rgb_array(image: ImageInput) -> np.ndarray:
@@ -182,9 +193,14 @@ class Predictor:
         scale: how the network input is sized from the image
             (:class:`~xmask.inference.scale.ScaleRule`; default: the image as it is, one pass;
             :meth:`load` takes the model folder's rule).
+        backend: ``"torch"`` or ``"onnx"`` (module docstring, Backends).
+        onnx: the ONNX file of ``model`` for the onnx backend (None: ``model`` exported in
+            memory; :meth:`load` gives a model folder's checked ``model.onnx``).
 
     Raises:
         ValueError: bad tiling arguments.
+        UsageError: an unknown backend.
+        MissingDependencyError: the onnx backend without onnxruntime (the ``onnx`` extra).
         XmaskError: an unavailable device.
     """
 
@@ -200,12 +216,25 @@ class Predictor:
         overlap: int = OVERLAP,
         core: int = CORE,
         scale: ScaleRule = ONE_PASS,
+        backend: str = "torch",
+        onnx: str | Path | None = None,
     ) -> None:
         check_tiling(tile, overlap)
         if core <= 0 or core % COUNT_STRIDE:
             raise ValueError(f"core must be a positive multiple of {COUNT_STRIDE}, got {core}")
+        if backend not in BACKENDS:
+            raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.model = inference_copy(model).to(self.device)
+        self.backend = backend
+        self.onnx: OnnxNetwork | None = None
+        """The onnx backend's network (None with the torch backend)."""
+        self.network: Network = self.model
+        if backend == "onnx":
+            if onnx is None:
+                log.info("no ONNX file given: exporting the network in memory")
+            self.onnx = OnnxNetwork(onnx_bytes(model) if onnx is None else onnx, self.device)
+            self.network = self.onnx
         self.count_rule = as_count_rule(count_threshold)
         self.segment_config = segment
         self.max_pixels, self.tile, self.overlap = max_pixels, tile, overlap
@@ -225,6 +254,7 @@ class Predictor:
         which: str = "teacher",
         threshold: str | float = "auto",
         scale: str | ScaleRule = "auto",
+        backend: str = "torch",
         **kwargs: Any,
     ) -> Predictor:
         """A predictor for a model folder, a registered model name or a training run
@@ -239,6 +269,8 @@ class Predictor:
                 calibration stored for a run's weights, else 0.
             scale: a :class:`~xmask.inference.scale.ScaleRule`, or ``"auto"`` (the model
                 folder's rule; a run's: one pass), ``"off"``, ``"shrink"`` or ``"adaptive"``.
+            backend: ``"torch"`` or ``"onnx"`` (a model folder's ``model.onnx``, checked
+                against its card; a run, or a folder without one: exported in memory).
             kwargs: the other arguments of :class:`Predictor` (``segment`` defaults to the
                 model folder's).
 
@@ -250,8 +282,12 @@ class Predictor:
         resolved = device if isinstance(device, torch.device) else resolve_device(device)
         loaded = load_inference_model(model, resolved, which, threshold)
         kwargs.setdefault("segment", loaded.segment)
+        if backend == "onnx" and loaded.card is not None:
+            kwargs.setdefault("onnx", folder_onnx(loaded.source, loaded.card.onnx))
         rule = resolve_scale(scale, loaded.scale) if isinstance(scale, str) else scale
-        predictor = cls(loaded.model, resolved, loaded.count_rule, scale=rule, **kwargs)
+        predictor = cls(
+            loaded.model, resolved, loaded.count_rule, scale=rule, backend=backend, **kwargs
+        )
         predictor.source = loaded.source
         return predictor
 
@@ -274,7 +310,7 @@ class Predictor:
         with torch.inference_mode():
             start = time.perf_counter()
             scaled = adaptive_outputs(
-                self.model,
+                self.network,
                 array,
                 self.device,
                 self.scale,

@@ -28,12 +28,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
-from torch import nn
 from torch.nn import functional as nnf
 
 from xmask.inference.count_rule import CountRule
 from xmask.inference.decode import decode_heads
-from xmask.inference.tiling import MAX_PIXELS, OVERLAP, TILE, image_tensor, predict_outputs
+from xmask.inference.tiling import (
+    MAX_PIXELS,
+    OVERLAP,
+    TILE,
+    Network,
+    image_tensor,
+    predict_outputs,
+)
 from xmask.types import ModelOutput
 
 
@@ -181,7 +187,7 @@ class ScaledOutputs:
 
 
 def adaptive_outputs(
-    model: nn.Module,
+    model: Network,
     image: np.ndarray,
     device: torch.device | str,
     rule: ScaleRule,

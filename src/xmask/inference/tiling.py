@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from xmask.models.count_head import COUNT_STRIDE
 from xmask.models.model import PAD_MULTIPLE
@@ -47,6 +47,12 @@ TILE = 1024
 
 OVERLAP = 128
 """Default overlap of neighbouring tiles in pixels (64 px of context kept on each side)."""
+
+
+Network = Callable[[torch.Tensor], ModelOutput]
+"""What runs on an image: ``1×3×H×W`` float in ``[0, 1]`` → :class:`~xmask.types.ModelOutput`
+(a torch :class:`~xmask.models.XMaskModel`, or an
+:class:`~xmask.inference.onnx_backend.OnnxNetwork`)."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,7 @@ def image_tensor(image: np.ndarray, device: torch.device | str) -> torch.Tensor:
     return tensor.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
 
 
-def forward_checked(model: nn.Module, images: torch.Tensor) -> ModelOutput:
+def forward_checked(model: Network, images: torch.Tensor) -> ModelOutput:
     """One network call, with the logit (embedding, offset) grids checked against the input."""
     out = model(images)
     grid = tuple(math.ceil(s / COUNT_STRIDE) for s in images.shape[-2:])
@@ -130,7 +136,7 @@ def forward_checked(model: nn.Module, images: torch.Tensor) -> ModelOutput:
 
 
 def tiled_outputs(
-    model: nn.Module, image: torch.Tensor, tile: int = TILE, overlap: int = OVERLAP
+    model: Network, image: torch.Tensor, tile: int = TILE, overlap: int = OVERLAP
 ) -> tuple[ModelOutput, int]:
     """Logits (and embedding and offsets, for a model with those heads) of a large image
     assembled from overlapping tiles (module docstring: every stride-4 cell comes from exactly
@@ -181,7 +187,7 @@ def cell_slices(span: Span) -> tuple[slice, slice]:
 
 
 def predict_outputs(
-    model: nn.Module,
+    model: Network,
     image: torch.Tensor,
     *,
     max_pixels: int | None = MAX_PIXELS,

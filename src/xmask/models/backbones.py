@@ -59,6 +59,13 @@ LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
 
 
+def ceil_div(size: int, step: int) -> int:
+    """``ceil(size / step)`` for ``size >= 0, step > 0``, in integer operations on non-negative
+    values only: a size traced for ONNX export (:mod:`xmask.inference.onnx_backend`) stays a
+    symbolic dimension of the graph instead of becoming a constant."""
+    return (size + step - 1) // step
+
+
 class WeightsError(XmaskError):
     """Pretrained weights are unavailable, unreadable or do not fit the network.
 

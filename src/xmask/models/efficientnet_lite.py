@@ -19,6 +19,7 @@ from xmask.models.backbones import (
     BackboneFeatures,
     Weights,
     WeightsError,
+    ceil_div,
     register_backbone,
     weights_file,
 )
@@ -83,7 +84,7 @@ class SameConv2d(nn.Conv2d):
         pads: list[int] = []
         for dim in (-1, -2):  # nnf.pad takes the last dimension first
             size, k, s = x.shape[dim], self.kernel_size[dim], self.stride[dim]
-            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            total = max((ceil_div(size, s) - 1) * s + k - size, 0)
             pads += [total // 2, total - total // 2]
         if pads[0] == pads[1] and pads[2] == pads[3]:  # symmetric: no padded copy of x
             padding = (pads[2], pads[0])

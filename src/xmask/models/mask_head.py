@@ -27,11 +27,17 @@ def coord_channels(x: Tensor) -> Tensor:
     """CoordConv input: ``x`` with two channels appended, the cell column and row mapped
     linearly to ``[−1, 1]`` (first and last cell; 0 on a one-cell axis)."""
     b, _, h, w = x.shape
-    xs = torch.linspace(-1.0, 1.0, w, dtype=x.dtype, device=x.device) if w > 1 else x.new_zeros(1)
-    ys = torch.linspace(-1.0, 1.0, h, dtype=x.dtype, device=x.device) if h > 1 else x.new_zeros(1)
+    xs, ys = _unit_range(w, x), _unit_range(h, x)
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
     coords = torch.stack([grid_x, grid_y]).unsqueeze(0).expand(b, 2, h, w)
     return torch.cat([x, coords.to(memory_format=torch.contiguous_format)], dim=1)
+
+
+def _unit_range(n: int, like: Tensor) -> Tensor:
+    """``n`` values from −1 to 1 evenly spaced (``torch.linspace``; ``[0]`` for ``n = 1``),
+    built from ``arange`` so that a traced ``n`` stays a dimension of an exported graph."""
+    steps = torch.arange(n, dtype=like.dtype, device=like.device)
+    return steps * (2.0 / max(n - 1, 1)) - (1.0 if n > 1 else 0.0)
 
 
 class MaskHead(nn.Module):

@@ -7,7 +7,6 @@ pixels ``[4i, 4i+4) × [4j, 4j+4)`` and stands for the head point at its centre.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as nnf
 
-from xmask.models.backbones import build_backbone
+from xmask.models.backbones import build_backbone, ceil_div
 from xmask.models.count_head import COUNT_STRIDE, CountHead
 from xmask.models.mask_head import EMBED_DIM, MaskHead
 from xmask.models.neck import Neck
@@ -108,7 +107,7 @@ class XMaskModel(nn.Module):
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         fused = self.neck(self.backbone(x))
-        h, w = math.ceil(height / COUNT_STRIDE), math.ceil(width / COUNT_STRIDE)
+        h, w = ceil_div(height, COUNT_STRIDE), ceil_div(width, COUNT_STRIDE)
         logits = self.count_head(fused).logits[..., :h, :w].contiguous()
         embedding = offsets = None
         if self.mask_head is not None and with_embedding:
@@ -135,8 +134,9 @@ class XMaskModel(nn.Module):
 
 
 def _pad_to(size: int, multiple: int = PAD_MULTIPLE) -> int:
-    """Padding that brings ``size`` up to a multiple of ``multiple``."""
-    return -size % multiple
+    """Padding that brings ``size`` up to a multiple of ``multiple`` (traceable:
+    :func:`~xmask.models.backbones.ceil_div`)."""
+    return ceil_div(size, multiple) * multiple - size
 
 
 def build_model(cfg: ModelConfig | None = None) -> XMaskModel:
