@@ -57,7 +57,7 @@ def test_readme_says_how_to_install_cpu_torch_and_what_each_extra_is_for() -> No
     assert "xmask-crowd" in install
     section = PYPROJECT.split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
     extras = re.findall(r"^(\w+) = \[", section, re.M)
-    assert set(extras) == {"sam", "fastsam", "lite1", "lite2", "video", "dev"}
+    assert set(extras) == {"sam", "fastsam", "lite1", "lite2", "video", "onnx", "dev"}
     for extra in extras:
         assert re.search(rf"`{extra}`[^\n]*:", install), (
             f"README does not say what [{extra}] is for"
