@@ -24,8 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--images",
         nargs="+",
         metavar="FILE",
-        help="instead of --dataset: image files, each with NAME.txt or NAME.json beside it "
-        "(or in points/, or a points.csv in its folder)",
+        help="instead of --dataset: image files, each with NAME.txt, NAME.json (xmask or "
+        "LabelMe) or NAME.mat beside it or in points/, or an entry in its folder's points.csv, "
+        "annotations.xml (CVAT) or annotations.json (COCO keypoints)",
     )
     parser.add_argument("--dataset", help="sha, shb, ucf, jhu or folder")
     add_root_option(parser)
