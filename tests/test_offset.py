@@ -111,3 +111,27 @@ def test_stage4_trains_only_the_offset_head(stage1: Path) -> None:
     assert any(p.abs().sum() > 0 for p in after.offset_head.predict.parameters())
     records = [json.loads(x) for x in (stage1 / "runs" / "stage4" / "metrics.jsonl").open()]
     assert all(r["positives"] > 0 and r["semi"] == 0.0 for r in records)
+
+
+def test_stage1_fine_tunes_the_counter_of_an_earlier_model(stage1: Path) -> None:
+    """``init`` (Stage 1): the student starts from the counter of a run or model folder, takes
+    its architecture (not the recipe's) and leaves its mask and offset heads out."""
+    exported = stage1 / "exported"
+    assert main(["model", "export", str(stage1 / "runs" / "stage1"), str(exported)]) == EXIT_OK
+    overrides = [
+        *tiny_train_overrides(stage1, "finetune"),
+        *SHORT,
+        "model.neck_channels=8",
+        "optim.lr=0",
+        "optim.backbone_lr=0",
+        f"init={exported}",
+    ]
+    assert main(["train", *overrides]) == EXIT_OK
+    before, _ = load_trained_model(stage1 / "runs" / "stage1")
+    after, cfg = load_trained_model(stage1 / "runs" / "finetune")
+    assert cfg.model.neck_channels == 16 and not cfg.model.offset_head
+    old = dict(before.named_parameters())
+    for key, value in after.named_parameters():
+        assert torch.equal(value, old[key]), key
+    bad = [*tiny_train_overrides(stage1, "bad"), *SHORT, f"init={stage1 / 'nothing'}"]
+    assert main(["train", *bad]) != EXIT_OK

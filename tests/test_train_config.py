@@ -28,6 +28,9 @@ def test_every_shipped_recipe_loads() -> None:
         elif name == "shanghaitech-robust-cpu-pipeline":  # 60 held-out images, rescale ×0.5–×2
             assert cfg.data.labeled == "all" and cfg.data.validation == "shanghaitech-val"
             assert cfg.augment.scale_log_uniform and cfg.augment.labeled_photometric_p > 0
+        elif name == "shanghaitech-robust-finetune-cpu-pipeline":  # from the shipped counter
+            assert cfg.init == "shanghaitech-lite0" and cfg.pipeline.stage3 is None
+            assert cfg.pipeline.stage4 == ["stage4-cpu"] and cfg.augment.scale_log_uniform
         elif name.endswith("-pipeline"):
             assert cfg.pipeline.stage3 == ["stage3-cpu"] and cfg.pipeline.baseline
             assert cfg.name == name and cfg.data.labeled == name.removesuffix("-cpu-pipeline")

@@ -233,8 +233,8 @@ class PipelineConfig:
     merged over it, then the command's overrides. Stage 1 runs the recipe as it is.
 
     Attributes:
-        stage2: layers of Stage 2 (e.g. ``[stage2-cpu]``).
-        stage3: layers of Stage 3 (e.g. ``[stage3-cpu]``).
+        stage2: layers of Stage 2 (e.g. ``[stage2-cpu]``), or None: no Stage 2.
+        stage3: layers of Stage 3 (e.g. ``[stage3-cpu]``), or None: no Stage 3.
         stage4: layers of Stage 4 (the offset head, e.g. ``[stage4-cpu]``), or None: the
             pipeline ends with Stage 3.
         baseline: also continue Stage 1 alone for the wall time Stages 2 and 3 took
@@ -246,8 +246,8 @@ class PipelineConfig:
             ``mask.annotate_backend`` into ``ROOT/annotations-SPLIT``.
     """
 
-    stage2: list[str] = field(default_factory=lambda: ["stage2-cpu"])
-    stage3: list[str] = field(default_factory=lambda: ["stage3-cpu"])
+    stage2: list[str] | None = field(default_factory=lambda: ["stage2-cpu"])
+    stage3: list[str] | None = field(default_factory=lambda: ["stage3-cpu"])
     stage4: list[str] | None = None
     baseline: bool = False
     evaluate: str | None = None
@@ -273,6 +273,10 @@ class TrainConfig:
             very different densities; :func:`~xmask.inference.calibration.choose_calibration`).
         stage: 1 (the P2R counter with Mean Teacher), 2 (the XMask mask head, ``mask``),
             3 (mask-constrained counting, ``constraint``) or 4 (the offset head, ``offset``).
+        init: Stage 1 only, fine-tuning: a model (a registered name such as
+            ``shanghaitech-lite0``, or a model folder) or a run whose counter (backbone, neck
+            and count head) starts the student and teacher; its architecture replaces
+            ``model``. None: ImageNet backbone, fresh neck and head.
     """
 
     name: str = "run"
@@ -284,6 +288,7 @@ class TrainConfig:
     calibrate_student: bool = False
     calibrate_two_regimes: bool = False
     stage: int = 1
+    init: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -310,10 +315,10 @@ class TrainConfig:
 
     @property
     def start(self) -> str | None:
-        """The earlier run this stage starts from (``mask.init``, ``constraint.init``,
-        ``offset.init``), None for Stage 1."""
+        """The earlier run or model this stage starts from (``init`` for Stage 1,
+        ``mask.init``, ``constraint.init``, ``offset.init``)."""
         section = {2: self.mask, 3: self.constraint, 4: self.offset}.get(self.stage)
-        return None if section is None else section.init
+        return self.init if section is None else section.init
 
 
 def shipped_recipes() -> list[str]:

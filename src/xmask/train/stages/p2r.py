@@ -11,17 +11,22 @@ Adam with gradient clipping, rank-0 buffer sync (DDP) and one EMA update of the 
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
 from typing import ClassVar
 
 import torch
 
 from xmask.data.augment import ViewBatch
+from xmask.inference.loading import load_inference_model
 from xmask.losses.p2r import p2r_loss
 from xmask.models.count_head import decode_points
-from xmask.models.model import build_model
+from xmask.models.model import XMaskModel, build_model
 from xmask.train.config import TrainConfig
 from xmask.train.distributed import DistInfo, sync_buffers
 from xmask.train.stages.base import StepBatch, StepStats, TeacherStudent
+
+log = logging.getLogger(__name__)
 
 
 def teacher_points(
@@ -61,6 +66,21 @@ def semi_p2r(
     ).loss
 
 
+def load_counter(cfg: TrainConfig, device: torch.device) -> XMaskModel:
+    """Fine-tuning: the counter (backbone, neck, count head) of the model or run ``cfg.init``
+    as a fresh Stage-1 network; its architecture replaces ``cfg.model`` (so the run's
+    ``config.yaml`` describes what it saves) and any mask or offset head is left out."""
+    loaded = load_inference_model(cfg.init, device)
+    source = loaded.model.cfg
+    cfg.model = replace(source, weights=None, mask_head=False, offset_head=False)
+    model = build_model(cfg.model).to(device)
+    parts = ("backbone.", "neck.", "count_head.")
+    state = {k: v for k, v in loaded.model.state_dict().items() if k.startswith(parts)}
+    model.load_state_dict(state, strict=True)
+    log.info("stage 1 starts from the counter of %s", loaded.source)
+    return model
+
+
 class MeanTeacherStep(TeacherStudent):
     """Stage 1: student, teacher and optimizer, and the step that updates them.
 
@@ -76,7 +96,9 @@ class MeanTeacherStep(TeacherStudent):
 
     def __init__(self, cfg: TrainConfig, device: torch.device, dist_info: DistInfo) -> None:
         torch.manual_seed(cfg.seed)
-        student = build_model(cfg.model).to(device)
+        student = (
+            build_model(cfg.model).to(device) if cfg.init is None else load_counter(cfg, device)
+        )
         super().__init__(cfg, student, device, dist_info, cfg.teacher.buffers)
 
     def pseudo_points(self, weak: ViewBatch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
