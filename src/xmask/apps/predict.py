@@ -17,10 +17,12 @@ from xmask.apps.batch import (
     settings_fingerprint,
 )
 from xmask.apps.roi import read_polygon
+from xmask.apps.shard import gather_summaries, shard_sources
 from xmask.apps.sources import dataset_sources, find_sources
 from xmask.apps.video import predict_video
 from xmask.apps.zones import read_zones
 from xmask.data.files import check_out_folder
+from xmask.device import DistInfo, resolve_device
 from xmask.errors import DataError, UsageError
 from xmask.inference.predictor import Predictor
 
@@ -92,9 +94,12 @@ class PredictRequest:
         check_out_folder(self.out_folder)
 
 
-def run_predict(request: PredictRequest) -> BatchSummary:
+def run_predict(request: PredictRequest, info: DistInfo | None = None) -> BatchSummary | None:
     """Predict every image and video of ``request`` into its output folder and write the
     folder's ``annotations.json`` and ``summary.json``.
+
+    Under ``torchrun`` (``info`` of several ranks) this rank predicts its share of the sources
+    (:mod:`xmask.apps.shard`); rank 0 writes the summary and returns it, other ranks None.
 
     Raises:
         XmaskError: bad options, no sources, or no loadable model.
@@ -106,11 +111,13 @@ def run_predict(request: PredictRequest) -> BatchSummary:
         sources = find_sources(request.sources, recursive=request.recursive)
     if not sources:
         raise UsageError(f"{' '.join(request.sources) or request.root}: no images or videos")
+    info = info or DistInfo()
+    sources = shard_sources(sources, info)
     roi = None if request.roi is None else read_polygon(request.roi)
     zones = () if request.zones is None else read_zones(request.zones)
     predictor = Predictor.load(
         request.model,
-        request.device,
+        resolve_device(request.device, info.local_rank),
         request.which,
         request.threshold,
         request.scale,
@@ -142,4 +149,5 @@ def run_predict(request: PredictRequest) -> BatchSummary:
         summary.videos_predicted += 1
         summary.network_s += result.network_s
         summary.post_s += result.post_s
-    return finish(summary, out)
+    merged = gather_summaries(summary, info)
+    return None if merged is None else finish(merged, out)

@@ -130,6 +130,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from xmask.apps.predict import PredictRequest
     from xmask.apps.predict import run_predict as predict
     from xmask.apps.sources import VIDEO_SUFFIXES
+    from xmask.device import init_distributed, shutdown
 
     request = PredictRequest(
         sources=tuple(args.source), dataset=args.dataset, root=args.root, split=args.split,
@@ -142,7 +143,13 @@ def run_predict(args: argparse.Namespace) -> int:
             args.heatmap_sigma,
         ),
     )  # fmt: skip
-    summary = predict(request)
+    info = init_distributed("cpu")  # torchrun: ranks share sources, gloo carries summaries
+    try:
+        summary = predict(request, info)
+    finally:
+        shutdown()
+    if summary is None:  # a rank other than 0 of torchrun: rank 0 reports
+        return EXIT_OK
     videos = any(Path(s).suffix.lower() in VIDEO_SUFFIXES for s in args.source)
     done = [plural(summary.predicted, "image")]
     done += [plural(summary.videos_predicted, "video")] if videos or summary.videos else []

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 from xmask.cli import EXIT_OK
 
 if TYPE_CHECKING:
+    from xmask.device import DistInfo
     from xmask.train.config import TrainConfig
-    from xmask.train.distributed import DistInfo
 
 log = logging.getLogger("xmask")
 
@@ -80,8 +80,7 @@ def run_train(args: argparse.Namespace) -> int:
         if not run.config_path.is_file():
             raise CheckpointError(run.config_path, "not found: the run folder is incomplete")
         cfg = load_config(run.config_path, args.overrides)
-    from xmask.device import resolve_device
-    from xmask.train.distributed import init_distributed, shutdown
+    from xmask.device import init_distributed, resolve_device, shutdown
 
     info = init_distributed(resolve_device(cfg.device).type)
     try:
@@ -96,9 +95,9 @@ def train_config(cfg: TrainConfig, resume: bool, info: DistInfo | None = None) -
     seconds this call spent."""
     import torch
 
+    from xmask.device import DistInfo
     from xmask.geometry.kernels import set_threads as set_kernel_threads
     from xmask.inference.run_folder import RunFolder
-    from xmask.train.distributed import DistInfo
     from xmask.train.trainer import Trainer
 
     info = info or DistInfo()

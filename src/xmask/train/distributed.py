@@ -1,51 +1,16 @@
 """Multi-process training through ``torchrun``: process group set-up and small collectives.
 
 ``torchrun --nproc_per_node N -m xmask train ...`` sets ``RANK``, ``WORLD_SIZE`` and
-``LOCAL_RANK``; :func:`init_distributed` then joins the group (NCCL on CUDA, gloo on the CPU).
-A plain ``xmask train`` runs as rank 0 of 1 with no process group.
+``LOCAL_RANK``; :func:`xmask.device.init_distributed` then joins the group (NCCL on CUDA, gloo
+on the CPU). A plain ``xmask train`` runs as rank 0 of 1 with no process group.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
 
-
-@dataclass(frozen=True)
-class DistInfo:
-    """This process's place in the run."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0: the process that writes files and logs."""
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        """More than one process."""
-        return self.world_size > 1
-
-
-def init_distributed(device_kind: str) -> DistInfo:
-    """Join the process group ``torchrun`` describes, if any.
-
-    Args:
-        device_kind: ``"cuda"`` or ``"cpu"`` (picks NCCL or gloo).
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
-    return info
+from xmask.device import DistInfo
 
 
 def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
@@ -87,9 +52,3 @@ def replicas_agree(module: torch.nn.Module, info: DistInfo, device: torch.device
     gathered = [torch.empty_like(mine) for _ in range(info.world_size)]
     dist.all_gather(gathered, mine)
     return all(torch.equal(g, gathered[0]) for g in gathered)
-
-
-def shutdown() -> None:
-    """Leave the process group, if one was joined."""
-    if dist.is_initialized():
-        dist.destroy_process_group()

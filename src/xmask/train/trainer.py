@@ -29,7 +29,7 @@ from xmask.data.augment import Augmenter
 from xmask.data.files import append_jsonl, atomic_write_bytes, read_jsonl, remove_stale_temporaries
 from xmask.data.readers import CrowdDataset, open_dataset
 from xmask.data.splits import ALL, read_labeled_list, semi_split
-from xmask.device import resolve_device
+from xmask.device import DistInfo, resolve_device
 from xmask.errors import DataError, XmaskError
 from xmask.evaluation.evaluate import evaluate_model
 from xmask.inference.calibration import (
@@ -42,7 +42,7 @@ from xmask.inference.checkpoint import Checkpoint, latest_step, load_checkpoint,
 from xmask.inference.run_folder import RunFolder
 from xmask.train.config import TrainConfig, to_yaml
 from xmask.train.data import AugmentedDraws, CachedSamples, epoch_plan, mask_path, step_loader
-from xmask.train.distributed import DistInfo, broadcast_flag, replicas_agree
+from xmask.train.distributed import broadcast_flag, replicas_agree
 from xmask.train.run_folder import load_trained_model
 from xmask.train.stages import stage_class
 from xmask.train.stages.base import Stage, optimizer_from_tensors, optimizer_tensors, run_step

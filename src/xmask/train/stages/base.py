@@ -23,10 +23,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from xmask.data.augment import ViewBatch
+from xmask.device import DistInfo
 from xmask.errors import XmaskError
 from xmask.models.model import XMaskModel, build_model, param_groups
 from xmask.train.config import TrainConfig
-from xmask.train.distributed import DistInfo, sync_buffers
+from xmask.train.distributed import sync_buffers
 from xmask.train.ema import EMATeacher
 from xmask.train.run_folder import load_trained_model
 

@@ -23,11 +23,11 @@ from typing import ClassVar
 import torch
 
 from xmask.data.augment import ViewBatch
+from xmask.device import DistInfo
 from xmask.errors import XmaskError
 from xmask.losses.mask_constraint import ConstraintResult, ConstraintTarget, mask_constraint_loss
 from xmask.losses.p2r import p2r_loss
 from xmask.train.config import TrainConfig
-from xmask.train.distributed import DistInfo
 from xmask.train.stages.base import (
     StepBatch,
     StepStats,

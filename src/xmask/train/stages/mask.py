@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from xmask.data.augment import ViewBatch
+from xmask.device import DistInfo
 from xmask.errors import XmaskError
 from xmask.losses.discriminative import MaskTarget, centres_on_instances, discriminative_loss
 from xmask.models.count_head import decode_points
@@ -38,7 +39,6 @@ from xmask.segment.instances import (
 )
 from xmask.segment.smoothing import GaussianSmoothing, smoothed_embedding
 from xmask.train.config import MaskStageConfig, TrainConfig
-from xmask.train.distributed import DistInfo
 from xmask.train.stages.base import (
     StepBatch,
     StepStats,

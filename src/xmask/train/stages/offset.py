@@ -14,10 +14,10 @@ from typing import ClassVar
 
 import torch
 
+from xmask.device import DistInfo
 from xmask.losses.offset import offset_loss
 from xmask.losses.p2r import p2r_loss
 from xmask.train.config import TrainConfig
-from xmask.train.distributed import DistInfo
 from xmask.train.stages.base import (
     StepBatch,
     StepStats,

@@ -18,12 +18,13 @@ from typing import ClassVar
 import torch
 
 from xmask.data.augment import ViewBatch
+from xmask.device import DistInfo
 from xmask.inference.loading import load_inference_model
 from xmask.losses.p2r import p2r_loss
 from xmask.models.count_head import decode_points
 from xmask.models.model import XMaskModel, build_model
 from xmask.train.config import TrainConfig
-from xmask.train.distributed import DistInfo, sync_buffers
+from xmask.train.distributed import sync_buffers
 from xmask.train.stages.base import StepBatch, StepStats, TeacherStudent
 
 log = logging.getLogger(__name__)
