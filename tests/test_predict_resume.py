@@ -71,6 +71,16 @@ def test_changed_settings_or_source_redo_the_image(setup: Path, tmp_path: Path) 
     assert all("roi" not in r for r in _records(out).values())
     assert _summary(out)["predicted"] == 3
 
+    assert _predict(setup, str(images), "--out", str(out), "--locate", "1.5") == EXIT_OK
+    assert _summary(out)["predicted"] == 3  # a locating pass: the heads move, redone
+    assert {k: r["count"] for k, r in _records(out).items()} == {
+        k: r["count"] for k, r in first.items()
+    }  # the count stays the scale rule's
+    assert _predict(setup, str(images), "--out", str(out), "--locate", "0") == EXIT_OK
+    assert _summary(out)["predicted"] == 3
+    assert _predict(setup, str(images), "--out", str(out)) == EXIT_OK
+    assert _summary(out)["already_done"] == 3  # --locate 0 is the default here
+
     replaced = images / "syn_0001.png"
     shutil.copyfile(setup / "other" / "syn_0000.png", replaced)
     os.utime(replaced, ns=(1, 1))  # another photo under the old name, even with an old time

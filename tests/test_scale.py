@@ -23,6 +23,7 @@ from xmask.inference.scale import (
     adaptive_outputs,
     nearest_distances,
     resolve_scale,
+    top_cells_rule,
 )
 from xmask.types import ModelOutput
 
@@ -66,6 +67,7 @@ def test_the_rule_checks_its_fields() -> None:
         {"quantile": 1.5},
         {"min_heads": 1},
         {"max_enlarge": 0.5},
+        {"locate_enlarge": 1.0},
     ):
         with pytest.raises(ValueError, match="invalid ScaleRule"):
             ScaleRule(**bad)
@@ -114,7 +116,53 @@ def test_dense_tiny_heads_are_enlarged_and_points_come_back_in_image_pixels() ->
     np.testing.assert_allclose(back, grid, atol=1e-4)
 
 
-@pytest.mark.parametrize("rule", [ScaleRule(canonical_side=64), ScaleRule(target_spacing=40.0)])
+def test_top_cells_rule_counts_exactly_the_highest_cells() -> None:
+    logits = torch.randn(1, 1, 9, 11, generator=torch.Generator().manual_seed(0))
+    for n in (0, 1, 7, 98, 99, 150):
+        threshold = top_cells_rule(logits, n).threshold
+        assert int((logits > threshold).sum()) == min(n, 99), n
+
+
+class SmoothCounter(nn.Module):
+    """A stand-in counter whose logit is the brightness of each stride-4 cell (no ties)."""
+
+    def forward(self, images: torch.Tensor, with_embedding: bool = True) -> ModelOutput:
+        cells = nnf.avg_pool2d(images.mean(dim=1, keepdim=True), 4, ceil_mode=True)
+        ramp = torch.arange(cells.numel(), dtype=cells.dtype).reshape(cells.shape) * 1e-6
+        return ModelOutput(logits=10.0 * cells - 2.0 + ramp, embedding=None)
+
+
+def test_the_locating_pass_keeps_the_count_and_places_heads_finer() -> None:
+    scene = np.array([[41.0 + 60 * i, 49.0 + 44 * j] for i in range(4) for j in range(3)])
+    image = dots((240, 320), scene, radius=2.0)
+    kept = ScaleRule(canonical_side=None, target_spacing=None)
+    located = ScaleRule(canonical_side=None, target_spacing=None, locate_enlarge=2.0)
+    with torch.inference_mode():
+        one = adaptive_outputs(SmoothCounter(), image, "cpu", kept, CountRule(0.0))
+        two = adaptive_outputs(SmoothCounter(), image, "cpu", located, CountRule(0.0))
+    n = len(one.heads(CountRule(0.0)))
+    assert n == len(scene) and (two.passes, two.size, two.scale) == (2, (480, 640), 2.0)
+    assert two.rule is not None and len(two.heads(CountRule(0.0))) == n
+    enlarged = dots((480, 640), scene * 2, radius=4.0)
+    with torch.inference_mode():
+        alone = adaptive_outputs(SmoothCounter(), enlarged, "cpu", kept, CountRule(0.0))
+    assert len(alone.heads(CountRule(0.0))) > n  # enlarging alone counts more
+    placed = two.to_original(two.heads(CountRule(0.0)).points)
+    error = np.linalg.norm(placed[:, None] - scene[None], axis=2).min(axis=1)
+    first = np.linalg.norm(
+        one.to_original(one.heads(CountRule(0.0)).points)[:, None] - scene[None], axis=2
+    ).min(axis=1)
+    assert error.max() < first.max()  # cells of 2 px instead of 4 px
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        ScaleRule(canonical_side=64),
+        ScaleRule(target_spacing=40.0),
+        ScaleRule(target_spacing=None, locate_enlarge=1.5),
+    ],
+)
 def test_predictor_masks_and_points_are_in_the_image_pixels(rule: ScaleRule) -> None:
     crowd = make_crowd(70, 98, 14, seed=3)
     predictor = Predictor(tiny_model(), "cpu", scale=rule)

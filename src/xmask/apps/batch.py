@@ -202,11 +202,14 @@ def settings_fingerprint(
     of a run, the ONNX graph (the onnx backend), count rule, scale rule, segmentation
     constants, tiling, region, output options and zones."""
     rule = predictor.count_rule
+    scale = asdict(predictor.scale)
+    if scale["locate_enlarge"] is None:  # no locating pass: the fingerprints of before it existed
+        del scale["locate_enlarge"]
     settings = {
         "weights": _weights_of(predictor),
         "which": which,
         "count_rule": [rule.threshold, rule.split, rule.dense_threshold],
-        "scale": asdict(predictor.scale),
+        "scale": scale,
         "segment": asdict(predictor.segment_config),
         "tiling": [predictor.max_pixels, predictor.tile, predictor.overlap, predictor.core],
         "roi": None if roi is None else np.asarray(roi, dtype=np.float64).tolist(),

@@ -43,6 +43,8 @@ class PredictRequest:
         threshold: ``"auto"`` or a logit.
         scale: ``"auto"`` (the model's rule), ``"off"``, ``"shrink"`` or ``"adaptive"``
             (:func:`~xmask.inference.scale.resolve_scale`).
+        locate: points from a locating pass this many times larger (0: none; None: the
+            rule's own; :class:`~xmask.inference.scale.ScaleRule`).
         device: ``"auto"``, ``"cpu"``, ``"cuda:N"``.
         backend: what runs the network: ``"torch"`` or ``"onnx"`` (onnxruntime).
         out: the output folder (None: ``predict-NAME``).
@@ -63,6 +65,7 @@ class PredictRequest:
     which: str = "teacher"
     threshold: str = "auto"
     scale: str = "auto"
+    locate: float | None = None
     device: str = "auto"
     backend: str = "torch"
     out: str | None = None
@@ -122,6 +125,7 @@ def run_predict(request: PredictRequest, info: DistInfo | None = None) -> BatchS
         request.threshold,
         request.scale,
         backend=request.backend,
+        locate=request.locate,
     )
     model = str(predictor.source)
     out = request.out_folder

@@ -68,6 +68,25 @@ def add_model_options(
             "the image as it is, one pass; shrink: longer side at most 1024 px, one pass; "
             "adaptive: shrink, then enlarge dense crowds (docs/accuracy.md)",
         )
+        parser.add_argument(
+            "--locate",
+            type=locate_factor,
+            metavar="FACTOR",
+            help="place the heads on a further pass FACTOR times larger (e.g. 1.25; about "
+            "FACTOR² more network time): the count stays the scale rule's, its heads are the "
+            "highest cells of that pass; 0: no such pass; default: the model's own (docs/masks.md)",
+        )
+
+
+def locate_factor(text: str) -> float:
+    """``--locate FACTOR``: 0 (off) or a factor above 1."""
+    try:
+        factor = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from err
+    if factor != 0.0 and not 1.0 < factor <= 4.0:
+        raise argparse.ArgumentTypeError(f"0 (off) or a factor in (1, 4], got {text}")
+    return factor
 
 
 def probability_logit(text: str) -> str:

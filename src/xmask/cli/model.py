@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xmask.cli import EXIT_OK
-from xmask.cli._args import add_which_option
+from xmask.cli._args import add_which_option, locate_factor
 from xmask.errors import UsageError
 
 if TYPE_CHECKING:
@@ -68,6 +68,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="the card's scale rule: adaptive (default; shrink to 1024 px, enlarge dense "
         "crowds), shrink (longer side at most 1024 px, one pass) or off (the image as it is, "
         "one pass); docs/accuracy.md",
+    )
+    runs.add_argument(
+        "--locate",
+        type=locate_factor,
+        metavar="FACTOR",
+        help="the card's locating pass: heads placed on a pass FACTOR times larger, the count "
+        "unchanged (default: none; xmask predict --locate)",
     )
     runs.add_argument(
         "--segment",
@@ -155,8 +162,8 @@ def run_export(args: argparse.Namespace) -> int:
         options["description"] = args.description
     if args.half:
         options["dtype"] = "float16"
-    if args.scale is not None:
-        options["scale"] = resolve_scale(args.scale, ONE_PASS)
+    if args.scale is not None or args.locate is not None:
+        options["scale"] = resolve_scale(args.scale or "adaptive", ONE_PASS, args.locate)
     if args.segment:
         options["segment"] = segment_settings(args.segment)
     folder = export_model(args.source, dest, onnx=args.format == "onnx", **options)

@@ -135,7 +135,7 @@ def run_predict(args: argparse.Namespace) -> int:
     request = PredictRequest(
         sources=tuple(args.source), dataset=args.dataset, root=args.root, split=args.split,
         model=args.model, which=args.which, threshold=args.threshold, scale=args.scale,
-        device=args.device, backend=args.backend,
+        locate=args.locate, device=args.device, backend=args.backend,
         out=args.out, roi=args.roi, zones=args.zones, every=args.every, recursive=args.recursive,
         force=args.force,
         outputs=OutputOptions(

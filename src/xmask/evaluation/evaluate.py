@@ -30,7 +30,6 @@ from xmask.data.readers import CrowdDataset
 from xmask.errors import DataError
 from xmask.inference import tiling
 from xmask.inference.count_rule import CountRule, as_count_rule
-from xmask.inference.decode import decode_heads
 from xmask.inference.scale import ONE_PASS, ScaleRule, adaptive_outputs
 from xmask.metrics.counting import mae, rmse
 from xmask.metrics.localisation import (
@@ -191,7 +190,7 @@ def evaluate_sample(
     scaled = adaptive_outputs(
         model, sample.image, device, scale, rule, max_pixels=max_pixels, tile=tile, overlap=overlap
     )
-    pred = scaled.to_original(decode_heads(scaled.outputs, scaled.size, rule).points)
+    pred = scaled.to_original(scaled.heads(rule).points)
     tiles = scaled.tiles
     # Distances in the original image's pixels: both point sets shrank by sample.scale.
     matches = localisation_counts(pred / sample.scale, sample.points / sample.scale, thresholds)

@@ -38,6 +38,8 @@ class EvaluationRequest:
         threshold: ``"auto"`` or a logit (:func:`~xmask.inference.calibration.resolve_count_rule`).
         scale: ``"auto"`` (the model's rule), ``"off"``, ``"shrink"`` or ``"adaptive"``
             (:func:`~xmask.inference.scale.resolve_scale`).
+        locate: points from a locating pass this many times larger (0: none; None: the
+            rule's own).
         device: ``"auto"``, ``"cpu"``, ``"cuda:N"``.
         dataset: reader key; None: the run's training dataset.
         root: dataset folder; None: the run's when it is on this machine, else the configured
@@ -60,6 +62,7 @@ class EvaluationRequest:
     which: str = "teacher"
     threshold: str = "auto"
     scale: str = "auto"
+    locate: float | None = None
     device: str = "auto"
     dataset: str | None = None
     root: str | None = None
@@ -208,7 +211,7 @@ def run_evaluation(request: EvaluationRequest) -> EvaluationReport:
         device,
         thresholds=request.thresholds,
         count_threshold=loaded.count_rule,
-        scale=resolve_scale(request.scale, loaded.scale),
+        scale=resolve_scale(request.scale, loaded.scale, request.locate),
         **tiling,
     )
     csv = Path(request.csv) if request.csv else default_csv(loaded, chosen.name, request.split)
@@ -216,7 +219,7 @@ def run_evaluation(request: EvaluationRequest) -> EvaluationReport:
     log.info("wrote per-image results to %s", csv)
     segmentation = None
     if request.masks:
-        rule = resolve_scale(request.scale, loaded.scale)
+        rule = resolve_scale(request.scale, loaded.scale, request.locate)
         predictor = Predictor(loaded.model, device, loaded.count_rule, scale=rule, **tiling)
         if not predictor.has_masks:
             raise XmaskError("--masks: this model has no mask head (train Stage 2 first)")

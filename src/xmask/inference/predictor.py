@@ -70,7 +70,7 @@ from xmask.geometry.circles import check_points
 from xmask.geometry.labels import connected_masks
 from xmask.geometry.points import pixel_of
 from xmask.inference.count_rule import CountRule, as_count_rule
-from xmask.inference.decode import Heads, decode_heads
+from xmask.inference.decode import Heads
 from xmask.inference.loading import load_inference_model
 from xmask.inference.onnx_backend import OnnxNetwork, folder_onnx, onnx_bytes
 from xmask.inference.prediction import Prediction
@@ -255,6 +255,7 @@ class Predictor:
         threshold: str | float = "auto",
         scale: str | ScaleRule = "auto",
         backend: str = "torch",
+        locate: float | None = None,
         **kwargs: Any,
     ) -> Predictor:
         """A predictor for a model folder, a registered model name or a training run
@@ -269,6 +270,8 @@ class Predictor:
                 calibration stored for a run's weights, else 0.
             scale: a :class:`~xmask.inference.scale.ScaleRule`, or ``"auto"`` (the model
                 folder's rule; a run's: one pass), ``"off"``, ``"shrink"`` or ``"adaptive"``.
+            locate: with a ``scale`` name, replaces the rule's ``locate_enlarge`` (0: no
+                locating pass; None: the rule's own).
             backend: ``"torch"`` or ``"onnx"`` (a model folder's ``model.onnx``, checked
                 against its card; a run, or a folder without one: exported in memory).
             kwargs: the other arguments of :class:`Predictor` (``segment`` defaults to the
@@ -284,7 +287,7 @@ class Predictor:
         kwargs.setdefault("segment", loaded.segment)
         if backend == "onnx" and loaded.card is not None:
             kwargs.setdefault("onnx", folder_onnx(loaded.source, loaded.card.onnx))
-        rule = resolve_scale(scale, loaded.scale) if isinstance(scale, str) else scale
+        rule = resolve_scale(scale, loaded.scale, locate) if isinstance(scale, str) else scale
         predictor = cls(
             loaded.model, resolved, loaded.count_rule, scale=rule, backend=backend, **kwargs
         )
@@ -387,8 +390,7 @@ class Predictor:
 
     def _heads(self, features: ImageFeatures) -> Heads:
         """The heads the count rule selects, in pixels of the network input."""
-        scaled = features.scaled
-        return decode_heads(scaled.outputs, scaled.size, self.count_rule)
+        return features.scaled.heads(self.count_rule)
 
     def _segmented(
         self,

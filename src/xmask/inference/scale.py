@@ -17,13 +17,18 @@ network in up to two passes:
    network runs again on it; the counts and points of that pass are the image's.
 
 Images with fewer than ``min_heads`` heads in the first pass keep it (their spacing says little).
+
+3. **Locating pass** (opt-in, ``locate_enlarge``): the count stays that of the pass kept, but
+   the points come from one more pass at ``locate_enlarge`` times its scale, where a head spans
+   more cells: its ``N`` highest cells, ``N`` the count (:func:`top_cells_rule`). Enlarging
+   alone would place heads better but count more (it fires twice on near heads).
 Points come back in pixels of the original image (``(x, y) / scale``). Every constant is chosen
 on held-out training images (``docs/accuracy.md``), never on test images.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -31,7 +36,7 @@ from scipy.spatial import cKDTree
 from torch.nn import functional as nnf
 
 from xmask.inference.count_rule import CountRule
-from xmask.inference.decode import decode_heads
+from xmask.inference.decode import Heads, decode_heads
 from xmask.inference.tiling import (
     MAX_PIXELS,
     OVERLAP,
@@ -55,6 +60,8 @@ class ScaleRule:
         quantile: which quantile of the nearest-neighbour distances is the spacing.
         min_heads: images with fewer heads in the first pass keep it.
         max_enlarge: the enlarged pass is at most this many times the original resolution.
+        locate_enlarge: points from a locating pass this many times larger than the pass kept
+            (None: from the pass kept).
     """
 
     canonical_side: int | None = 1024
@@ -62,6 +69,7 @@ class ScaleRule:
     quantile: float = 0.25
     min_heads: int = 20
     max_enlarge: float = 2.0
+    locate_enlarge: float | None = None
 
     def __post_init__(self) -> None:
         bad = []
@@ -75,6 +83,8 @@ class ScaleRule:
             bad.append("min_heads")
         if not self.max_enlarge >= 1.0:
             bad.append("max_enlarge")
+        if self.locate_enlarge is not None and not self.locate_enlarge > 1.0:
+            bad.append("locate_enlarge")
         if bad:
             raise ValueError(f"invalid ScaleRule field(s): {', '.join(bad)}")
 
@@ -112,8 +122,9 @@ SCALE_OPTIONS = ("auto", "off", "shrink", "adaptive")
 pass alone (:data:`SHRINK`), or :class:`ScaleRule` ``()``."""
 
 
-def resolve_scale(option: str, own: ScaleRule) -> ScaleRule:
-    """The rule a ``--scale`` option names (:data:`SCALE_OPTIONS`), ``own`` for ``"auto"``.
+def resolve_scale(option: str, own: ScaleRule, locate: float | None = None) -> ScaleRule:
+    """The rule a ``--scale`` option names (:data:`SCALE_OPTIONS`), ``own`` for ``"auto"``;
+    ``locate`` (``--locate``), where given, replaces its ``locate_enlarge`` (0: none).
 
     Raises:
         ValueError: another option.
@@ -121,7 +132,9 @@ def resolve_scale(option: str, own: ScaleRule) -> ScaleRule:
     rules = {"auto": own, "off": ONE_PASS, "shrink": SHRINK, "adaptive": ScaleRule()}
     if option not in rules:
         raise ValueError(f"scale must be one of {', '.join(SCALE_OPTIONS)}, got {option!r}")
-    return rules[option]
+    if locate is None:
+        return rules[option]
+    return replace(rules[option], locate_enlarge=locate or None)
 
 
 def nearest_distances(points: np.ndarray) -> np.ndarray:
@@ -156,7 +169,9 @@ class ScaledOutputs:
         size: ``(h, w)`` of the network input.
         original: ``(H, W)`` of the image.
         tiles: network tiles run in the final pass.
-        passes: 1 or 2.
+        passes: 1, 2 or 3 (with a locating pass).
+        rule: the count rule these outputs are decoded with, where the scale rule sets one (a
+            locating pass: :func:`top_cells_rule`); None: the model's.
     """
 
     outputs: ModelOutput
@@ -165,6 +180,12 @@ class ScaledOutputs:
     original: tuple[int, int]
     tiles: int
     passes: int
+    rule: CountRule | None = None
+
+    def heads(self, count_rule: CountRule) -> Heads:
+        """The heads of these outputs, in pixels of the network input: decoded with
+        :attr:`rule` where set, else with ``count_rule`` (the model's)."""
+        return decode_heads(self.outputs, self.size, self.rule or count_rule)
 
     @property
     def axis_scale(self) -> tuple[float, float]:
@@ -210,9 +231,28 @@ def adaptive_outputs(
     first = rule.first_scale(original)
     size = scaled_size(original, first)
     out, tiles = predict_outputs(model, resize_tensor(full, size), **tiling)
-    enlarged = rule.enlarged_scale(decode_heads(out, size, count_rule).points, first)
-    if enlarged is None:
-        return ScaledOutputs(out, first, size, original, tiles, 1)
-    size = scaled_size(original, enlarged)
+    heads = decode_heads(out, size, count_rule)
+    scale, passes = first, 1
+    enlarged = rule.enlarged_scale(heads.points, first)
+    if enlarged is not None:
+        scale, passes, size = enlarged, 2, scaled_size(original, enlarged)
+        out, tiles = predict_outputs(model, resize_tensor(full, size), **tiling)
+        heads = decode_heads(out, size, count_rule)
+    if rule.locate_enlarge is None:
+        return ScaledOutputs(out, scale, size, original, tiles, passes)
+    scale *= rule.locate_enlarge
+    size = scaled_size(original, scale)
     out, tiles = predict_outputs(model, resize_tensor(full, size), **tiling)
-    return ScaledOutputs(out, enlarged, size, original, tiles, 2)
+    located = top_cells_rule(out.logits, len(heads))
+    return ScaledOutputs(out, scale, size, original, tiles, passes + 1, located)
+
+
+def top_cells_rule(logits: torch.Tensor, count: int) -> CountRule:
+    """A one-threshold rule under which exactly the ``count`` highest cells of one image's
+    ``1×1×h×w`` logits count (fewer only where logits tie at the cut)."""
+    flat = logits.detach().reshape(-1).float()
+    if count >= flat.numel():
+        return CountRule(float(flat.min()) - 1.0)
+    if count <= 0:
+        return CountRule(float(flat.max()) + 1.0)
+    return CountRule(float(torch.topk(flat, count + 1).values[-1]))
