@@ -11,7 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from xmask.data.image_io import atomic_write_bytes, load_image, load_label_map, save_label_map
+from xmask.data.image_io import (
+    ImageTooLargeError,
+    atomic_write_bytes,
+    decode_image_bytes,
+    load_image,
+    load_label_map,
+    save_label_map,
+)
 from xmask.errors import DataError
 from xmask.inference.checkpoint import Checkpoint, save_checkpoint
 
@@ -28,6 +35,21 @@ def test_rgb_round_trip(tmp_path: Path) -> None:
     assert loaded.array.dtype == np.uint8 and loaded.array.shape == (12, 16, 3)
     np.testing.assert_array_equal(loaded.array, array)
     assert not loaded.greyscale and loaded.mode == "RGB"
+
+
+def test_bytes_decode_as_the_file_and_the_pixel_limit_is_read_from_the_header(
+    tmp_path: Path,
+) -> None:
+    Image.fromarray(_colour(), "RGB").convert("RGBA").save(tmp_path / "a.png")
+    data = (tmp_path / "a.png").read_bytes()
+    from_bytes = decode_image_bytes(data, "upload", max_pixels=12 * 16)
+    from_file = load_image(tmp_path / "a.png", apply_exif=True)
+    np.testing.assert_array_equal(from_bytes.array, from_file.array)
+    assert from_bytes.mode == from_file.mode == "RGBA"
+    with pytest.raises(ImageTooLargeError, match=r"upload: 16×12 image over the limit of 191"):
+        decode_image_bytes(data, "upload", max_pixels=12 * 16 - 1)
+    with pytest.raises(DataError, match="upload: not a readable image"):
+        decode_image_bytes(b"GIF87a", "upload")
 
 
 def test_greyscale_is_replicated(tmp_path: Path) -> None:

@@ -50,7 +50,17 @@ class XmaskParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, one sub-parser per sub-command."""
-    from xmask.cli import annotate, bench, calibrate, data, evaluate, model, predict, train
+    from xmask.cli import (
+        annotate,
+        bench,
+        calibrate,
+        data,
+        evaluate,
+        model,
+        predict,
+        serve,
+        train,
+    )
 
     parser = XmaskParser(
         prog="xmask",
@@ -66,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_parser(sub)
     model.add_parser(sub)
     predict.add_parser(sub)
+    serve.add_parser(sub)
     train.add_parser(sub)
     return parser
 

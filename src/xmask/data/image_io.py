@@ -18,6 +18,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -72,24 +73,41 @@ def set_max_image_pixels(pixels: int) -> None:
     Image.MAX_IMAGE_PIXELS = int(pixels)
 
 
+class ImageTooLargeError(DataError):
+    """An image over a pixel limit (:func:`decode_image_bytes`'s, or Pillow's
+    decompression-bomb limit)."""
+
+
 def _decode(path: Path) -> Image.Image:
     if not path.is_file():
         raise DataError(path, "image file not found")
+    return _open(path, path)
+
+
+def _open(source: Path | BinaryIO, path: Path, max_pixels: int | None = None) -> Image.Image:
+    """Decode ``source`` (errors name ``path``), refusing more than ``max_pixels`` pixels from
+    the header, before the pixels are decoded."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
-            image.load()
+            image = Image.open(source)
+            too_large = max_pixels is not None and image.width * image.height > max_pixels
+            if not too_large:
+                image.load()
     except UnidentifiedImageError as err:
         raise DataError(path, "not a readable image (unknown format or corrupt header)") from err
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise DataError(
+        raise ImageTooLargeError(
             path,
             f"image over {max_image_pixels():,} pixels, refused as a possible decompression bomb;"
             " allow it with --max-image-pixels N",
         ) from err
     except (OSError, SyntaxError, ValueError) as err:
         raise DataError(path, f"corrupt or truncated image ({err})") from err
+    if too_large:
+        raise ImageTooLargeError(
+            path, f"{image.width}×{image.height} image over the limit of {max_pixels:,} pixels"
+        )
     if image.width == 0 or image.height == 0:
         raise DataError(path, "image has zero width or height")
     return image
@@ -126,7 +144,31 @@ def load_image(path: str | Path, *, apply_exif: bool = False) -> LoadedImage:
         DataError: missing, corrupt, truncated, empty or floating-point image.
     """
     path = Path(path)
-    image = _decode(path)
+    return _loaded(_decode(path), path, apply_exif)
+
+
+def decode_image_bytes(
+    data: bytes, name: str, *, max_pixels: int | None = None, apply_exif: bool = True
+) -> LoadedImage:
+    """Decode an image file's bytes (an upload) to RGB ``uint8``, as :func:`load_image` decodes
+    a file.
+
+    Args:
+        data: the encoded image (JPEG, PNG, ...).
+        name: what error messages call it (never opened as a path).
+        max_pixels: refuse images of more pixels, from the header before decoding the pixels
+            (None: only Pillow's decompression-bomb limit).
+        apply_exif: rotate/flip by the EXIF orientation tag.
+
+    Raises:
+        ImageTooLargeError: over ``max_pixels`` or Pillow's limit.
+        DataError: not an image, corrupt, truncated, empty or floating-point.
+    """
+    path = Path(name)
+    return _loaded(_open(io.BytesIO(data), path, max_pixels), path, apply_exif)
+
+
+def _loaded(image: Image.Image, path: Path, apply_exif: bool) -> LoadedImage:
     mode = image.mode
     rotated = False
     if apply_exif and image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
