@@ -34,7 +34,7 @@ def test_the_distribution_has_a_free_name_and_every_hint_uses_it() -> None:
 
 
 def test_a_missing_extra_names_the_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
-    from xmask.apps.video import _import_av
+    from xmask.apps.frames import import_av as _import_av
 
     real = builtins.__import__
 

@@ -21,7 +21,8 @@ Output folder ``OUT/`` (every file written atomically; ``NAME`` is the source's 
 - ``counts.csv``: ``image,count`` and a ``zone:NAME`` column per zone, a row per finished
   image of the folder;
 - ``summary.json``: the images, videos and heads of the whole folder (and per zone), and what
-  this call did (predicted, already done, redone, skipped, seconds).
+  this call did (predicted, already done, redone, skipped, seconds, the summary of each live
+  source read).
 
 Re-runs: an image is kept only when its ``predictions/NAME.json`` holds the same fingerprint:
 the source file's path, size and modification time, and every setting that changes the
@@ -32,7 +33,8 @@ redone; ``force`` redoes everything. A name is claimed by its source file
 call, a later one or one running at the same time, is reported and skipped instead of
 overwriting or mixing with it.
 
-Videos go to ``videos/`` (:mod:`xmask.apps.video`). Unreadable images are reported and skipped.
+Videos go to ``videos/`` (:mod:`xmask.apps.video`), live sources to ``streams/``
+(:mod:`xmask.apps.stream`). Unreadable images are reported and skipped.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class BatchSummary:
         network_s: seconds in the network over this call's images and videos.
         post_s: seconds after it.
         skipped: ``{"name", "problem"}`` of every item of this call left out.
+        streams: the :class:`~xmask.apps.stream.StreamSummary` of each live source of this call.
     """
 
     model: str
@@ -101,6 +104,7 @@ class BatchSummary:
     network_s: float = 0.0
     post_s: float = 0.0
     skipped: list[dict[str, str]] = field(default_factory=list)
+    streams: list[dict[str, Any]] = field(default_factory=list)
 
     def skip(self, name: str, problem: str) -> None:
         """Record (and log) an item left out."""

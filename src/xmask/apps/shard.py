@@ -27,7 +27,8 @@ PER_CALL = (
     "predicted", "videos_predicted", "already_done", "redone", "seconds", "network_s", "post_s",
 )  # fmt: skip
 """The :class:`~xmask.apps.batch.BatchSummary` counts of one call, summed over the ranks (with
-``skipped``, joined); the folder's totals are counted by rank 0 from the folder."""
+``skipped`` and ``streams``, joined); the folder's totals are counted by rank 0 from the
+folder."""
 
 
 def shard_sources(sources: Sequence[Source], info: DistInfo) -> list[Source]:
@@ -50,6 +51,7 @@ def merge_summaries(parts: Sequence[BatchSummary]) -> BatchSummary:
         for name in PER_CALL:
             setattr(merged, name, getattr(merged, name) + getattr(part, name))
         merged.skipped.extend(part.skipped)
+        merged.streams.extend(part.streams)
     return merged
 
 

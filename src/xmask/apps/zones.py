@@ -1,14 +1,20 @@
-"""Named zones: a count of heads per named polygon, per image or video frame.
+"""Named zones: a count of heads per named polygon, per image or video frame; and named
+counting lines for videos and streams (:mod:`xmask.apps.tracking`).
 
 A zones file (JSON, or YAML when it ends in ``.yaml``/``.yml``, read with ``yaml.safe_load``)
-holds a mapping with one key, ``zones``: a list of ``{"name": NAME, "polygon": [[x, y], ...]}``,
-vertices in image pixels, ``(x, y)`` order::
+holds a mapping with the key ``zones``: a list of ``{"name": NAME, "polygon": [[x, y], ...]}``,
+vertices in image pixels, ``(x, y)`` order, and optionally (or only) the key ``lines``: a list
+of ``{"name": NAME, "line": [[x1, y1], [x2, y2]]}``, counting lines from the first point to the
+second::
 
     {"zones": [{"name": "gate", "polygon": [[0, 0], [200, 0], [200, 150], [0, 150]]},
-               {"name": "stage", "polygon": [[150, 100], [400, 100], [300, 300]]}]}
+               {"name": "stage", "polygon": [[150, 100], [400, 100], [300, 300]]}],
+     "lines": [{"name": "door", "line": [[0, 120], [200, 120]]}]}
 
 Names are unique, 1–:data:`MAX_NAME` characters without control characters; a polygon has
-3–:data:`MAX_VERTICES` finite vertices; a file holds 1–:data:`MAX_ZONES` zones. A head counts in
+3–:data:`MAX_VERTICES` finite vertices; a file holds 1–:data:`MAX_ZONES` zones (when it has
+the key) and 1–:data:`MAX_ZONES` lines (when it has that key), lines named as zones are, each
+with two distinct finite ends. A head counts in
 a zone when the centre of the pixel holding its point is inside the polygon (even-odd rule, the
 rule of ``--roi``: :func:`xmask.apps.roi.in_polygon`); zones may overlap, and a head may count
 in several. Zones are counted after ``--roi`` restricts the heads.
@@ -28,6 +34,7 @@ import numpy as np
 import yaml
 
 from xmask.apps.roi import in_polygon, polygon_vertices
+from xmask.apps.tracking import CountingLine
 from xmask.errors import DataError, UsageError
 from xmask.inference.prediction import Prediction
 
@@ -57,37 +64,91 @@ class Zone:
     polygon: np.ndarray
 
 
-def parse_zones(content: Any) -> tuple[Zone, ...]:
-    """The zones of a loaded zones file (schema in the module docstring).
+@dataclass(frozen=True)
+class ZoneFile:
+    """What a zones file holds: its zones and its counting lines (either may be empty)."""
+
+    zones: tuple[Zone, ...] = ()
+    lines: tuple[CountingLine, ...] = ()
+
+
+def _name(item: Any, kind: str, index: int, taken: Sequence[str]) -> str:
+    name = item["name"]
+    if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME:
+        raise UsageError(f"{kind} {index + 1}: the name must be 1 to {MAX_NAME} characters")
+    if not name.isprintable():
+        raise UsageError(f"{kind} {name!r}: the name holds control characters")
+    if name in taken:
+        raise UsageError(f"{kind} {name!r}: the name is used twice")
+    return name
+
+
+def _items(content: dict, key: str) -> list:
+    items = content[key]
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_ZONES:
+        raise UsageError(f'"{key}" must be a list of 1 to {MAX_ZONES} {key}')
+    return items
+
+
+def line_ends(content: Any, label: str) -> np.ndarray:
+    """``2×2 float64`` ``(x, y)`` ends of a list of two ``[x, y]`` pairs.
+
+    Raises:
+        UsageError: (starting with ``label``) not two finite, distinct points.
+    """
+    try:
+        ends = np.asarray(content, dtype=np.float64)
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"{label}: expected two [x, y] points ({err})") from err
+    if ends.shape != (2, 2) or not np.isfinite(ends).all() or (ends[0] == ends[1]).all():
+        raise UsageError(f"{label}: expected two distinct finite (x, y) points")
+    return ends
+
+
+def parse_line(text: str, name: str) -> CountingLine:
+    """The counting line of ``"x1,y1 x2,y2"`` (``--line``), from the first point to the second.
+
+    Raises:
+        UsageError: not two distinct points of two numbers each.
+    """
+    label = f"line {text[:60]!r}"
+    pairs = [p.split(",") for p in text.strip().replace(";", " ").split()]
+    return CountingLine(name, line_ends(pairs, label))
+
+
+def parse_zone_file(content: Any) -> ZoneFile:
+    """The zones and lines of a loaded zones file (schema in the module docstring).
 
     Raises:
         UsageError: the content does not follow the schema.
     """
-    if not isinstance(content, dict) or set(content) != {"zones"}:
-        raise UsageError('expected a mapping with one key, "zones"')
-    items = content["zones"]
-    if not isinstance(items, list) or not 1 <= len(items) <= MAX_ZONES:
-        raise UsageError(f'"zones" must be a list of 1 to {MAX_ZONES} zones')
+    if not isinstance(content, dict) or not content or set(content) - {"zones", "lines"}:
+        raise UsageError('expected a mapping with the key "zones", "lines" or both')
     zones: list[Zone] = []
-    for index, item in enumerate(items):
+    for index, item in enumerate(_items(content, "zones") if "zones" in content else []):
         if not isinstance(item, dict) or set(item) != {"name", "polygon"}:
             raise UsageError(f'zone {index + 1}: expected exactly the keys "name" and "polygon"')
-        name = item["name"]
-        if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME:
-            raise UsageError(f"zone {index + 1}: the name must be 1 to {MAX_NAME} characters")
-        if not name.isprintable():
-            raise UsageError(f"zone {name!r}: the name holds control characters")
-        if any(z.name == name for z in zones):
-            raise UsageError(f"zone {name!r}: the name is used twice")
+        name = _name(item, "zone", index, [z.name for z in zones])
         polygon = polygon_vertices(item["polygon"], f"zone {name!r}")
         if len(polygon) > MAX_VERTICES:
             raise UsageError(f"zone {name!r}: more than {MAX_VERTICES} vertices")
         zones.append(Zone(name, polygon))
-    return tuple(zones)
+    lines: list[CountingLine] = []
+    for index, item in enumerate(_items(content, "lines") if "lines" in content else []):
+        if not isinstance(item, dict) or set(item) != {"name", "line"}:
+            raise UsageError(f'line {index + 1}: expected exactly the keys "name" and "line"')
+        name = _name(item, "line", index, [line.name for line in lines])
+        lines.append(CountingLine(name, line_ends(item["line"], f"line {name!r}")))
+    return ZoneFile(tuple(zones), tuple(lines))
 
 
-def read_zones(path: str | Path) -> tuple[Zone, ...]:
-    """The zones of a JSON or YAML zones file.
+def parse_zones(content: Any) -> tuple[Zone, ...]:
+    """The zones of a loaded zones file (:func:`parse_zone_file`)."""
+    return parse_zone_file(content).zones
+
+
+def read_zone_file(path: str | Path) -> ZoneFile:
+    """The zones and lines of a JSON or YAML zones file.
 
     Raises:
         DataError: (naming the file) unreadable, too large, not JSON/YAML, or not the schema.
@@ -107,9 +168,14 @@ def read_zones(path: str | Path) -> tuple[Zone, ...]:
     except (ValueError, yaml.YAMLError, RecursionError) as err:
         raise DataError(path, f"not valid JSON/YAML ({err})") from err
     try:
-        return parse_zones(content)
+        return parse_zone_file(content)
     except UsageError as err:
         raise DataError(path, f"zones file: {err}") from err
+
+
+def read_zones(path: str | Path) -> tuple[Zone, ...]:
+    """The zones of a JSON or YAML zones file (:func:`read_zone_file`)."""
+    return read_zone_file(path).zones
 
 
 def zone_counts(points: np.ndarray | Prediction, zones: Iterable[Zone]) -> dict[str, int]:

@@ -1,7 +1,7 @@
 """``xmask predict`` (alias ``segment``): counts, head points and one mask per head for images,
-folders, glob patterns, videos or a dataset split; the request is
-:mod:`xmask.apps.predict`'s, the output layout :mod:`xmask.apps.batch`'s (images) and
-:mod:`xmask.apps.video`'s (videos)."""
+folders, glob patterns, videos, live sources or a dataset split; the request is
+:mod:`xmask.apps.predict`'s, the output layout :mod:`xmask.apps.batch`'s (images),
+:mod:`xmask.apps.video`'s (videos) and :mod:`xmask.apps.stream`'s (webcams, stream URLs)."""
 
 from __future__ import annotations
 
@@ -26,21 +26,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "predict",
         aliases=["segment"],
-        help="count, head points and one mask per head for images, folders or videos",
-        description="Run a model on images, folders, glob patterns ('photos/**/*.jpg', quoted) "
-        "or videos and write, per image, OUT/predictions/NAME.json (count, points, scores, "
-        "mask areas), OUT/points/NAME.txt, OUT/masks/NAME.png (16-bit label map) and "
-        "OUT/overlays/NAME.png; OUT/annotations.json (COCO, RLE masks), OUT/counts.csv (count "
-        "per image) and OUT/summary.json for the whole folder; per video, OUT/videos/NAME.mp4 "
-        "(annotated), NAME.csv (count per frame) and NAME-counts.png. With --zones, the JSON, "
-        "the CSVs and the summary also hold the heads per zone. NAME keeps the sub-folder of "
-        "an image found in a folder or by a pattern. A re-run keeps a finished item only if "
-        "its file and every setting that changes the result are unchanged, and redoes the "
-        "others. Very large images run in tiles. Bad files are reported and skipped "
+        help="count, head points and one mask per head for images, folders, videos or streams",
+        description="Run a model on images, folders, glob patterns ('photos/**/*.jpg', quoted), "
+        "videos or live sources and write, per image, OUT/predictions/NAME.json (count, "
+        "points, scores, mask areas), OUT/points/NAME.txt, OUT/masks/NAME.png (16-bit label "
+        "map) and OUT/overlays/NAME.png; OUT/annotations.json (COCO, RLE masks), "
+        "OUT/counts.csv (count per image) and OUT/summary.json for the whole folder; per "
+        "video, OUT/videos/NAME.mp4 (annotated), NAME.csv (count per frame) and "
+        "NAME-counts.png; per live source (a webcam index such as 0, /dev/videoN, or an "
+        "rtsp://, http(s):// or rtmp:// URL), OUT/streams/NAME.csv, a row per frame appended "
+        "as it goes, and NAME.json, its summary, until --duration, --frames or Ctrl-C. With "
+        "--zones, the JSON, the CSVs and the summary also hold the heads per zone; with "
+        "--line, the CSVs and summaries of videos and streams the people crossing each line. "
+        "NAME keeps the sub-folder of an image found in a folder or by a pattern. A re-run "
+        "keeps a finished item only if its file and every setting that changes the result "
+        "are unchanged, and redoes the others. Very large images run in tiles. Bad files are "
+        "reported and skipped "
         f"(exit code {EXIT_SKIPPED}).",
     )
     parser.add_argument(
-        "source", nargs="*", metavar="SOURCE", help="image or video files, folders or patterns"
+        "source",
+        nargs="*",
+        metavar="SOURCE",
+        help="image or video files, folders or patterns, or live sources: a webcam index (0), "
+        "a video device (/dev/video0) or a stream URL (rtsp://, http(s)://, rtmp://)",
     )
     add_model_options(parser)
     parser.add_argument("--out", metavar="DIR", help="output folder (default: predict-NAME)")
@@ -55,10 +64,67 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="also count the heads in each named polygon of this JSON or YAML file: "
         '{"zones": [{"name": "gate", "polygon": [[x, y], ...]}, ...]} in pixels (a head '
-        "counts in every zone holding its point; at most 100 zones of 3 to 1000 vertices)",
+        "counts in every zone holding its point; at most 100 zones of 3 to 1000 vertices); "
+        'it may also hold named counting lines: "lines": [{"name": "door", "line": [[x1, y1], '
+        "[x2, y2]]}, ...]",
     )
     parser.add_argument(
-        "--every", type=int, default=1, metavar="N", help="videos: predict every N-th frame"
+        "--every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="videos and streams: predict every N-th frame",
+    )
+    tracking = parser.add_argument_group("counting lines (videos and streams)")
+    tracking.add_argument(
+        "--line",
+        action="append",
+        default=[],
+        metavar="'X1,Y1 X2,Y2'",
+        help="count the people crossing this line (pixels; repeat for more: line1, line2, ...): "
+        "head points are tracked across frames and each line gets the people who crossed it "
+        "in (from the left of X1,Y1 -> X2,Y2 to its right, as seen on the screen: downwards "
+        "for a line drawn from left to right) and out, cumulative",
+    )
+    tracking.add_argument(
+        "--track-distance",
+        type=float,
+        metavar="PX",
+        help="farthest a head may move between two predicted frames and stay the same person "
+        "(default: 5%% of the frame's longer side)",
+    )
+    tracking.add_argument(
+        "--track-lost",
+        type=int,
+        default=5,
+        metavar="N",
+        help="predicted frames a person may go unseen and keep their track (default 5)",
+    )
+    live = parser.add_argument_group("live sources (webcams, stream URLs)")
+    live.add_argument(
+        "--max-fps",
+        type=float,
+        metavar="F",
+        help="predict at most F frames per second and drop the frames that arrive meanwhile "
+        "(counted in the summary) rather than fall behind (default: every frame, however late)",
+    )
+    live.add_argument(
+        "--duration", type=float, metavar="SECONDS", help="stop after this long (wall time)"
+    )
+    live.add_argument("--frames", type=int, metavar="N", help="stop after N predicted frames")
+    live.add_argument(
+        "--save-video",
+        action="store_true",
+        help="also OUT/streams/NAME.mp4: the annotated frames (fragmented MP4: it plays while "
+        "written)",
+    )
+    live.add_argument(
+        "--retries",
+        type=int,
+        default=5,
+        metavar="N",
+        help="when the source drops, open it again up to N times in a row, waiting 1, 2, 4, "
+        "... up to 30 seconds between tries (default 5)",
     )
     parser.add_argument(
         "-r",
@@ -127,17 +193,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_predict(args: argparse.Namespace) -> int:
     """``xmask predict``: :func:`xmask.apps.predict.run_predict` of the options."""
     from xmask.apps.batch import OutputOptions
+    from xmask.apps.live import Reconnect
     from xmask.apps.predict import PredictRequest
     from xmask.apps.predict import run_predict as predict
     from xmask.apps.sources import VIDEO_SUFFIXES
+    from xmask.apps.stream import StreamOptions
+    from xmask.apps.tracking import TrackerConfig
     from xmask.device import init_distributed, shutdown
 
     request = PredictRequest(
         sources=tuple(args.source), dataset=args.dataset, root=args.root, split=args.split,
         model=args.model, which=args.which, threshold=args.threshold, scale=args.scale,
         locate=args.locate, device=args.device, backend=args.backend,
-        out=args.out, roi=args.roi, zones=args.zones, every=args.every, recursive=args.recursive,
-        force=args.force,
+        out=args.out, roi=args.roi, zones=args.zones, lines=tuple(args.line),
+        tracking=TrackerConfig(args.track_distance, args.track_lost), every=args.every,
+        stream=StreamOptions(
+            max_fps=args.max_fps, duration_s=args.duration, frames=args.frames,
+            save_video=args.save_video, reconnect=Reconnect(retries=args.retries),
+        ),
+        recursive=args.recursive, force=args.force,
         outputs=OutputOptions(
             args.masks, args.overlay, args.overlay_format, args.mask_preview, args.heatmap,
             args.heatmap_sigma,
@@ -153,6 +227,12 @@ def run_predict(args: argparse.Namespace) -> int:
     videos = any(Path(s).suffix.lower() in VIDEO_SUFFIXES for s in args.source)
     done = [plural(summary.predicted, "image")]
     done += [plural(summary.videos_predicted, "video")] if videos or summary.videos else []
+    for stream in summary.streams:
+        print(
+            f"{stream['source']}: {plural(stream['frames_predicted'], 'frame')} predicted, "
+            f"{stream['frames_dropped']} dropped, {plural(stream['reconnects'], 'reconnect')}, "
+            f"stopped: {stream['stopped']} → {stream['table']}"
+        )
     print(
         f"{' and '.join(done)} predicted ({summary.already_done} already done, "
         f"{summary.redone} redone); the folder holds {plural(summary.images, 'image')} with "

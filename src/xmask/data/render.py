@@ -1,6 +1,7 @@
 """Drawing instance masks: colours per instance, head dots, the region outline and the count
-caption (predictions, annotation previews), a colour picture of a label map, and head-density
-heatmaps (points splatted into a grid, smoothed with a Gaussian, colour-mapped over the image)."""
+caption (predictions, annotation previews), counting lines, a colour picture of a label map,
+and head-density heatmaps (points splatted into a grid, smoothed with a Gaussian, colour-mapped
+over the image)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ DOT_COLOUR = (255, 32, 32)
 
 ROI_COLOUR = (255, 220, 0)
 """Colour of the region outline of :meth:`Prediction.overlay`."""
+
+LINE_COLOUR = (0, 230, 255)
+"""Colour of the counting lines drawn on annotated videos and streams."""
 
 
 def instance_colours(n: int, seed: int = 0) -> np.ndarray:
@@ -113,6 +117,22 @@ def draw_annotations(image: np.ndarray, roi: np.ndarray | None, text: str | None
             draw.rectangle((0, 0, right + pad, bottom + pad // 2), fill=(0, 0, 0))
             draw.text((pad, pad // 2), text, fill=(255, 255, 255), font=font)
             break
+    return np.asarray(canvas)
+
+
+def draw_lines(image: np.ndarray, ends: list[np.ndarray], labels: list[str]) -> np.ndarray:
+    """``image`` (a copy, ``H×W×3 uint8``) with each segment of ``ends`` (``2×2`` ``(x, y)``
+    pixels) drawn, a dot at its start, and its label written beside its end."""
+    canvas = PIL.Image.fromarray(image)
+    draw = ImageDraw.Draw(canvas)
+    scale = max(1, round(min(image.shape[:2]) / 400))
+    font = ImageFont.load_default(size=10 * scale)
+    for segment, label in zip(ends, labels, strict=True):
+        (x0, y0), (x1, y1) = segment.tolist()
+        draw.line((x0, y0, x1, y1), fill=LINE_COLOUR, width=2 * scale)
+        r = 2 * scale
+        draw.ellipse((x0 - r, y0 - r, x0 + r, y0 + r), fill=LINE_COLOUR)
+        draw.text((x1 + r, y1 + r), label, fill=LINE_COLOUR, font=font)
     return np.asarray(canvas)
 
 
