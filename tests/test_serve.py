@@ -98,7 +98,8 @@ def test_predict_gives_the_predictors_heads_and_masks_as_rle(
     assert answer["count"] == reference.count == len(answer["points"])
     points = np.array(answer["points"], dtype=np.float32)
     order = np.lexsort(reference.points.T)
-    np.testing.assert_array_equal(points[np.lexsort(points.T)], reference.points[order])
+    # the server's thread may split the network's sums differently: equal to float precision
+    np.testing.assert_allclose(points[np.lexsort(points.T)], reference.points[order], atol=1e-3)
     scores = np.array(answer["scores"])
     assert (np.diff(scores) <= 0).all() and (scores >= answer["conf"]).all()
     masks = np.stack([mask_utils.decode(rle) for rle in answer["masks"]])
