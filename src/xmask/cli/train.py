@@ -96,7 +96,6 @@ def train_config(cfg: TrainConfig, resume: bool, info: DistInfo | None = None) -
     seconds this call spent."""
     import torch
 
-    from xmask.geometry.kernels import set_threads as set_kernel_threads
     from xmask.inference.run_folder import RunFolder
     from xmask.train.distributed import DistInfo
     from xmask.train.trainer import Trainer
@@ -105,7 +104,6 @@ def train_config(cfg: TrainConfig, resume: bool, info: DistInfo | None = None) -
     run = RunFolder(cfg.run_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-        set_kernel_threads(cfg.threads)
     handler = None
     if info.is_main:
         run.root.mkdir(parents=True, exist_ok=True)
