@@ -96,7 +96,6 @@ def train_config(cfg: TrainConfig, resume: bool, info: DistInfo | None = None) -
     import torch
 
     from xmask.device import DistInfo
-    from xmask.geometry.kernels import set_threads as set_kernel_threads
     from xmask.inference.run_folder import RunFolder
     from xmask.train.trainer import Trainer
 
@@ -104,7 +103,6 @@ def train_config(cfg: TrainConfig, resume: bool, info: DistInfo | None = None) -
     run = RunFolder(cfg.run_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-        set_kernel_threads(cfg.threads)
     handler = None
     if info.is_main:
         run.root.mkdir(parents=True, exist_ok=True)

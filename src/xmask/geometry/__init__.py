@@ -8,7 +8,9 @@
   pixels, co-located heads, overlaps).
 - :mod:`xmask.geometry.sampling`: a per-pixel map read at sub-pixel points (the centres of
   Eq. 9).
-- :mod:`xmask.geometry.kernels`: the compiled loops behind them.
+- :mod:`xmask.geometry.raster`: the vectorised passes behind circles and label maps.
+- :mod:`xmask.geometry.kernels`: the compiled loops of the segmentation energy and the
+  smoothing, and their background compilation (:func:`~xmask.geometry.kernels.warm_up`).
 
 Nothing here imports another xmask package but :mod:`xmask.types` and :mod:`xmask.errors`.
 """

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from xmask.geometry import kernels
+from xmask.geometry import raster
 from xmask.geometry.points import pixel_of
 
 R_MIN = 3.0
@@ -193,8 +193,8 @@ def circle_pixels(
 ) -> CirclePixels:
     """Pixels whose centre lies within ``radii[i]`` of ``points[i]`` (Eq. 7), clipped to the image.
 
-    One compiled pass over the circles' bounding boxes (:mod:`xmask.geometry.kernels`), so time and
-    memory are ``O(Σ r_i²)``; computed on the CPU and returned on the device of ``points``
+    One vectorised pass over the circles' rows (:func:`xmask.geometry.raster.circle_table`), so
+    time and memory are ``O(Σ r_i²)``; computed on the CPU and returned on the device of ``points``
     when it is a tensor.
 
     Args:
@@ -206,14 +206,7 @@ def circle_pixels(
     pts = _cpu_float32(points).reshape(-1, 2)
     rad = _cpu_float32(radii).reshape(-1)
     h, w = size
-    counts = kernels.circle_counts(pts, rad, h, w)
-    offsets = np.zeros(len(pts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    total = int(offsets[-1])
-    owner = np.empty(total, np.int64)
-    xs, ys, flat = np.empty(total, np.int64), np.empty(total, np.int64), np.empty(total, np.int64)
-    dist2 = np.empty(total, np.float32)
-    kernels.circle_fill(pts, rad, h, w, offsets, owner, xs, ys, flat, dist2)
+    offsets, owner, xs, ys, flat, dist2 = raster.circle_table(pts, rad, h, w)
     arrays = (owner, xs, ys, flat, dist2, offsets)
     point, x, y, flat_index, d2, off = (torch.from_numpy(a).to(device) for a in arrays)
     return CirclePixels(point, x, y, flat_index, d2, off, (h, w))
@@ -249,7 +242,7 @@ def label_map(
     h, w = pixels.size
     cost = pixels.dist2 if cost is None else cost
     allowed = torch.ones_like(pixels.point, dtype=torch.bool) if keep is None else keep
-    labels, _ = kernels.lowest_cost_labels(
+    labels, _ = raster.lowest_cost_labels(
         pixels.flat.cpu().numpy(),
         pixels.point.cpu().numpy(),
         _cpu_float32(cost),
@@ -367,7 +360,7 @@ def circles_of(points: np.ndarray, radii: np.ndarray, size: tuple[int, int]) -> 
         heads = np.flatnonzero(rank == 0)
         pixels = _shared_circles(circle_pixels(pts[heads], radii[heads], size), heads,
                                  pts, radii, members, rank, leader, point_pixel)  # fmt: skip
-    own = kernels.owner_value_equal(pixels.flat.numpy(), pixels.point.numpy(), point_pixel)
+    own = pixels.flat.numpy() == point_pixel[pixels.point.numpy()]
     return HeadCircles(pts, radii, pixels, point_pixel, own)
 
 

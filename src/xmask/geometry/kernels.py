@@ -1,171 +1,89 @@
-"""Compiled CPU loops (numba) behind the geometry, the smoothing and the segmentation.
+"""Compiled CPU loops (numba) behind the segmentation energy and the smoothing, each with a
+NumPy twin that gives the same bits while the loops compile.
 
 Each kernel is one pass over a ragged list of circle pixels or over rows of a table, with
-no temporary of that list's size: the work that vectorised tensor code spreads over a dozen
-full-size intermediates (index arithmetic, gathers, masks, scatter-reduces) is done here in
-one loop. They take NumPy arrays and know nothing of the method; their callers
-(:mod:`xmask.geometry`, :mod:`xmask.segment`) give them meaning and are tested against
-slow, literal references.
+no temporary of that list's size. They take NumPy arrays and know nothing of the method;
+their callers (:mod:`xmask.segment`) give them meaning and are tested against slow, literal
+references. The other loops of the geometry are vectorised NumPy
+(:mod:`xmask.geometry.raster`), as fast without compiling.
 
-Floating point follows the tensor code exactly where results are compared bit for bit
-(``float32`` distances, label decisions); sums over the embedding dimension are reordered
-for SIMD (``fastmath``) and may differ in the last bits.
-Compiled code is cached on disk (numba ``cache=True``), so only the first call of a fresh
-install pays the compilation (about a second per kernel).
+Floating point: ``float32`` operations in the literal order, no ``fastmath``, so a kernel
+and its twin agree bit for bit.
+
+Compilation: compiled code is cached on disk (numba ``cache=True``), but a fresh install's
+first call would still compile (seconds). :func:`warm_up` compiles (or loads from the cache)
+in a background thread, e.g. while the network runs; until it is done :func:`circle_energy`
+and :func:`banded_middle` run the twins (slower, never waiting), then the compiled loops.
+Without :func:`warm_up` they compile on first use. Kernels run on one thread: on two cores
+under load the parallel versions were no faster and took twice as long to compile.
 """
 
 from __future__ import annotations
 
-import numba
+import logging
+import threading
+
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-_HALF = np.float32(0.5)
+log = logging.getLogger(__name__)
 
-
-def set_threads(threads: int) -> None:
-    """Threads of the parallel kernels launched from the calling thread (as
-    ``torch.set_num_threads`` for the network), at most numba's pool size."""
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+_warm_up: threading.Thread | None = None
+_warm_up_lock = threading.Lock()
+_compiled = True
+"""False from :func:`warm_up` until its thread has compiled the kernels."""
 
 
 @njit(cache=True)
-def _span(centre: np.float32, radius: np.float32, n_pixels: int) -> tuple[int, int]:
-    """First and one-past-last pixel whose centre may lie within ``radius`` along one axis."""
-    first = max(int(np.ceil(centre - radius - _HALF)), 0)
-    last = min(int(np.floor(centre + radius - _HALF)), n_pixels - 1)
-    return first, max(last + 1, first)
-
-
-@njit(cache=True, parallel=True)
-def circle_counts(points: np.ndarray, radii: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``N int64``: pixels of each circle (see :func:`circle_fill`)."""
-    n = points.shape[0]
-    counts = np.zeros(n, np.int64)
-    for i in prange(n):
-        px, py, r = points[i, 0], points[i, 1], radii[i]
-        x0, x1 = _span(px, r, width)
-        y0, y1 = _span(py, r, height)
-        r2 = r * r
-        for y in range(y0, y1):
-            dy = np.float32(y) + _HALF - py
-            for x in range(x0, x1):
-                dx = np.float32(x) + _HALF - px
-                if dx * dx + dy * dy <= r2:
-                    counts[i] += 1
-    return counts
-
-
-@njit(cache=True, parallel=True)
-def circle_fill(
-    points: np.ndarray,
-    radii: np.ndarray,
-    height: int,
-    width: int,
-    offsets: np.ndarray,
-    owner: np.ndarray,
-    xs: np.ndarray,
-    ys: np.ndarray,
+def _circle_energy_loop(
+    table: np.ndarray,
     flat: np.ndarray,
+    owner: np.ndarray,
     dist2: np.ndarray,
-) -> None:
-    """Fill the CSR arrays of the circles: pixel centres within ``radii[i]`` of ``points[i]``
-    (``float32`` arithmetic), point by point, each circle in row-major order.
-
-    Args:
-        points: ``N×2 float32`` ``(x, y)`` pixels.
-        radii: ``N float32``.
-        offsets: ``N+1 int64`` from :func:`circle_counts`.
-        owner, xs, ys, flat, dist2: outputs of length ``offsets[-1]``: the point, column,
-            row, row-major index ``y·W + x`` (``int64``) and squared distance (``float32``).
-    """
-    for i in prange(points.shape[0]):
-        px, py, r = points[i, 0], points[i, 1], radii[i]
-        x0, x1 = _span(px, r, width)
-        y0, y1 = _span(py, r, height)
-        r2 = r * r
-        j = offsets[i]
-        for y in range(y0, y1):
-            dy = np.float32(y) + _HALF - py
-            for x in range(x0, x1):
-                dx = np.float32(x) + _HALF - px
-                d2 = dx * dx + dy * dy
-                if d2 <= r2:
-                    owner[j], xs[j], ys[j], flat[j], dist2[j] = i, x, y, y * width + x, d2
-                    j += 1
-
-
-@njit(cache=True, parallel=True)
-def owner_value_equal(values: np.ndarray, owner: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """``P bool``: ``values[j] == reference[owner[j]]`` (e.g. the entry is its owner's own
-    pixel)."""
-    out = np.empty(values.shape[0], np.bool_)
-    for j in prange(values.shape[0]):
-        out[j] = values[j] == reference[owner[j]]
+    centres: np.ndarray,
+    spread2: np.ndarray,
+    lam: float,
+) -> np.ndarray:
+    """Compiled :func:`circle_energy`."""
+    out = np.empty(flat.shape[0], np.float32)
+    d = table.shape[1]
+    lam32 = np.float32(lam)
+    for j in range(flat.shape[0]):
+        row, i = flat[j], owner[j]
+        acc = np.float32(0.0)
+        for k in range(d):
+            diff = table[row, k] - centres[i, k]
+            acc += diff * diff
+        out[j] = np.sqrt(acc) + lam32 * dist2[j] / spread2[i]
     return out
 
 
-@njit(cache=True)
-def lowest_cost_labels(
+def _circle_energy_numpy(
+    table: np.ndarray,
     flat: np.ndarray,
     owner: np.ndarray,
-    cost: np.ndarray,
-    allowed: np.ndarray,
-    n_pixels: int,
-    n_owners: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each allowed entry's pixel goes to the owner of lowest cost (ties to the lowest owner).
-
-    Args:
-        flat: ``P int64`` pixel index of each entry.
-        owner: ``P int64`` owner of each entry, in ``[0, n_owners)``.
-        cost: ``P float32``.
-        allowed: ``P bool``.
-
-    Returns:
-        ``(labels, area)``: ``n_pixels int32`` (``owner + 1``, 0 where no entry is allowed)
-        and ``n_owners int64`` pixels won by each owner.
-    """
-    best = np.full(n_pixels, np.inf, np.float32)
-    labels = np.zeros(n_pixels, np.int32)
-    for j in range(flat.shape[0]):
-        if not allowed[j]:
-            continue
-        f, c, label = flat[j], cost[j], owner[j] + 1
-        if c < best[f] or (c == best[f] and (labels[f] == 0 or label < labels[f])):
-            best[f], labels[f] = c, label
-    area = np.zeros(n_owners, np.int64)
-    for f in range(n_pixels):
-        if labels[f] > 0:
-            area[labels[f] - 1] += 1
-    return labels, area
+    dist2: np.ndarray,
+    centres: np.ndarray,
+    spread2: np.ndarray,
+    lam: float,
+    chunk: int = 1 << 15,
+) -> np.ndarray:
+    """NumPy twin of :func:`_circle_energy_loop` (the same sums in the same order), over
+    chunks of ``chunk`` entries."""
+    out = np.empty(flat.shape[0], np.float32)
+    lam32 = np.float32(lam)
+    for first in range(0, flat.shape[0], chunk):
+        part = slice(first, first + chunk)
+        rows, heads = flat[part], owner[part]
+        diff = (table[rows] - centres[heads]).T
+        square = diff * diff
+        acc = np.zeros(len(rows), np.float32)
+        for k in range(square.shape[0]):
+            acc += square[k]
+        out[part] = np.sqrt(acc) + lam32 * dist2[part] / spread2[heads]
+    return out
 
 
-@njit(cache=True)
-def forced_costs(
-    cost: np.ndarray, keep: np.ndarray, own: np.ndarray, seed: np.ndarray, split: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Costs and permissions of the annotation rules (:func:`xmask.geometry.labels.resolve_labels`):
-    an entry that is its head's own point pixel costs −1 and one that is a co-located head's
-    seed −0.5, and both are always allowed; any other entry is allowed where ``keep`` and
-    ``split`` (the co-located heads' angular runs) both allow it.
-
-    Returns:
-        ``(cost, allowed)``: ``P float32``, ``P bool``.
-    """
-    out = np.empty(cost.shape[0], np.float32)
-    allowed = np.empty(cost.shape[0], np.bool_)
-    for j in range(cost.shape[0]):
-        if own[j]:
-            out[j], allowed[j] = -1.0, True
-        elif seed[j]:
-            out[j], allowed[j] = -0.5, True
-        else:
-            out[j], allowed[j] = cost[j], keep[j] and split[j]
-    return out, allowed
-
-
-@njit(cache=True, parallel=True, fastmath=True)
 def circle_energy(
     table: np.ndarray,
     flat: np.ndarray,
@@ -176,41 +94,27 @@ def circle_energy(
     lam: float,
 ) -> np.ndarray:
     """``P float32``: ``||table[flat[j]] − centres[owner[j]]|| + lam·dist2[j] / spread2[owner[j]]``
-    (Eq. 11 with ``spread2 = (r + ε)²``).
+    (Eq. 11 with ``spread2 = (r + ε)²``), the squared norm summed in channel order.
 
     Args:
         table: ``(H·W)×D float32`` pixel-major embedding.
-        flat, owner, dist2: the circle pixels (CSR entries).
+        flat, owner: ``P int64`` the circle pixels (CSR entries) and their heads.
+        dist2: ``P float32`` squared distance of each entry to its head.
         centres: ``N×D float32``.
         spread2: ``N float32`` squared spread of each owner.
         lam: weight of the normalised squared distance.
     """
-    out = np.empty(flat.shape[0], np.float32)
-    d = table.shape[1]
-    lam32 = np.float32(lam)
-    for j in prange(flat.shape[0]):
-        row, i = flat[j], owner[j]
-        acc = np.float32(0.0)
-        for k in range(d):
-            diff = table[row, k] - centres[i, k]
-            acc += diff * diff
-        out[j] = np.sqrt(acc) + lam32 * dist2[j] / spread2[i]
-    return out
+    kernel = _circle_energy_loop if _compiled else _circle_energy_numpy
+    return kernel(table, flat, owner, dist2, centres, spread2, lam)
 
 
-@njit(cache=True, parallel=True)
-def banded_middle(x: np.ndarray, start: np.ndarray, weight: np.ndarray, out: np.ndarray) -> None:
-    """``out[a, i] = Σ_k weight[i, k] · x[a, start[i] + k]``: a banded matrix applied along
-    the middle axis of a 3-D table; taps past the end of that axis have zero weight.
-
-    Args:
-        x: ``A×n×C`` (float).
-        start: ``I int64`` first index of each output's band.
-        weight: ``I×B``, the dtype of ``x``.
-        out: ``A×I×C``, written.
-    """
+@njit(cache=True)
+def _banded_middle_loop(
+    x: np.ndarray, start: np.ndarray, weight: np.ndarray, out: np.ndarray
+) -> None:
+    """Compiled :func:`banded_middle`."""
     n, channels = x.shape[1], x.shape[2]
-    for a in prange(out.shape[0]):
+    for a in range(out.shape[0]):
         for i in range(out.shape[1]):
             for c in range(channels):
                 out[a, i, c] = 0.0
@@ -221,3 +125,66 @@ def banded_middle(x: np.ndarray, start: np.ndarray, weight: np.ndarray, out: np.
                 w = weight[i, k]
                 for c in range(channels):
                     out[a, i, c] += w * x[a, row, c]
+
+
+def _banded_middle_numpy(
+    x: np.ndarray, start: np.ndarray, weight: np.ndarray, out: np.ndarray, chunk: int = 1 << 18
+) -> None:
+    """NumPy twin of :func:`_banded_middle_loop` (tap by tap, from zero), over blocks of
+    about ``chunk`` output values."""
+    taps = []
+    for k in range(weight.shape[1]):
+        rows = np.flatnonzero(start + k < x.shape[1])
+        every = len(rows) == len(start)
+        taps.append((None if every else rows, start[rows] + k, weight[rows, k][:, None]))
+    step = max(1, chunk // max(1, out.shape[1] * out.shape[2]))
+    out[...] = 0
+    for first in range(0, out.shape[0], step):
+        block, target = x[first : first + step], out[first : first + step]
+        for rows, source, w in taps:
+            if rows is None:
+                target += block[:, source] * w
+            else:
+                target[:, rows] += block[:, source] * w
+
+
+def banded_middle(x: np.ndarray, start: np.ndarray, weight: np.ndarray, out: np.ndarray) -> None:
+    """``out[a, i] = Σ_k weight[i, k] · x[a, start[i] + k]``, summed in ``k`` order from 0: a
+    banded matrix applied along the middle axis of a 3-D table; taps past the end of that
+    axis are left out.
+
+    Args:
+        x: ``A×n×C`` (float).
+        start: ``I int64`` first index of each output's band.
+        weight: ``I×B``, the dtype of ``x``.
+        out: ``A×I×C``, written.
+    """
+    (_banded_middle_loop if _compiled else _banded_middle_numpy)(x, start, weight, out)
+
+
+def _compile() -> None:
+    """Compile (or load from the cache) the kernels for the ``float32`` inputs of inference,
+    then switch :func:`circle_energy` and :func:`banded_middle` to them."""
+    global _compiled
+    try:
+        table, index = np.ones((1, 1), np.float32), np.zeros(1, np.int64)
+        _circle_energy_loop(table, index, index, table[0], table, table[0], 1.0)
+        _banded_middle_loop(table[None], index, table, table[None].copy())
+    except Exception:  # the twins give the same results, only slower
+        log.warning("compiling the numba kernels failed; using their NumPy versions", exc_info=True)
+        return
+    _compiled = True
+    log.debug("numba kernels ready")
+
+
+def warm_up() -> None:
+    """Start compiling the kernels in a background thread (once per process); until it is
+    done, the kernels run their NumPy twins. The thread is not a daemon: a process that ends
+    first waits for it, so that the compiled code reaches the cache for the next one."""
+    global _warm_up, _compiled
+    with _warm_up_lock:
+        if _warm_up is not None:
+            return
+        _compiled = False
+        _warm_up = threading.Thread(target=_compile, name="xmask-numba-warm-up")
+        _warm_up.start()

@@ -60,7 +60,7 @@ import torch
 from scipy import ndimage
 from skimage.measure import label as connected_regions
 
-from xmask.geometry import kernels
+from xmask.geometry import raster
 from xmask.geometry.circles import HeadCircles, pixel_groups
 from xmask.geometry.points import pixel_of
 
@@ -123,10 +123,10 @@ def resolve_labels(
         radius = torch.from_numpy(circles.radii)[pixels.point]
         cost = pixels.dist2 / (radius * radius)
     point = pixels.point.numpy()
-    costs, allowed = kernels.forced_costs(
+    costs, allowed = raster.forced_costs(
         cost.numpy().astype(np.float32, copy=False), keep, circles.own, split.seed, split.allowed
     )
-    labels, area = kernels.lowest_cost_labels(
+    labels, area = raster.lowest_cost_labels(
         pixels.flat.numpy(), point, costs, allowed, pixels.size[0] * pixels.size[1], n
     )
     forced = np.zeros(n, dtype=bool)

@@ -47,7 +47,8 @@ Backends
 Timing
     ``network_s`` and ``post_s`` are wall-clock seconds of the two phases of each call (the
     device is synchronised at the phase boundary on CUDA); reading and decoding an image file
-    is in neither.
+    is in neither. A predictor with a mask head compiles the segmentation's loops in the
+    background from its construction on (:func:`xmask.geometry.kernels.warm_up`).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from torch import nn
 from xmask.data.image_io import load_image, to_rgb_array
 from xmask.device import resolve_device
 from xmask.errors import UsageError
+from xmask.geometry import kernels
 from xmask.geometry.circles import check_points
 from xmask.geometry.labels import connected_masks
 from xmask.geometry.points import pixel_of
@@ -226,6 +228,8 @@ class Predictor:
             raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.model = inference_copy(model).to(self.device)
+        if self.has_masks:
+            kernels.warm_up()
         self.backend = backend
         self.onnx: OnnxNetwork | None = None
         """The onnx backend's network (None with the torch backend)."""

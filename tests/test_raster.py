@@ -1,0 +1,132 @@
+"""The vectorised passes (:mod:`xmask.geometry.raster`) against literal loops, and the NumPy
+twins of the compiled kernels (:mod:`xmask.geometry.kernels`) against the kernels, bit for bit."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from xmask.geometry import kernels, raster
+
+HALF = np.float32(0.5)
+
+
+def literal_circles(points: np.ndarray, radii: np.ndarray, h: int, w: int) -> tuple:
+    """Every pixel of each circle's box tested in ``float32``, point by point, row-major."""
+    owner, xs, ys, dist2, counts = [], [], [], [], []
+    for i, ((px, py), r) in enumerate(zip(points, radii, strict=True)):
+        count = 0
+        y0 = max(math.ceil(py - r - HALF), 0)
+        x0 = max(math.ceil(px - r - HALF), 0)
+        for y in range(y0, min(math.floor(py + r - HALF), h - 1) + 1):
+            dy = np.float32(y) + HALF - py
+            for x in range(x0, min(math.floor(px + r - HALF), w - 1) + 1):
+                dx = np.float32(x) + HALF - px
+                if dx * dx + dy * dy <= r * r:
+                    owner.append(i), xs.append(x), ys.append(y), dist2.append(dx * dx + dy * dy)
+                    count += 1
+        counts.append(count)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    xs, ys = np.array(xs, np.int64), np.array(ys, np.int64)
+    return offsets, np.array(owner, np.int64), xs, ys, ys * w + xs, np.array(dist2, np.float32)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_circle_table_matches_literal_loop(seed):
+    rng = np.random.default_rng(seed)
+    h, w = int(rng.integers(1, 40)), int(rng.integers(1, 40))
+    n = int(rng.integers(0, 12))
+    # quarter-pixel positions and radii make exact tangencies (dx² + dy² == r²) common
+    points = (rng.integers(0, 4 * w + 1, (n, 2)) / 4.0).astype(np.float32)
+    points[:, 1] = (rng.integers(0, 4 * h + 1, n) / 4.0).astype(np.float32)
+    radii = (rng.integers(0, 60, n) / 4.0).astype(np.float32)
+    got, want = raster.circle_table(points, radii, h, w), literal_circles(points, radii, h, w)
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+def test_circle_table_large_radius_rows_tangent():
+    """A radius of thousands of pixels: float32 rounding moves the run ends furthest."""
+    points = np.array([[2500.3, 2.7], [0.5, 4000.5]], np.float32)
+    radii = np.array([3000.0, 3999.9], np.float32)
+    h, w = 8, 5200
+    got, want = raster.circle_table(points, radii, h, w), literal_circles(points, radii, h, w)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def literal_labels(flat, owner, cost, allowed, n_pixels, n_owners):
+    """The scan of the former compiled loop: lower cost wins, ties to the lower owner."""
+    best = np.full(n_pixels, np.inf, np.float32)
+    labels = np.zeros(n_pixels, np.int32)
+    for f, o, c, ok in zip(flat, owner, cost, allowed, strict=True):
+        if ok and (c < best[f] or (c == best[f] and (labels[f] == 0 or o + 1 < labels[f]))):
+            best[f], labels[f] = c, o + 1
+    return labels, np.bincount(labels, minlength=n_owners + 1)[1:].astype(np.int64)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lowest_cost_labels_matches_literal_loop(seed):
+    rng = np.random.default_rng(seed)
+    n_pixels, n_owners, p = 30, 7, 200
+    flat = rng.integers(0, n_pixels, p)
+    owner = rng.integers(0, n_owners, p)
+    # few distinct values: many ties; signed zeros and infinities among them
+    cost = rng.choice(np.array([-np.inf, -1, -0.5, -0.0, 0.0, 0.25, 3e38, np.inf]), p)
+    allowed = rng.random(p) < 0.8
+    args = (flat, owner, cost.astype(np.float32), allowed, n_pixels, n_owners)
+    got, want = raster.lowest_cost_labels(*args), literal_labels(*args)
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+def test_forced_costs_rules():
+    cost = np.array([0.3, 0.3, 0.3, 0.3, 0.3], np.float32)
+    keep = np.array([False, False, True, True, False])
+    own = np.array([True, False, False, False, False])
+    seed = np.array([True, True, False, False, False])
+    split = np.array([False, False, True, False, True])
+    costs, allowed = raster.forced_costs(cost, keep, own, seed, split)
+    np.testing.assert_array_equal(costs, np.array([-1, -0.5, 0.3, 0.3, 0.3], np.float32))
+    np.testing.assert_array_equal(allowed, [True, True, True, False, False])
+    assert costs.dtype == np.float32
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_energy_twin_equals_kernel(seed):
+    rng = np.random.default_rng(seed)
+    pixels, dim, heads, p = 50, 16, 6, 3000
+    table = rng.normal(size=(pixels, dim)).astype(np.float32)
+    flat, owner = rng.integers(0, pixels, p), rng.integers(0, heads, p)
+    dist2 = rng.uniform(0, 100, p).astype(np.float32)
+    centres = rng.normal(size=(heads, dim)).astype(np.float32)
+    spread2 = rng.uniform(1, 100, heads).astype(np.float32)
+    args = (table, flat, owner, dist2, centres, spread2, 0.8)
+    twin = kernels._circle_energy_numpy(*args, chunk=1000)
+    np.testing.assert_array_equal(twin, kernels._circle_energy_loop(*args))
+
+
+@pytest.mark.parametrize("shape", [(1, 9, 5), (7, 12, 3)])
+def test_banded_twin_equals_kernel(shape):
+    rng = np.random.default_rng(0)
+    a, n, c = shape
+    outputs, band = 4 * n, 4
+    x = rng.normal(size=shape).astype(np.float32)
+    start = np.minimum(np.arange(outputs) // 4, n - 1).astype(np.int64)  # bands run off the end
+    weight = rng.normal(size=(outputs, band)).astype(np.float32)
+    out_loop = np.full((a, outputs, c), np.nan, np.float32)
+    out_twin = np.full((a, outputs, c), np.nan, np.float32)
+    kernels._banded_middle_loop(x, start, weight, out_loop)
+    kernels._banded_middle_numpy(x, start, weight, out_twin, chunk=50)
+    np.testing.assert_array_equal(out_twin, out_loop)
+
+
+def test_warm_up_switches_to_the_compiled_kernels():
+    kernels.warm_up()
+    kernels.warm_up()  # once per process
+    kernels._warm_up.join()
+    assert kernels._compiled
