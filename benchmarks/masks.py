@@ -106,7 +106,9 @@ class Totals:
 
 def load_predictor(args: argparse.Namespace) -> Predictor:
     torch.set_num_threads(args.threads)
-    predictor = Predictor.load(args.model, "cpu", args.which, "auto", args.scale)
+    predictor = Predictor.load(
+        args.model, "cpu", args.which, "auto", args.scale, locate=args.locate
+    )
     if args.connected == "off":
         predictor.segment_config = dataclasses.replace(predictor.segment_config, connected=False)
     return predictor
@@ -285,6 +287,7 @@ def main() -> None:
         one.add_argument("--model")
         one.add_argument("--which", default="teacher")
         one.add_argument("--scale", default="auto")
+        one.add_argument("--locate", type=float, help="a locating pass (docs/locating.md)")
         one.add_argument("--connected", choices=("on", "off"), default="on")
         one.add_argument("--work", required=True)
         one.add_argument("--threads", type=int, default=1)
