@@ -17,6 +17,13 @@ the model; PyTorch's own thread count, the CLI's default):
    process, :meth:`xmask.inference.predictor.Predictor.segment_points` with the 5,000 drawn heads.
    For both: wall time and the peak resident memory of the process (its own ``ru_maxrss``).
 
+With ``--compare N``, only this instead: ``xmask predict`` over the first ``N`` images,
+``--pipeline`` (read, network and post-processing overlapped, :mod:`xmask.apps.overlap`)
+against ``--no-pipeline``, each with PyTorch on 1 and on 2 threads (``OMP_NUM_THREADS``), the
+four alternating for ``--rounds`` rounds, each a fresh process: seconds per image after
+start-up (``summary.json``'s ``seconds``, first read to last output, over the images), the
+wall time, and the load average before each run.
+
 Prints one JSON object; nothing is asserted.
 """
 
@@ -73,9 +80,10 @@ def _child(args: list[str]) -> tuple[float, str]:
     return wall, done.stdout
 
 
-def _predict(model: str, source: Path, out: Path) -> tuple[float, float]:
-    """``xmask predict SOURCE --out OUT`` in a child: (wall seconds, its peak RSS in MiB)."""
-    command = [sys.executable, "-c", PREDICT, "predict", str(source), "--out", str(out)]
+def _predict(model: str, source: Path, out: Path, *extra: str) -> tuple[float, float]:
+    """``xmask predict SOURCE --out OUT [EXTRA]`` in a child: (wall seconds, its peak RSS in
+    MiB)."""
+    command = [sys.executable, "-c", PREDICT, "predict", str(source), "--out", str(out), *extra]
     wall, stdout = _child(command + ([] if model == "default" else ["--model", model]))
     peak = next(line for line in stdout.splitlines() if line.startswith("PEAK_RSS_MB"))
     return wall, float(peak.split()[1])
@@ -101,6 +109,39 @@ def _images(source: Path | None, work: Path, count: int) -> list[Path]:
     return paths
 
 
+def _folder(images: list[Path], folder: Path) -> Path:
+    """``images`` copied into ``folder``."""
+    folder.mkdir(exist_ok=True)
+    for path in images:
+        target = folder / path.name
+        if not target.exists():
+            shutil.copyfile(path, target)
+    return folder
+
+
+def _compare(model: str, folder: Path, work: Path, rounds: int) -> list[dict]:
+    """The ``--compare`` runs (module docstring), alternating."""
+    runs = []
+    for turn in range(rounds):
+        for mode in ("--no-pipeline", "--pipeline"):
+            for threads in ("2", "1"):
+                os.environ["OMP_NUM_THREADS"] = threads
+                out = work / f"compare-{turn}{mode}-{threads}"
+                load = os.getloadavg()[0]
+                wall, _ = _predict(model, folder, out, mode, "--force")
+                summary = json.loads((out / "summary.json").read_text())
+                runs.append({
+                    "mode": mode.strip("-"),
+                    "torch_threads": int(threads),
+                    "per_image_s": round(summary["seconds"] / summary["predicted"], 3),
+                    "wall_s": round(wall, 1),
+                    "load_before": round(load, 2),
+                })  # fmt: skip
+                print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+    os.environ.pop("OMP_NUM_THREADS")
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -109,21 +150,23 @@ def main() -> None:
     parser.add_argument("--images", type=Path, help="folder of 1024×768 images (≥ 50)")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--huge-heads", type=int, default=5000)
+    parser.add_argument("--compare", type=int, metavar="N", help="only pipelined vs not")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of --compare")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="xmask-predict-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {"model": args.model, "cpus": os.cpu_count()}
+    if args.compare:
+        folder = _folder(_images(args.images, work, args.compare), work / "compare")
+        result["compare"] = _compare(args.model, folder, work, args.rounds)
+        print(json.dumps(result, indent=2))
+        return
 
     images = _images(args.images, work, 50)
     wall_one, rss_one = _predict(args.model, images[0], work / "one")
     result["one_image"] = {"image": str(images[0]), "wall_s": wall_one, "peak_rss_mb": rss_one}
 
-    folder = work / "fifty"
-    folder.mkdir(exist_ok=True)
-    for path in images:
-        target = folder / path.name
-        if not target.exists():
-            shutil.copyfile(path, target)
+    folder = _folder(images, work / "fifty")
     wall_fifty, rss_fifty = _predict(args.model, folder, work / "fifty-out")
     summary = json.loads((work / "fifty-out" / "summary.json").read_text())
     result["fifty_images"] = {
