@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import make_run, tiny_model
+from xmask.apps.frames import AnnotatedWriter
 from xmask.apps.overlap import Failed, Settled, run_stages
 from xmask.cli import EXIT_SKIPPED, main
 from xmask.data.image_io import load_label_map
@@ -138,3 +139,33 @@ def test_the_first_of_two_same_named_images_keeps_the_name(folder: Path, tmp_pat
         summary = json.loads((out / "summary.json").read_text())
         assert summary["predicted"] == 1 and len(summary["skipped"]) == 1
         assert (out / ".owners" / "syn_0000").read_text() == str(Path(first).resolve())
+
+
+def test_a_pipelined_video_gives_the_same_rows_crossings_and_frames(
+    folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("av")
+    from test_predict_cli import _write_video
+
+    pictures: list[np.ndarray] = []  # as drawn: the H.264 encoder itself is not deterministic
+    write = AnnotatedWriter.write
+
+    def kept(writer: AnnotatedWriter, picture: np.ndarray) -> None:
+        pictures.append(picture)
+        write(writer, picture)
+
+    monkeypatch.setattr(AnnotatedWriter, "write", kept)
+    frames = [np.roll(make_crowd(64, 96, 10, seed=1).image, 6 * i, axis=1) for i in range(6)]
+    _write_video(tmp_path / "clip.mp4", frames)
+    found = []
+    for mode in ("--no-pipeline", "--pipeline"):
+        out = tmp_path / mode
+        args = [str(tmp_path / "clip.mp4"), "--out", str(out), "--line", "48,0 48,64", mode]
+        assert main(["predict", *args, "--heatmap", "--model", str(folder / "run")]) == 0
+        record = json.loads((out / "videos" / "clip.json").read_text())
+        table = (out / "videos" / "clip.csv").read_text()
+        heatmap = (out / "videos" / "clip-heatmap.png").read_bytes()
+        found.append((table, record["lines"], record["tracks"], heatmap))
+    assert found[0][0].count("\n") == 7 and found[1] == found[0]
+    assert len(pictures) == 12
+    np.testing.assert_array_equal(np.stack(pictures[6:]), np.stack(pictures[:6]))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,22 +165,23 @@ def predict_images(
     bar = tqdm(total=len(sources), desc="predict", unit="img", disable=not progress)
     start, elapsed = time.perf_counter(), 0.0
     results = run_stages(sources, (stages.read, stages.network, stages.post), threads=pipeline)
-    for source, result in results:
-        bar.update()
-        if isinstance(result, Failed):
-            if not isinstance(result.value, SKIPPED_ERRORS):
-                raise result.value
-            summary.skip(source.name, str(result.value))
-        elif isinstance(result, Settled):
-            summary.already_done += 1
-        else:
-            read, prediction = result
-            summary.predicted += 1
-            summary.redone += read.redone
-            elapsed = time.perf_counter() - start
-            summary.network_s += prediction.network_s
-            summary.post_s += prediction.post_s
-            bar.set_postfix(heads=len(prediction.points), refresh=False)
+    with closing(results):
+        for source, result in results:
+            bar.update()
+            if isinstance(result, Failed):
+                if not isinstance(result.value, SKIPPED_ERRORS):
+                    raise result.value
+                summary.skip(source.name, str(result.value))
+            elif isinstance(result, Settled):
+                summary.already_done += 1
+            else:
+                read, prediction = result
+                summary.predicted += 1
+                summary.redone += read.redone
+                elapsed = time.perf_counter() - start
+                summary.network_s += prediction.network_s
+                summary.post_s += prediction.post_s
+                bar.set_postfix(heads=len(prediction.points), refresh=False)
     bar.close()
     summary.seconds += elapsed
     return summary

@@ -178,7 +178,7 @@ def run_predict(request: PredictRequest, info: DistInfo | None = None) -> BatchS
         try:
             result = predict_video(
                 predictor, video, out, every=request.every, frames=frames, settings=settings,
-                force=request.force, progress=request.progress,
+                force=request.force, progress=request.progress, pipeline=request.pipeline,
             )  # fmt: skip
         except DataError as err:
             summary.skip(video.name, str(err))
