@@ -22,7 +22,9 @@ With ``--compare N``, only this instead: ``xmask predict`` over the first ``N`` 
 against ``--no-pipeline``, each with PyTorch on 1 and on 2 threads (``OMP_NUM_THREADS``), the
 four alternating for ``--rounds`` rounds, each a fresh process: seconds per image after
 start-up (``summary.json``'s ``seconds``, first read to last output, over the images), the
-wall time, and the load average before each run.
+wall time, and the load average before each run. Then the same four on a video of the first 12
+of the images as frames (H.264): frames per second of
+:func:`xmask.apps.video.predict_video` after a warm-up frame (masks, overlays, encoding).
 
 Prints one JSON object; nothing is asserted.
 """
@@ -67,6 +69,21 @@ print(json.dumps({
     "tiles": prediction.tiles,
     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
 }))
+"""
+
+VIDEO = """
+import json, os, sys, time
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI sets it
+from xmask.apps.sources import find_sources
+from xmask.apps.video import predict_video
+from xmask.inference.predictor import Predictor
+model, video, out, pipeline = sys.argv[1:5]
+predictor = Predictor.load(None if model == "default" else model, device="cpu")
+source = find_sources([video])[0]
+predict_video(predictor, source, out + "-warm", every=1000, progress=False)
+start = time.perf_counter()
+result = predict_video(predictor, source, out, pipeline=pipeline == "1", progress=False)
+print(json.dumps({"frames": len(result.rows), "seconds": time.perf_counter() - start}))
 """
 
 
@@ -119,25 +136,48 @@ def _folder(images: list[Path], folder: Path) -> Path:
     return folder
 
 
-def _compare(model: str, folder: Path, work: Path, rounds: int) -> list[dict]:
+def _video(images: list[Path], path: Path) -> Path:
+    """``images`` (of one size) as the frames of an H.264 video at 5 frames/s."""
+    import av
+    import numpy as np
+    from PIL import Image
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=5)
+        stream.width, stream.height = Image.open(images[0]).size
+        stream.pix_fmt = "yuv420p"
+        for image in images:
+            frame = np.asarray(Image.open(image).convert("RGB"))
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def _compare(model: str, folder: Path, work: Path, rounds: int) -> dict[str, list[dict]]:
     """The ``--compare`` runs (module docstring), alternating."""
-    runs = []
+    video = _video(sorted(folder.iterdir())[:12], work / "compare.mp4")
+    runs: dict[str, list[dict]] = {"images": [], "video": []}
     for turn in range(rounds):
         for mode in ("--no-pipeline", "--pipeline"):
             for threads in ("2", "1"):
                 os.environ["OMP_NUM_THREADS"] = threads
                 out = work / f"compare-{turn}{mode}-{threads}"
+                run = {"mode": mode.strip("-"), "torch_threads": int(threads)}
                 load = os.getloadavg()[0]
                 wall, _ = _predict(model, folder, out, mode, "--force")
                 summary = json.loads((out / "summary.json").read_text())
-                runs.append({
-                    "mode": mode.strip("-"),
-                    "torch_threads": int(threads),
-                    "per_image_s": round(summary["seconds"] / summary["predicted"], 3),
-                    "wall_s": round(wall, 1),
-                    "load_before": round(load, 2),
-                })  # fmt: skip
-                print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+                per_image = round(summary["seconds"] / summary["predicted"], 3)
+                runs["images"].append(run | {"per_image_s": per_image, "wall_s": round(wall, 1)})
+                runs["images"][-1]["load_before"] = round(load, 2)
+                load = os.getloadavg()[0]
+                pipelined = str(int(mode == "--pipeline"))
+                _, stdout = _child(
+                    [sys.executable, "-c", VIDEO, model, str(video), f"{out}-video", pipelined]
+                )
+                timed = json.loads(stdout.strip().splitlines()[-1])
+                fps = round(timed["frames"] / timed["seconds"], 2)
+                runs["video"].append(run | {"frames_per_s": fps, "load_before": round(load, 2)})
+                print(json.dumps([runs["images"][-1], runs["video"][-1]]), file=sys.stderr)
     os.environ.pop("OMP_NUM_THREADS")
     return runs
 

@@ -94,7 +94,8 @@ def run_stages(
         the :class:`Settled` (or :class:`Failed`) of an earlier stage. An exception raised while
         iterating ``items`` is raised here, after the results of the items before it.
         Closing the iterator early stops the threads; it returns once each has finished the
-        item in hand.
+        item in hand, and ``items`` has given its next item or ended (an iterator that may wait
+        long for one should end on a signal of its own, set before closing).
     """
     if not threads:
         for item in items:

@@ -61,8 +61,9 @@ class PredictRequest:
         force: redo every item, even up-to-date ones.
         outputs: which files each image gets.
         progress: show progress bars.
-        pipeline: images and videos: read, network and post-processing in threads that
-            overlap (:mod:`xmask.apps.overlap`; the same results as one after another).
+        pipeline: images, videos and streams: reading, the network and post-processing in
+            threads that overlap (:mod:`xmask.apps.overlap`; the same results as one after
+            another; ``stream``'s ``pipeline`` is replaced by it).
     """
 
     sources: tuple[str, ...] = ()
@@ -189,7 +190,7 @@ def run_predict(request: PredictRequest, info: DistInfo | None = None) -> BatchS
         summary.videos_predicted += 1
         summary.network_s += result.network_s
         summary.post_s += result.post_s
-    options = replace(request.stream, every=request.every)
+    options = replace(request.stream, every=request.every, pipeline=request.pipeline)
     for stream in streams:
         try:
             done = predict_stream(

@@ -190,9 +190,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--pipeline",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="images and videos: read the next one and segment and write the last one in "
-        "other threads while the network runs (default); --no-pipeline: one after another "
-        "(the same results)",
+        help="images, videos and streams: read the next one and segment and write the last "
+        "one in other threads while the network runs (default); --no-pipeline: one after "
+        "another (the same results)",
     )
     add_image_limit_option(parser)
     parser.set_defaults(run=run_predict)
