@@ -23,7 +23,9 @@ Two levels, as in segment-anything's predictor: ``predictor(image)`` does everyt
 or :meth:`Predictor.set_image` runs the network once, then :meth:`Predictor.predict` gives the
 predicted heads and :meth:`Predictor.segment` the masks of heads the caller gives (ground-truth
 points, clicks), each without running the network again; the network's own count is always
-reported.
+reported. :meth:`Predictor.run_network` and :meth:`Predictor.predict_from` are the same two steps
+with the network's outputs handed over instead of kept, so that one thread runs the network on
+an image while another segments the one before (:mod:`xmask.apps.overlap`).
 
 Large images
     An image with more than ``max_pixels`` pixels (default
