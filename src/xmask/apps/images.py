@@ -68,11 +68,6 @@ class _Read:
     image: np.ndarray
 
 
-@dataclass(frozen=True)
-class _Kept:
-    """An image whose earlier result is up to date."""
-
-
 @dataclass
 class _ImageStages:
     """The three stages of :func:`predict_images` over one output folder (module docstring);
@@ -98,7 +93,7 @@ class _ImageStages:
         fingerprint = {"source": source_fingerprint(source), "settings": self.settings}
         earlier = read_record(files.prediction)
         if not self.force and earlier is not None and earlier.get("fingerprint") == fingerprint:
-            return Settled(_Kept())
+            return Settled()  # kept: its earlier result is up to date
         image = load_image(source.path, apply_exif=source.apply_exif).array
         return _Read(source.name, files, fingerprint, earlier is not None, image)
 
