@@ -17,6 +17,15 @@ the model; PyTorch's own thread count, the CLI's default):
    process, :meth:`xmask.inference.predictor.Predictor.segment_points` with the 5,000 drawn heads.
    For both: wall time and the peak resident memory of the process (its own ``ru_maxrss``).
 
+With ``--compare N``, only this instead: ``xmask predict`` over the first ``N`` images,
+``--pipeline`` (read, network and post-processing overlapped, :mod:`xmask.apps.overlap`)
+against ``--no-pipeline``, each with PyTorch on 1 and on 2 threads (``OMP_NUM_THREADS``), the
+four alternating for ``--rounds`` rounds, each a fresh process: seconds per image after
+start-up (``summary.json``'s ``seconds``, first read to last output, over the images), the
+wall time, and the load average before each run. Then the same four on a video of the first 12
+of the images as frames (H.264): frames per second of
+:func:`xmask.apps.video.predict_video` after a warm-up frame (masks, overlays, encoding).
+
 Prints one JSON object; nothing is asserted.
 """
 
@@ -62,6 +71,21 @@ print(json.dumps({
 }))
 """
 
+VIDEO = """
+import json, os, sys, time
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI sets it
+from xmask.apps.sources import find_sources
+from xmask.apps.video import predict_video
+from xmask.inference.predictor import Predictor
+model, video, out, pipeline = sys.argv[1:5]
+predictor = Predictor.load(None if model == "default" else model, device="cpu")
+source = find_sources([video])[0]
+predict_video(predictor, source, out + "-warm", every=1000, progress=False)
+start = time.perf_counter()
+result = predict_video(predictor, source, out, pipeline=pipeline == "1", progress=False)
+print(json.dumps({"frames": len(result.rows), "seconds": time.perf_counter() - start}))
+"""
+
 
 def _child(args: list[str]) -> tuple[float, str]:
     """Run a child process; returns (wall seconds, stdout)."""
@@ -73,9 +97,10 @@ def _child(args: list[str]) -> tuple[float, str]:
     return wall, done.stdout
 
 
-def _predict(model: str, source: Path, out: Path) -> tuple[float, float]:
-    """``xmask predict SOURCE --out OUT`` in a child: (wall seconds, its peak RSS in MiB)."""
-    command = [sys.executable, "-c", PREDICT, "predict", str(source), "--out", str(out)]
+def _predict(model: str, source: Path, out: Path, *extra: str) -> tuple[float, float]:
+    """``xmask predict SOURCE --out OUT [EXTRA]`` in a child: (wall seconds, its peak RSS in
+    MiB)."""
+    command = [sys.executable, "-c", PREDICT, "predict", str(source), "--out", str(out), *extra]
     wall, stdout = _child(command + ([] if model == "default" else ["--model", model]))
     peak = next(line for line in stdout.splitlines() if line.startswith("PEAK_RSS_MB"))
     return wall, float(peak.split()[1])
@@ -101,6 +126,62 @@ def _images(source: Path | None, work: Path, count: int) -> list[Path]:
     return paths
 
 
+def _folder(images: list[Path], folder: Path) -> Path:
+    """``images`` copied into ``folder``."""
+    folder.mkdir(exist_ok=True)
+    for path in images:
+        target = folder / path.name
+        if not target.exists():
+            shutil.copyfile(path, target)
+    return folder
+
+
+def _video(images: list[Path], path: Path) -> Path:
+    """``images`` (of one size) as the frames of an H.264 video at 5 frames/s."""
+    import av
+    import numpy as np
+    from PIL import Image
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=5)
+        stream.width, stream.height = Image.open(images[0]).size
+        stream.pix_fmt = "yuv420p"
+        for image in images:
+            frame = np.asarray(Image.open(image).convert("RGB"))
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def _compare(model: str, folder: Path, work: Path, rounds: int) -> dict[str, list[dict]]:
+    """The ``--compare`` runs (module docstring), alternating."""
+    video = _video(sorted(folder.iterdir())[:12], work / "compare.mp4")
+    runs: dict[str, list[dict]] = {"images": [], "video": []}
+    for turn in range(rounds):
+        for mode in ("--no-pipeline", "--pipeline"):
+            for threads in ("2", "1"):
+                os.environ["OMP_NUM_THREADS"] = threads
+                out = work / f"compare-{turn}{mode}-{threads}"
+                run = {"mode": mode.strip("-"), "torch_threads": int(threads)}
+                load = os.getloadavg()[0]
+                wall, _ = _predict(model, folder, out, mode, "--force")
+                summary = json.loads((out / "summary.json").read_text())
+                per_image = round(summary["seconds"] / summary["predicted"], 3)
+                runs["images"].append(run | {"per_image_s": per_image, "wall_s": round(wall, 1)})
+                runs["images"][-1]["load_before"] = round(load, 2)
+                load = os.getloadavg()[0]
+                pipelined = str(int(mode == "--pipeline"))
+                _, stdout = _child(
+                    [sys.executable, "-c", VIDEO, model, str(video), f"{out}-video", pipelined]
+                )
+                timed = json.loads(stdout.strip().splitlines()[-1])
+                fps = round(timed["frames"] / timed["seconds"], 2)
+                runs["video"].append(run | {"frames_per_s": fps, "load_before": round(load, 2)})
+                print(json.dumps([runs["images"][-1], runs["video"][-1]]), file=sys.stderr)
+    os.environ.pop("OMP_NUM_THREADS")
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -109,21 +190,23 @@ def main() -> None:
     parser.add_argument("--images", type=Path, help="folder of 1024×768 images (≥ 50)")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--huge-heads", type=int, default=5000)
+    parser.add_argument("--compare", type=int, metavar="N", help="only pipelined vs not")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of --compare")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="xmask-predict-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {"model": args.model, "cpus": os.cpu_count()}
+    if args.compare:
+        folder = _folder(_images(args.images, work, args.compare), work / "compare")
+        result["compare"] = _compare(args.model, folder, work, args.rounds)
+        print(json.dumps(result, indent=2))
+        return
 
     images = _images(args.images, work, 50)
     wall_one, rss_one = _predict(args.model, images[0], work / "one")
     result["one_image"] = {"image": str(images[0]), "wall_s": wall_one, "peak_rss_mb": rss_one}
 
-    folder = work / "fifty"
-    folder.mkdir(exist_ok=True)
-    for path in images:
-        target = folder / path.name
-        if not target.exists():
-            shutil.copyfile(path, target)
+    folder = _folder(images, work / "fifty")
     wall_fifty, rss_fifty = _predict(args.model, folder, work / "fifty-out")
     summary = json.loads((work / "fifty-out" / "summary.json").read_text())
     result["fifty_images"] = {

@@ -15,12 +15,13 @@ from xmask.cli._args import SCALE_CHOICES
 from xmask.data.synthetic import make_crowd
 from xmask.geometry.points import pixel_of
 from xmask.inference.count_rule import CountRule
-from xmask.inference.predictor import Predictor, labels_to_size
+from xmask.inference.predictor import Predictor
 from xmask.inference.scale import (
     ONE_PASS,
     SCALE_OPTIONS,
     ScaleRule,
     adaptive_outputs,
+    labels_to_size,
     nearest_distances,
     resolve_scale,
     top_cells_rule,

@@ -1,5 +1,5 @@
-"""Prediction over many images: what to write, when a finished image may be kept, and the
-summary of the output folder.
+"""The output folder of many images: what to write, when a finished image may be kept, and the
+summary of the folder (the images are predicted by :mod:`xmask.apps.images`).
 
 Output folder ``OUT/`` (every file written atomically; ``NAME`` is the source's output name,
 :mod:`xmask.apps.sources`, which may hold sub-folders such as ``100/IMG_1``):
@@ -43,21 +43,18 @@ import hashlib
 import json
 import logging
 import os
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from xmask.annotate.coco import ImageRecord, label_maps_to_coco, write_coco
-from xmask.apps.roi import restrict
 from xmask.apps.sources import Source
 from xmask.apps.zones import Zone, count_row, count_table, zone_counts, zones_setting
-from xmask.data.files import atomic_write_bytes, remove_stale_temporaries
-from xmask.data.image_io import jpeg_bytes, load_image, load_label_map, png_bytes, save_label_map
+from xmask.data.files import atomic_write_bytes
+from xmask.data.image_io import jpeg_bytes, load_label_map, png_bytes, save_label_map
 from xmask.data.points_io import read_txt_points, write_points_txt
 from xmask.data.render import DensityGrid, colour_labels, heatmap_picture, heatmap_sigma
 from xmask.errors import DataError, UsageError
@@ -83,7 +80,7 @@ class BatchSummary:
         videos_predicted: videos predicted by this call.
         already_done: images and videos of this call kept from an earlier one.
         redone: of ``predicted``, images whose earlier result was out of date.
-        seconds: wall time of this call's images, from reading the file to the last output.
+        seconds: wall time of this call's images, from the first read to the last output.
         network_s: seconds in the network over this call's images and videos.
         post_s: seconds after it.
         skipped: ``{"name", "problem"}`` of every item of this call left out.
@@ -326,81 +323,6 @@ def claim(files: ImageOutputs, source: Source, force: bool) -> str | None:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(mine)
     return None
-
-
-def predict_images(
-    predictor: Predictor,
-    sources: Sequence[Source],
-    out: str | Path,
-    *,
-    model: str = "",
-    which: str = "teacher",
-    roi: np.ndarray | None = None,
-    zones: Sequence[Zone] = (),
-    options: OutputOptions | None = None,
-    force: bool = False,
-    settings: str | None = None,
-    summary: BatchSummary | None = None,
-    progress: bool = True,
-) -> BatchSummary:
-    """Predict every image source into ``out`` (layout and re-runs in the module docstring).
-
-    Args:
-        predictor: the model.
-        sources: images, in output order (videos are left to :mod:`xmask.apps.video`).
-        out: the output folder.
-        model: the model's name or path, recorded in the outputs.
-        which: the network of a training run (part of the settings).
-        roi: ``K×2`` ``(x, y)`` polygon to count inside (:mod:`xmask.apps.roi`), or None.
-        zones: named polygons to count heads in (:mod:`xmask.apps.zones`).
-        options: which files to write (default: all but the preview).
-        force: redo every image, even one whose outputs are up to date.
-        settings: :func:`settings_fingerprint` of ``predictor``, ``which``, ``roi``,
-            ``options`` and ``zones`` (computed when None).
-        summary: totals to add to (a new one when None).
-        progress: show a tqdm bar on stderr.
-
-    Returns:
-        The summary of this call (:func:`finish` adds the folder's totals and writes it).
-    """
-
-    out = Path(out)
-    remove_stale_temporaries(out)
-    summary = summary or BatchSummary(model, predictor.count_rule.describe())
-    options = options or OutputOptions()
-    settings = settings or settings_fingerprint(predictor, which, roi, options, zones)
-    owners: dict[str, str] = {}
-    bar = tqdm(sources, desc="predict", unit="img", disable=not progress)
-    for source in bar:
-        start = time.perf_counter()
-        try:
-            files = ImageOutputs(out, source.stem, options)
-            first = owners.setdefault(files.stem, str(source.path))
-            holder = claim(files, source, force) if first == str(source.path) else first
-            if holder is not None:
-                summary.skip(source.name, f"output name {files.stem!r} belongs to {holder}")
-                continue
-            fingerprint = {"source": source_fingerprint(source), "settings": settings}
-            earlier = read_record(files.prediction)
-            if not force and earlier is not None and earlier.get("fingerprint") == fingerprint:
-                summary.already_done += 1
-                continue
-            prediction = predictor(load_image(source.path, apply_exif=source.apply_exif).array)
-            if roi is not None:
-                prediction = restrict(prediction, roi)
-            record = prediction_record(prediction, source.name, model, zones)
-            write_image_outputs(files, prediction, record | {"fingerprint": fingerprint})
-        except (DataError, UsageError, OSError) as err:
-            summary.skip(source.name, str(err))
-            continue
-        summary.predicted += 1
-        summary.redone += earlier is not None
-        summary.seconds += time.perf_counter() - start
-        summary.network_s += prediction.network_s
-        summary.post_s += prediction.post_s
-        bar.set_postfix(heads=len(prediction.points), refresh=False)
-    bar.close()
-    return summary
 
 
 def finish(summary: BatchSummary, out: str | Path) -> BatchSummary:

@@ -27,7 +27,7 @@ from xmask.apps.zones import Zone, zone_column, zone_counts
 from xmask.data.render import DensityGrid, draw_lines, heatmap_picture
 from xmask.errors import DataError, MissingDependencyError
 from xmask.inference.prediction import Prediction
-from xmask.inference.predictor import Predictor
+from xmask.inference.predictor import ImageFeatures, Predictor
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,21 @@ class FrameSettings:
     lines: Sequence[CountingLine] = ()
     tracking: TrackerConfig = field(default_factory=TrackerConfig)
     heat: OutputOptions | None = None
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame.
+
+    Attributes:
+        index: its index among the decoded frames (from 0).
+        time_s: its time in the video or stream, in seconds.
+        image: ``H×W×3 uint8`` RGB.
+    """
+
+    index: int
+    time_s: float
+    image: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -121,32 +136,53 @@ class FrameAnalyzer:
         self.post_s = 0.0
 
     def __call__(self, index: int, time_s: float, image: np.ndarray) -> tuple[FrameRow, Prediction]:
-        """Predict one ``H×W×3 uint8`` RGB frame and count it.
+        """Predict one ``H×W×3 uint8`` RGB frame and count it (:meth:`check`, :meth:`network`,
+        :meth:`count`).
 
         Raises:
             DataError: the frame's size differs from the first frame's.
         """
-        size = (int(image.shape[0]), int(image.shape[1]))
+        return self.count(self.network(self.check(Frame(index, time_s, image))))
+
+    def check(self, frame: Frame) -> Frame:
+        """The frame, once its size is known to be the first frame's.
+
+        Raises:
+            DataError: the frame's size differs from the first frame's.
+        """
+        size = (int(frame.image.shape[0]), int(frame.image.shape[1]))
         if self.size is None:
             self.size = size
         elif size != self.size:
             raise DataError(self.source, f"the frame size changed from {self.size} to {size}")
+        return frame
+
+    def network(self, frame: Frame) -> tuple[Frame, ImageFeatures]:
+        """The network's outputs for a checked frame (touches nothing of the analyzer, so it
+        may run in one thread while :meth:`count` runs in another)."""
+        return frame, self.predictor.run_network(frame.image)
+
+    def count(self, done: tuple[Frame, ImageFeatures]) -> tuple[FrameRow, Prediction]:
+        """The prediction of a frame from its network outputs, and its row; tracks, crossings
+        and density go on from it (frames in their order)."""
+        frame, features = done
         settings = self.settings
-        prediction = self.predictor(image)
+        prediction = self.predictor.predict_from(features)
         if settings.roi is not None:
             prediction = restrict(prediction, settings.roi)
         self.network_s += prediction.network_s
         self.post_s += prediction.post_s
         if settings.lines:
-            self.tracker = self.tracker or Tracker(settings.tracking, size)
+            self.tracker = self.tracker or Tracker(settings.tracking, prediction.size)
             ids = self.tracker.update(prediction.points)
             self.counter.update(ids, prediction.points, list(self.tracker.tracks))
         if settings.heat is not None:
-            self.grid = self.grid or settings.heat.heatmap_grid(size)
+            self.grid = self.grid or settings.heat.heatmap_grid(prediction.size)
             self.grid.add(prediction.points)
             self.background = prediction.image
         zones = zone_counts(prediction, settings.zones)
-        return FrameRow(index, time_s, prediction.count, zones, self.counter.totals()), prediction
+        row = FrameRow(frame.index, frame.time_s, prediction.count, zones, self.counter.totals())
+        return row, prediction
 
     @property
     def tracks(self) -> int:

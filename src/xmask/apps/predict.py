@@ -1,8 +1,8 @@
 """One ``xmask predict`` request: what to read, with which model, where to write; images
-through :mod:`xmask.apps.batch`, videos through :mod:`xmask.apps.video`, live sources (webcams,
-stream URLs: :mod:`xmask.apps.live`) through :mod:`xmask.apps.stream`, after the files and one
-after another. The CLI turns its options into a :class:`PredictRequest` and prints the
-:class:`~xmask.apps.batch.BatchSummary`.
+through :mod:`xmask.apps.images` (their files: :mod:`xmask.apps.batch`), videos through
+:mod:`xmask.apps.video`, live sources (webcams, stream URLs: :mod:`xmask.apps.live`) through
+:mod:`xmask.apps.stream`, after the files and one after another. The CLI turns its options into
+a :class:`PredictRequest` and prints the :class:`~xmask.apps.batch.BatchSummary`.
 """
 
 from __future__ import annotations
@@ -11,14 +11,9 @@ import logging
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from xmask.apps.batch import (
-    BatchSummary,
-    OutputOptions,
-    finish,
-    predict_images,
-    settings_fingerprint,
-)
+from xmask.apps.batch import BatchSummary, OutputOptions, finish, settings_fingerprint
 from xmask.apps.frames import FrameSettings
+from xmask.apps.images import predict_images
 from xmask.apps.live import LiveSource, live_source
 from xmask.apps.roi import read_polygon
 from xmask.apps.shard import gather_summaries, shard_sources
@@ -66,6 +61,9 @@ class PredictRequest:
         force: redo every item, even up-to-date ones.
         outputs: which files each image gets.
         progress: show progress bars.
+        pipeline: images, videos and streams: reading, the network and post-processing in
+            threads that overlap (:mod:`xmask.apps.overlap`; the same results as one after
+            another; ``stream``'s ``pipeline`` is replaced by it).
     """
 
     sources: tuple[str, ...] = ()
@@ -90,6 +88,7 @@ class PredictRequest:
     force: bool = False
     outputs: OutputOptions = field(default_factory=OutputOptions)
     progress: bool = True
+    pipeline: bool = True
 
     @property
     def out_folder(self) -> Path:
@@ -174,13 +173,13 @@ def run_predict(request: PredictRequest, info: DistInfo | None = None) -> BatchS
     predict_images(
         predictor, images, out, model=model, which=request.which, roi=roi, zones=zones,
         options=request.outputs, force=request.force, settings=settings, summary=summary,
-        progress=request.progress,
+        progress=request.progress, pipeline=request.pipeline,
     )  # fmt: skip
     for video in (s for s in sources if s.is_video):
         try:
             result = predict_video(
                 predictor, video, out, every=request.every, frames=frames, settings=settings,
-                force=request.force, progress=request.progress,
+                force=request.force, progress=request.progress, pipeline=request.pipeline,
             )  # fmt: skip
         except DataError as err:
             summary.skip(video.name, str(err))
@@ -191,7 +190,7 @@ def run_predict(request: PredictRequest, info: DistInfo | None = None) -> BatchS
         summary.videos_predicted += 1
         summary.network_s += result.network_s
         summary.post_s += result.post_s
-    options = replace(request.stream, every=request.every)
+    options = replace(request.stream, every=request.every, pipeline=request.pipeline)
     for stream in streams:
         try:
             done = predict_stream(

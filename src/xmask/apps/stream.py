@@ -22,7 +22,9 @@ run stops: after ``duration_s`` seconds or ``frames`` predicted frames, on Ctrl-
 (``KeyboardInterrupt``: every row written is kept), or when the source stays lost after its
 retries. With ``max_fps``, at most that many frames are predicted per second of wall time and
 the reader never waits for the model: frames that arrive meanwhile are dropped (and counted)
-rather than predicted late.
+rather than predicted late. With ``pipeline`` (the default) the network runs on one frame while
+the one before is counted and drawn in another thread; the frames taken before a stop are still
+predicted and written (one or two more than the time bound allows).
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from fractions import Fraction
@@ -42,6 +46,7 @@ from tqdm.auto import tqdm
 
 from xmask.apps.frames import (
     AnnotatedWriter,
+    Frame,
     FrameAnalyzer,
     FrameRow,
     FrameSettings,
@@ -49,11 +54,12 @@ from xmask.apps.frames import (
     table_cells,
     table_header,
 )
-from xmask.apps.live import LiveReader, LiveSource, Reconnect
+from xmask.apps.live import LiveFrame, LiveReader, LiveSource, Reconnect
+from xmask.apps.overlap import Failed, run_stages
 from xmask.data.files import atomic_write_bytes
 from xmask.data.image_io import png_bytes
 from xmask.errors import DataError, UsageError
-from xmask.inference.predictor import Predictor
+from xmask.inference.predictor import ImageFeatures, Predictor
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +82,8 @@ class StreamOptions:
         frames: stop after this many predicted frames (None: no bound).
         save_video: write the annotated frames.
         reconnect: how a dropped source is opened again.
+        pipeline: the network on one frame while the one before is counted and drawn, in
+            another thread (:mod:`xmask.apps.overlap`; the same rows).
     """
 
     every: int = 1
@@ -84,6 +92,7 @@ class StreamOptions:
     frames: int | None = None
     save_video: bool = False
     reconnect: Reconnect = field(default_factory=Reconnect)
+    pipeline: bool = True
 
     def __post_init__(self) -> None:
         if self.every < 1:
@@ -184,6 +193,8 @@ class _Run:
         self.snapshot_at = self.started + SNAPSHOT_S
         self.heads = 0
         self.writer: AnnotatedWriter | None = None
+        self.lock = threading.Lock()
+        """Held while the analyzer counts a frame or a snapshot reads it."""
 
     def add(self, row: FrameRow) -> None:
         summary = self.summary
@@ -199,9 +210,10 @@ class _Run:
         summary.problem = summary.problem or reader.problem
         summary.seconds = round(time.monotonic() - self.started, 3)
         summary.mean_count = round(self.heads / max(1, summary.frames_predicted), 3)
-        summary.lines, summary.tracks = analyzer.counter.totals(), analyzer.tracks
-        summary.network_s, summary.post_s = analyzer.network_s, analyzer.post_s
-        picture = analyzer.heatmap()
+        with self.lock:
+            summary.lines, summary.tracks = analyzer.counter.totals(), analyzer.tracks
+            summary.network_s, summary.post_s = analyzer.network_s, analyzer.post_s
+            picture = analyzer.heatmap()
         if picture is not None:
             atomic_write_bytes(self.heatmap_path, png_bytes(picture))
         text = json.dumps(asdict(summary), indent=2) + "\n"
@@ -276,17 +288,64 @@ def _loop(
     bar: Any,
     on_row: Callable[[FrameRow], None] | None,
 ) -> None:
-    """Predict frames until a stop condition (sets ``run.summary.stopped``)."""
-    summary, analyzer = run.summary, run.analyzer
+    """Predict frames until a stop condition (sets ``run.summary.stopped``): the frames taken
+    in order (:func:`_taken`), their network and their counting and drawing overlapped with
+    ``options.pipeline`` (:mod:`xmask.apps.overlap`), their rows written here."""
+    analyzer = run.analyzer
     rows = csv.writer(table, lineterminator="\n")
+
+    def counted(done: tuple[Frame, ImageFeatures]) -> FrameRow:
+        with run.lock:
+            row, prediction = analyzer.count(done)
+        if options.save_video:
+            if run.writer is None:
+                rate = Fraction(options.max_fps or 25).limit_denominator(1000)
+                fragmented = {"movflags": "frag_keyframe+empty_moov"}
+                run.writer = AnnotatedWriter(av, run.video_path, rate, fragmented)
+            run.writer.write(analyzer.picture(prediction))
+        return row
+
+    def checked(live: LiveFrame) -> Frame:
+        return analyzer.check(Frame(live.index, live.time_s, live.image))
+
+    stages = (checked, analyzer.network, counted)
+    halt = threading.Event()
+    taken = _taken(run, reader, options, halt)
+    frames = run_stages(taken, stages, threads=options.pipeline, depth=1)
+    with closing(frames):
+        try:
+            for frame, row in frames:
+                if isinstance(row, Failed):
+                    raise row.value
+                wall = datetime.fromtimestamp(frame.wall).astimezone()
+                rows.writerow(table_cells(row, wall.isoformat(timespec="milliseconds")))
+                table.flush()
+                run.add(row)
+                bar.update()
+                bar.set_postfix(count=row.count, refresh=False)
+                if on_row is not None:
+                    on_row(row)
+                if time.monotonic() >= run.snapshot_at:
+                    run.write(reader)
+        finally:
+            halt.set()  # before the stages are stopped: the taking thread waits for no frame
+
+
+def _taken(
+    run: _Run, reader: LiveReader, options: StreamOptions, halt: threading.Event
+) -> Iterator[LiveFrame]:
+    """The frames to predict, in order, until a stop condition (sets ``run.summary.stopped``;
+    ``frames`` counts the frames taken, each of which is predicted) or ``halt``."""
+    summary = run.summary
     end = None if options.duration_s is None else run.started + options.duration_s
     next_at = run.started
-    while True:
+    taken = 0
+    while not halt.is_set():
         now = time.monotonic()
         if end is not None and now >= end:
             summary.stopped = "duration"
             return
-        if options.frames is not None and summary.frames_predicted >= options.frames:
+        if options.frames is not None and taken >= options.frames:
             summary.stopped = "frames"
             return
         wait = POLL_S if end is None else min(POLL_S, end - now)
@@ -301,20 +360,5 @@ def _loop(
             continue
         if options.max_fps is not None:
             next_at = time.monotonic() + 1.0 / options.max_fps
-        row, prediction = analyzer(frame.index, frame.time_s, frame.image)
-        if options.save_video:
-            if run.writer is None:
-                rate = Fraction(options.max_fps or 25).limit_denominator(1000)
-                fragmented = {"movflags": "frag_keyframe+empty_moov"}
-                run.writer = AnnotatedWriter(av, run.video_path, rate, fragmented)
-            run.writer.write(analyzer.picture(prediction))
-        wall = datetime.fromtimestamp(frame.wall).astimezone().isoformat(timespec="milliseconds")
-        rows.writerow(table_cells(row, wall))
-        table.flush()
-        run.add(row)
-        bar.update()
-        bar.set_postfix(count=row.count, refresh=False)
-        if on_row is not None:
-            on_row(row)
-        if time.monotonic() >= run.snapshot_at:
-            run.write(reader)
+        taken += 1
+        yield frame

@@ -32,6 +32,8 @@ import io
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -43,6 +45,7 @@ from tqdm.auto import tqdm
 from xmask.apps.batch import read_record, source_fingerprint
 from xmask.apps.frames import (
     AnnotatedWriter,
+    Frame,
     FrameAnalyzer,
     FrameRow,
     FrameSettings,
@@ -50,12 +53,13 @@ from xmask.apps.frames import (
     table_cells,
     table_header,
 )
+from xmask.apps.overlap import Failed, run_stages
 from xmask.apps.sources import Source
 from xmask.apps.tracking import lines_setting
 from xmask.data.files import atomic_write_bytes
 from xmask.data.image_io import png_bytes
 from xmask.errors import DataError, MissingDependencyError, UsageError
-from xmask.inference.predictor import Predictor
+from xmask.inference.predictor import ImageFeatures, Predictor
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +126,7 @@ def predict_video(
     settings: str = "",
     force: bool = False,
     progress: bool = True,
+    pipeline: bool = True,
 ) -> VideoResult | None:
     """Predict every ``every``-th frame of a video and write its outputs (module docstring).
 
@@ -130,6 +135,8 @@ def predict_video(
         settings: the fingerprint of the prediction settings
             (:func:`xmask.apps.batch.settings_fingerprint`).
         force: redo the video even when its outputs are up to date.
+        pipeline: decode, network and post-processing (drawing, encoding) in three threads
+            (:mod:`xmask.apps.overlap`; the same outputs as one frame after another).
 
     Returns:
         The result, or None when the video was already done.
@@ -154,7 +161,9 @@ def predict_video(
     files.video.parent.mkdir(parents=True, exist_ok=True)
     partial = files.video.with_name(f".{files.video.name}.part")
     try:
-        result, picture = _run(av, predictor, source.path, partial, every, frames, progress)
+        result, picture = _run(
+            av, predictor, source.path, partial, every, frames, progress, pipeline
+        )
     except (av.error.FFmpegError, UnicodeDecodeError) as err:
         partial.unlink(missing_ok=True)
         raise DataError(source.path, f"unreadable video ({err})") from err
@@ -178,6 +187,7 @@ def _run(
     every: int,
     settings: FrameSettings,
     progress: bool,
+    pipeline: bool,
 ) -> tuple[VideoResult, np.ndarray | None]:
     """The frames' result, and the heatmap picture (None: no heatmap)."""
     result = VideoResult()
@@ -189,17 +199,28 @@ def _run(
         rate = Fraction(stream.average_rate or 25) / every
         total = (stream.frames or 0) // every or None
         writer = AnnotatedWriter(av, partial, rate)
-        try:
-            bar = tqdm(total=total, desc=path.name, unit="frame", disable=not progress)
+
+        def decoded() -> Iterator[Frame]:
             for index, frame in enumerate(container.decode(stream)):
-                if index % every:
-                    continue
-                time_s = float(frame.time or index / float(rate * every))
-                row, prediction = analyzer(index, time_s, frame.to_ndarray(format="rgb24"))
-                writer.write(analyzer.picture(prediction))
-                result.rows.append(row)
-                bar.update()
-                bar.set_postfix(count=prediction.count, refresh=False)
+                if not index % every:
+                    time_s = float(frame.time or index / float(rate * every))
+                    yield Frame(index, time_s, frame.to_ndarray(format="rgb24"))
+
+        def drawn(done: tuple[Frame, ImageFeatures]) -> FrameRow:
+            row, prediction = analyzer.count(done)
+            writer.write(analyzer.picture(prediction))
+            return row
+
+        stages = (analyzer.check, analyzer.network, drawn)
+        bar = tqdm(total=total, desc=path.name, unit="frame", disable=not progress)
+        try:
+            with closing(run_stages(decoded(), stages, threads=pipeline)) as rows:
+                for _, row in rows:
+                    if isinstance(row, Failed):
+                        raise row.value
+                    result.rows.append(row)
+                    bar.update()
+                    bar.set_postfix(count=row.count, refresh=False)
             bar.close()
             if not result.rows:
                 raise DataError(path, "no frame could be decoded")

@@ -186,6 +186,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "model.onnx, else the network exported in memory; pip install 'xmask-crowd[onnx]'); "
         "counts, points and masks are decoded the same way",
     )
+    parser.add_argument(
+        "--pipeline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="images, videos and streams: read the next one and segment and write the last "
+        "one in other threads while the network runs (default); --no-pipeline: one after "
+        "another (the same results)",
+    )
     add_image_limit_option(parser)
     parser.set_defaults(run=run_predict)
 
@@ -211,7 +219,7 @@ def run_predict(args: argparse.Namespace) -> int:
             max_fps=args.max_fps, duration_s=args.duration, frames=args.frames,
             save_video=args.save_video, reconnect=Reconnect(retries=args.retries),
         ),
-        recursive=args.recursive, force=args.force,
+        recursive=args.recursive, force=args.force, pipeline=args.pipeline,
         outputs=OutputOptions(
             args.masks, args.overlay, args.overlay_format, args.mask_preview, args.heatmap,
             args.heatmap_sigma,

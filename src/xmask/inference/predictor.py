@@ -23,7 +23,9 @@ Two levels, as in segment-anything's predictor: ``predictor(image)`` does everyt
 or :meth:`Predictor.set_image` runs the network once, then :meth:`Predictor.predict` gives the
 predicted heads and :meth:`Predictor.segment` the masks of heads the caller gives (ground-truth
 points, clicks), each without running the network again; the network's own count is always
-reported.
+reported. :meth:`Predictor.run_network` and :meth:`Predictor.predict_from` are the same two steps
+with the network's outputs handed over instead of kept, so that one thread runs the network on
+an image while another segments the one before (:mod:`xmask.apps.overlap`).
 
 Large images
     An image with more than ``max_pixels`` pixels (default
@@ -70,7 +72,6 @@ from xmask.errors import UsageError
 from xmask.geometry import kernels
 from xmask.geometry.circles import check_points
 from xmask.geometry.labels import connected_masks
-from xmask.geometry.points import pixel_of
 from xmask.inference.count_rule import CountRule, as_count_rule
 from xmask.inference.decode import Heads
 from xmask.inference.loading import load_inference_model
@@ -81,6 +82,7 @@ from xmask.inference.scale import (
     ScaledOutputs,
     ScaleRule,
     adaptive_outputs,
+    labels_to_size,
     resolve_scale,
 )
 from xmask.inference.tiling import MAX_PIXELS, OVERLAP, TILE, Network, check_tiling
@@ -148,32 +150,6 @@ class ImageFeatures:
     def tiles(self) -> int:
         """Network tiles of the final pass (1: the whole input at once)."""
         return self.scaled.tiles
-
-
-def labels_to_size(
-    labels: np.ndarray, size: tuple[int, int], points: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """A label map of the network input brought to the image's ``size = (H, W)``: each image
-    pixel takes the label under its centre (nearest, the grid of :mod:`xmask.geometry.points`),
-    then every head's point pixel is given back to it (lowest index first where two share one).
-
-    Args:
-        labels: ``h×w int32`` label map of the network input.
-        points: ``N×2`` ``(x, y)`` heads in image pixels (label ``k`` is ``points[k − 1]``).
-
-    Returns:
-        ``(H×W int32 labels, N int64 areas)``.
-    """
-    h, w = labels.shape
-    rows = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.int64), w - 1)
-    out = labels[rows[:, None], cols[None, :]]
-    if len(points):
-        cell = pixel_of(points, size)
-        order = np.arange(len(points))[::-1]
-        out[cell[order, 1], cell[order, 0]] = (order + 1).astype(out.dtype)
-    areas = np.bincount(out.ravel(), minlength=len(points) + 1)[1:].astype(np.int64)
-    return out, areas
 
 
 class Predictor:
@@ -313,6 +289,17 @@ class Predictor:
         Returns:
             The kept :class:`ImageFeatures` (also :attr:`features`).
         """
+        self.features = self.run_network(image)
+        return self.features
+
+    def run_network(self, image: ImageInput) -> ImageFeatures:
+        """The network's outputs for one image, kept nowhere (:meth:`set_image` keeps them):
+        with :meth:`predict_from`, a pipeline runs the network on one image while another
+        thread post-processes the one before.
+
+        Args:
+            image: ``H×W×3 uint8`` RGB, a PIL image or an image file.
+        """
         array = as_rgb_array(image)
         with torch.inference_mode():
             start = time.perf_counter()
@@ -327,8 +314,7 @@ class Predictor:
                 overlap=self.overlap,
             )
             self._synchronize()
-        self.features = ImageFeatures(array, scaled, time.perf_counter() - start)
-        return self.features
+        return ImageFeatures(array, scaled, time.perf_counter() - start)
 
     def predict(self, masks: bool = True) -> Prediction:
         """Count, points and (with a mask head) masks of the heads the network finds in the
@@ -340,7 +326,12 @@ class Predictor:
         Raises:
             UsageError: no image set.
         """
-        features = self._features()
+        return self.predict_from(self._features(), masks)
+
+    def predict_from(self, features: ImageFeatures, masks: bool = True) -> Prediction:
+        """:meth:`predict` for the given outputs of :meth:`run_network`. Segmentation reuses
+        one buffer of the predictor: one thread at a time may call this (or :meth:`predict`,
+        :meth:`segment`), while another runs :meth:`run_network`."""
         heads = self._heads(features)
         points = features.scaled.to_original(heads.points)
         return self._segmented(features, points, heads.scores, len(heads), masks)

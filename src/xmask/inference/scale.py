@@ -35,6 +35,7 @@ import torch
 from scipy.spatial import cKDTree
 from torch.nn import functional as nnf
 
+from xmask.geometry.points import pixel_of
 from xmask.inference.count_rule import CountRule
 from xmask.inference.decode import Heads, decode_heads
 from xmask.inference.tiling import (
@@ -256,3 +257,29 @@ def top_cells_rule(logits: torch.Tensor, count: int) -> CountRule:
     if count <= 0:
         return CountRule(float(flat.max()) + 1.0)
     return CountRule(float(torch.topk(flat, count + 1).values[-1]))
+
+
+def labels_to_size(
+    labels: np.ndarray, size: tuple[int, int], points: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A label map of the network input brought to the image's ``size = (H, W)``: each image
+    pixel takes the label under its centre (nearest, the grid of :mod:`xmask.geometry.points`),
+    then every head's point pixel is given back to it (lowest index first where two share one).
+
+    Args:
+        labels: ``h×w int32`` label map of the network input.
+        points: ``N×2`` ``(x, y)`` heads in image pixels (label ``k`` is ``points[k − 1]``).
+
+    Returns:
+        ``(H×W int32 labels, N int64 areas)``.
+    """
+    h, w = labels.shape
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.int64), w - 1)
+    out = labels[rows[:, None], cols[None, :]]
+    if len(points):
+        cell = pixel_of(points, size)
+        order = np.arange(len(points))[::-1]
+        out[cell[order, 1], cell[order, 0]] = (order + 1).astype(out.dtype)
+    areas = np.bincount(out.ravel(), minlength=len(points) + 1)[1:].astype(np.int64)
+    return out, areas
