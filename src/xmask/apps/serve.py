@@ -283,7 +283,8 @@ class PredictService:
         if time.monotonic() > deadline:
             raise RequestError(503, f"the network took over {self.limits.timeout_s:g} s")
         outputs, size = features.scaled.outputs, features.scaled.size
-        rule = predictor.count_rule if query.conf is None else CountRule(_logit(query.conf))
+        own = features.scaled.rule or predictor.count_rule  # a locating pass sets its own
+        rule = own if query.conf is None else CountRule(_logit(query.conf))
         threshold = rule.threshold_for(outputs.logits, size[0] * size[1])
         counted = decode_heads(outputs, size, CountRule(threshold))
         floor = threshold if query.floor is None else min(threshold, _logit(query.floor))

@@ -23,12 +23,10 @@ from xmask.device import DistInfo
 
 log = logging.getLogger(__name__)
 
-PER_CALL = (
-    "predicted", "videos_predicted", "already_done", "redone", "seconds", "network_s", "post_s",
-)  # fmt: skip
+PER_CALL = ("predicted", "videos_predicted", "already_done", "redone", "network_s", "post_s")
 """The :class:`~xmask.apps.batch.BatchSummary` counts of one call, summed over the ranks (with
-``skipped`` and ``streams``, joined); the folder's totals are counted by rank 0 from the
-folder."""
+``skipped`` and ``streams``, joined; ``seconds``, the wall time, is the longest rank's); the
+folder's totals are counted by rank 0 from the folder."""
 
 
 def shard_sources(sources: Sequence[Source], info: DistInfo) -> list[Source]:
@@ -50,6 +48,7 @@ def merge_summaries(parts: Sequence[BatchSummary]) -> BatchSummary:
     for part in parts:
         for name in PER_CALL:
             setattr(merged, name, getattr(merged, name) + getattr(part, name))
+        merged.seconds = max(merged.seconds, part.seconds)  # the ranks ran side by side
         merged.skipped.extend(part.skipped)
         merged.streams.extend(part.streams)
     return merged

@@ -72,9 +72,9 @@ def add_model_options(
             "--locate",
             type=locate_factor,
             metavar="FACTOR",
-            help="place the heads on a further pass FACTOR times larger (e.g. 1.25; about "
-            "FACTOR² more network time): the count stays the scale rule's, its heads are the "
-            "highest cells of that pass; 0: no such pass; default: the model's own "
+            help="place the heads on a further pass FACTOR times larger (e.g. 1.25; one more "
+            "network pass of FACTOR² the pixels): the count stays the scale rule's, its heads "
+            "are the highest cells of that pass; 0: no such pass; default: the model's own "
             "(docs/locating.md)",
         )
 

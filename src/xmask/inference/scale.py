@@ -232,20 +232,21 @@ def adaptive_outputs(
     first = rule.first_scale(original)
     size = scaled_size(original, first)
     out, tiles = predict_outputs(model, resize_tensor(full, size), **tiling)
-    heads = decode_heads(out, size, count_rule)
-    scale, passes = first, 1
-    enlarged = rule.enlarged_scale(heads.points, first)
-    if enlarged is not None:
-        scale, passes, size = enlarged, 2, scaled_size(original, enlarged)
-        out, tiles = predict_outputs(model, resize_tensor(full, size), **tiling)
-        heads = decode_heads(out, size, count_rule)
+    kept = ScaledOutputs(out, first, size, original, tiles, 1)
+    if rule.target_spacing is not None:  # the first pass's heads decide on an enlarged one
+        enlarged = rule.enlarged_scale(kept.heads(count_rule).points, first)
+        if enlarged is not None:
+            size = scaled_size(original, enlarged)
+            out, tiles = predict_outputs(model, resize_tensor(full, size), **tiling)
+            kept = ScaledOutputs(out, enlarged, size, original, tiles, 2)
     if rule.locate_enlarge is None:
-        return ScaledOutputs(out, scale, size, original, tiles, passes)
-    scale *= rule.locate_enlarge
+        return kept
+    count = len(kept.heads(count_rule))
+    scale = kept.scale * rule.locate_enlarge
     size = scaled_size(original, scale)
     out, tiles = predict_outputs(model, resize_tensor(full, size), **tiling)
-    located = top_cells_rule(out.logits, len(heads))
-    return ScaledOutputs(out, scale, size, original, tiles, passes + 1, located)
+    located = top_cells_rule(out.logits, count)
+    return ScaledOutputs(out, scale, size, original, tiles, kept.passes + 1, located)
 
 
 def top_cells_rule(logits: torch.Tensor, count: int) -> CountRule:
