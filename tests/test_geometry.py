@@ -17,6 +17,7 @@ from torch.nn import functional as nnf
 
 from xmask.geometry.circles import CirclePixels, circle_pixels, label_map, nnec_radii
 from xmask.geometry.points import (
+    distinct_pixels,
     duplicate_mask,
     flip_points_horizontal,
     inside_image,
@@ -677,6 +678,64 @@ def test_duplicate_mask_hand_cases():
     assert duplicate_mask(np.zeros((0, 2)), include_first=True).tolist() == []
     # (x, y) and (y, x) are different points
     assert duplicate_mask(np.array([[1.0, 2.0], [2.0, 1.0]])).tolist() == [False, False]
+
+
+def _distinct_pixels_reference(points, size):
+    """Slow reference: every pixel of the image scanned for each point whose pixel an earlier
+    point (or a first occurrence) holds; the free pixel in the nearest square ring, nearest."""
+    h, w = size
+    out = [list(map(float, p)) for p in points]
+    cell = [(min(max(math.floor(x), 0), w - 1), min(max(math.floor(y), 0), h - 1)) for x, y in out]
+    taken = set(cell)
+    firsts = {c: i for i, c in reversed(list(enumerate(cell)))}
+    for k, (col, row) in enumerate(cell):
+        if firsts[(col, row)] == k:
+            continue
+        best = None
+        for r in range(h):
+            for c in range(w):
+                if (c, r) in taken:
+                    continue
+                key = (
+                    max(abs(r - row), abs(c - col)),
+                    float(np.float32((c + 0.5 - np.float32(out[k][0])) ** 2))
+                    + float(np.float32((r + 0.5 - np.float32(out[k][1])) ** 2)),
+                    r,
+                    c,
+                )
+                best = key if best is None or key < best else best
+        taken.add((best[3], best[2]))
+        out[k] = [best[3] + 0.5, best[2] + 0.5]
+    return np.array(out, dtype=np.float32).reshape(-1, 2)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize(("size", "n"), [((6, 7), 30), ((12, 9), 60), ((3, 3), 9), ((20, 20), 5)])
+def test_distinct_pixels_bruteforce(seed, size, n):
+    rng = np.random.default_rng(900 + seed)
+    centre = np.array([size[1], size[0]]) / 2
+    pts = (centre + rng.normal(0, 1.2, (n, 2))).astype(np.float32)  # clustered: many collisions
+    got = distinct_pixels(pts, size)
+    assert got.dtype == np.float32 and got.shape == (n, 2)
+    np.testing.assert_allclose(got, _distinct_pixels_reference(pts, size), atol=1e-6)
+    flat = pixel_of(got, size)
+    assert len({tuple(c) for c in flat.tolist()}) == n  # no two points in one pixel
+
+
+def test_distinct_pixels_hand_cases():
+    size = (10, 10)
+    # the second point of pixel (4, 4) goes to the free neighbour nearest to it: (5, 4)
+    pts = np.array([[4.2, 4.5], [4.9, 4.5], [1.0, 1.0]], np.float32)
+    expected = np.array([[4.2, 4.5], [5.5, 4.5], [1, 1]], np.float32)
+    np.testing.assert_array_equal(distinct_pixels(pts, size), expected)
+    # a neighbour another point holds is not free: the next nearest is taken
+    pts = np.array([[4.2, 4.5], [4.9, 4.5], [5.5, 4.5]], np.float32)
+    np.testing.assert_array_equal(distinct_pixels(pts, size)[1], [4.5, 3.5])  # the row above
+    untouched = np.array([[0.5, 0.5], [9.9, 9.9]], np.float32)
+    np.testing.assert_array_equal(distinct_pixels(untouched, size), untouched)
+    assert distinct_pixels(np.zeros((0, 2)), size).shape == (0, 2)
+    crowded = np.full((5, 2), 0.5, np.float32)  # more points than the 2×2 image has pixels
+    np.testing.assert_array_equal(distinct_pixels(crowded, (2, 2)), crowded)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from xmask.inference.predictor import Predictor
 from xmask.inference.scale import (
     ONE_PASS,
     SCALE_OPTIONS,
+    ScaledOutputs,
     ScaleRule,
     adaptive_outputs,
     labels_to_size,
@@ -180,6 +181,19 @@ def test_predictor_masks_and_points_are_in_the_image_pixels(rule: ScaleRule) -> 
         counts = np.bincount(prediction.labels.ravel(), minlength=n + 1)[1:]
         np.testing.assert_array_equal(counts, prediction.areas)
     np.testing.assert_array_equal(given.points, crowd.points)
+
+
+def test_head_points_of_an_enlarged_pass_never_share_an_image_pixel() -> None:
+    # two heads 0.7 px apart on a ×2 input round into image pixel (5, 5): the second moves to
+    # the nearest free pixel, so each head can own the pixel under its point (its mask)
+    logits = torch.zeros(1, 1, 8, 8)
+    scaled = ScaledOutputs(ModelOutput(logits=logits), 2.0, (32, 32), (16, 16), 1, 2)
+    points = np.array([[10.2, 10.2], [10.9, 10.9], [3.0, 3.0]], np.float32)
+    assert len({tuple(c) for c in pixel_of(scaled.to_original(points), (16, 16)).tolist()}) == 2
+    placed = scaled.head_points(points)
+    assert len({tuple(c) for c in pixel_of(placed, (16, 16)).tolist()}) == 3
+    np.testing.assert_array_equal(placed[[0, 2]], scaled.to_original(points)[[0, 2]])
+    assert np.abs(placed[1] - scaled.to_original(points)[1]).max() <= 1.0
 
 
 def test_labels_to_size_takes_the_label_under_each_pixel_centre() -> None:

@@ -290,7 +290,7 @@ class PredictService:
         floor = threshold if query.floor is None else min(threshold, _logit(query.floor))
         heads = counted if floor == threshold else decode_heads(outputs, size, CountRule(floor))
         order = np.argsort(-heads.scores, kind="stable")
-        points = features.scaled.to_original(heads.points[order])
+        points = features.scaled.head_points(heads.points[order])
         scores = heads.scores[order]
         answer: dict[str, Any] = {
             "model": self.model,

@@ -190,7 +190,7 @@ def evaluate_sample(
     scaled = adaptive_outputs(
         model, sample.image, device, scale, rule, max_pixels=max_pixels, tile=tile, overlap=overlap
     )
-    pred = scaled.to_original(scaled.heads(rule).points)
+    pred = scaled.head_points(scaled.heads(rule).points)
     tiles = scaled.tiles
     # Distances in the original image's pixels: both point sets shrank by sample.scale.
     matches = localisation_counts(pred / sample.scale, sample.points / sample.scale, thresholds)

@@ -163,3 +163,43 @@ def duplicate_mask(points: np.ndarray, include_first: bool = False) -> np.ndarra
     mask = np.ones(n, dtype=bool)
     mask[first] = False
     return mask
+
+
+def distinct_pixels(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Points moved so that no two lie in one pixel: a point whose pixel (:func:`pixel_of`)
+    an earlier point holds goes to the centre of the nearest pixel no point holds (the nearest
+    to it in the smallest square ring around its pixel that has one). Points decoded on an
+    enlarged network input can round into one image pixel; two heads cannot both own it.
+
+    Args:
+        points: ``N×2`` ``(x, y)`` pixels of an image of ``size = (H, W)``.
+
+    Returns:
+        ``N×2 float32``, the input's values where no pixel is shared; ``points`` is not
+        modified. Unchanged where the image has fewer pixels than points.
+    """
+    out = np.asarray(points, dtype=np.float32).reshape(-1, 2).copy()
+    h, w = size
+    if len(out) > h * w:
+        return out
+    cells = pixel_of(out, size)
+    flat = cells[:, 1] * w + cells[:, 0]
+    _, first = np.unique(flat, return_index=True)
+    if len(first) == len(flat):
+        return out
+    taken = set(flat.tolist())
+    for k in np.setdiff1d(np.arange(len(out)), first).tolist():
+        col, row = int(cells[k, 0]), int(cells[k, 1])
+        for ring in range(1, max(h, w)):
+            free = [
+                (float((c + 0.5 - out[k, 0]) ** 2 + (r + 0.5 - out[k, 1]) ** 2), r, c)
+                for r in range(max(0, row - ring), min(h, row + ring + 1))
+                for c in range(max(0, col - ring), min(w, col + ring + 1))
+                if max(abs(r - row), abs(c - col)) == ring and r * w + c not in taken
+            ]
+            if free:
+                _, r, c = min(free)
+                taken.add(r * w + c)
+                out[k] = (c + 0.5, r + 0.5)
+                break
+    return out

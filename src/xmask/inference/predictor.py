@@ -333,7 +333,7 @@ class Predictor:
         one buffer of the predictor: one thread at a time may call this (or :meth:`predict`,
         :meth:`segment`), while another runs :meth:`run_network`."""
         heads = self._heads(features)
-        points = features.scaled.to_original(heads.points)
+        points = features.scaled.head_points(heads.points)
         return self._segmented(features, points, heads.scores, len(heads), masks)
 
     def segment(self, points: np.ndarray, scores: np.ndarray | None = None) -> Prediction:

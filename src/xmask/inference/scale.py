@@ -35,7 +35,7 @@ import torch
 from scipy.spatial import cKDTree
 from torch.nn import functional as nnf
 
-from xmask.geometry.points import pixel_of
+from xmask.geometry.points import distinct_pixels, pixel_of
 from xmask.inference.count_rule import CountRule
 from xmask.inference.decode import Heads, decode_heads
 from xmask.inference.tiling import (
@@ -199,6 +199,12 @@ class ScaledOutputs:
         return (np.asarray(points, dtype=np.float32) / np.array([sx, sy], np.float32)).astype(
             np.float32
         )
+
+    def head_points(self, points: np.ndarray) -> np.ndarray:
+        """``N×2`` ``(x, y)`` head points of the network input in pixels of the original image,
+        no two in one pixel (:func:`~xmask.geometry.points.distinct_pixels`: where two round
+        into one, the later moves to the nearest free pixel, so each head can own its point)."""
+        return distinct_pixels(self.to_original(points), self.original)
 
     def to_input(self, points: np.ndarray) -> np.ndarray:
         """``N×2`` ``(x, y)`` original pixels in pixels of the network input."""
