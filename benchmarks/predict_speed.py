@@ -1,6 +1,7 @@
 """Wall time of ``xmask predict`` as a user runs it, and its memory on a huge image.
 
     python benchmarks/predict_speed.py [--model NAME_OR_PATH] [--images DIR] [--work DIR]
+                                       [--backend torch|onnx|onnx-int8]
 
 Three measurements, each a fresh ``xmask predict`` process (start-up included: Python, torch,
 the model; PyTorch's own thread count, the CLI's default):
@@ -26,7 +27,8 @@ wall time, and the load average before each run. Then the same four on a video o
 of the images as frames (H.264): frames per second of
 :func:`xmask.apps.video.predict_video` after a warm-up frame (masks, overlays, encoding).
 
-Prints one JSON object; nothing is asserted.
+``--backend`` runs every measurement with that backend of ``xmask predict`` (onnx-int8: a model
+folder exported with ``--int8``). Prints one JSON object; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -77,8 +79,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI sets it
 from xmask.apps.sources import find_sources
 from xmask.apps.video import predict_video
 from xmask.inference.predictor import Predictor
-model, video, out, pipeline = sys.argv[1:5]
-predictor = Predictor.load(None if model == "default" else model, device="cpu")
+model, video, out, pipeline, backend = sys.argv[1:6]
+predictor = Predictor.load(None if model == "default" else model, device="cpu", backend=backend)
 source = find_sources([video])[0]
 predict_video(predictor, source, out + "-warm", every=1000, progress=False)
 start = time.perf_counter()
@@ -97,10 +99,11 @@ def _child(args: list[str]) -> tuple[float, str]:
     return wall, done.stdout
 
 
-def _predict(model: str, source: Path, out: Path, *extra: str) -> tuple[float, float]:
-    """``xmask predict SOURCE --out OUT [EXTRA]`` in a child: (wall seconds, its peak RSS in
-    MiB)."""
+def _predict(model: str, backend: str, source: Path, out: Path, *extra: str) -> tuple[float, float]:
+    """``xmask predict SOURCE --out OUT --backend BACKEND [EXTRA]`` in a child: (wall seconds,
+    its peak RSS in MiB)."""
     command = [sys.executable, "-c", PREDICT, "predict", str(source), "--out", str(out), *extra]
+    command += ["--backend", backend]
     wall, stdout = _child(command + ([] if model == "default" else ["--model", model]))
     peak = next(line for line in stdout.splitlines() if line.startswith("PEAK_RSS_MB"))
     return wall, float(peak.split()[1])
@@ -153,7 +156,9 @@ def _video(images: list[Path], path: Path) -> Path:
     return path
 
 
-def _compare(model: str, folder: Path, work: Path, rounds: int) -> dict[str, list[dict]]:
+def _compare(
+    model: str, backend: str, folder: Path, work: Path, rounds: int
+) -> dict[str, list[dict]]:
     """The ``--compare`` runs (module docstring), alternating."""
     video = _video(sorted(folder.iterdir())[:12], work / "compare.mp4")
     runs: dict[str, list[dict]] = {"images": [], "video": []}
@@ -164,7 +169,7 @@ def _compare(model: str, folder: Path, work: Path, rounds: int) -> dict[str, lis
                 out = work / f"compare-{turn}{mode}-{threads}"
                 run = {"mode": mode.strip("-"), "torch_threads": int(threads)}
                 load = os.getloadavg()[0]
-                wall, _ = _predict(model, folder, out, mode, "--force")
+                wall, _ = _predict(model, backend, folder, out, mode, "--force")
                 summary = json.loads((out / "summary.json").read_text())
                 per_image = round(summary["seconds"] / summary["predicted"], 3)
                 runs["images"].append(run | {"per_image_s": per_image, "wall_s": round(wall, 1)})
@@ -172,7 +177,16 @@ def _compare(model: str, folder: Path, work: Path, rounds: int) -> dict[str, lis
                 load = os.getloadavg()[0]
                 pipelined = str(int(mode == "--pipeline"))
                 _, stdout = _child(
-                    [sys.executable, "-c", VIDEO, model, str(video), f"{out}-video", pipelined]
+                    [
+                        sys.executable,
+                        "-c",
+                        VIDEO,
+                        model,
+                        str(video),
+                        f"{out}-video",
+                        pipelined,
+                        backend,
+                    ]
                 )
                 timed = json.loads(stdout.strip().splitlines()[-1])
                 fps = round(timed["frames"] / timed["seconds"], 2)
@@ -192,22 +206,23 @@ def main() -> None:
     parser.add_argument("--huge-heads", type=int, default=5000)
     parser.add_argument("--compare", type=int, metavar="N", help="only pipelined vs not")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of --compare")
+    parser.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"))
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="xmask-predict-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    result: dict = {"model": args.model, "cpus": os.cpu_count()}
+    result: dict = {"model": args.model, "backend": args.backend, "cpus": os.cpu_count()}
     if args.compare:
         folder = _folder(_images(args.images, work, args.compare), work / "compare")
-        result["compare"] = _compare(args.model, folder, work, args.rounds)
+        result["compare"] = _compare(args.model, args.backend, folder, work, args.rounds)
         print(json.dumps(result, indent=2))
         return
 
     images = _images(args.images, work, 50)
-    wall_one, rss_one = _predict(args.model, images[0], work / "one")
+    wall_one, rss_one = _predict(args.model, args.backend, images[0], work / "one")
     result["one_image"] = {"image": str(images[0]), "wall_s": wall_one, "peak_rss_mb": rss_one}
 
     folder = _folder(images, work / "fifty")
-    wall_fifty, rss_fifty = _predict(args.model, folder, work / "fifty-out")
+    wall_fifty, rss_fifty = _predict(args.model, args.backend, folder, work / "fifty-out")
     summary = json.loads((work / "fifty-out" / "summary.json").read_text())
     result["fifty_images"] = {
         "wall_s": wall_fifty,
@@ -226,7 +241,7 @@ def main() -> None:
     Image.fromarray(crowd.image).save(work / "huge.png")
     write_points_txt(work / "huge.txt", crowd.points)
     del crowd
-    wall_huge, rss_huge = _predict(args.model, work / "huge.png", work / "huge-out")
+    wall_huge, rss_huge = _predict(args.model, args.backend, work / "huge.png", work / "huge-out")
     record = json.loads((work / "huge-out" / "predictions" / "huge.json").read_text())
     result["huge_predict"] = {
         "size": "6000x4000",

@@ -14,6 +14,8 @@ RUN_HELP = "a training run: its folder, checkpoints/ or best/, or a step-N.safet
 SCALE_CHOICES = ("auto", "off", "shrink", "adaptive")
 """``--scale``: :data:`xmask.inference.scale.SCALE_OPTIONS`, spelled here so that parsing options
 does not import torch (a test checks that they agree)."""
+BACKEND_CHOICES = ("torch", "onnx", "onnx-int8")
+"""``--backend``: :data:`xmask.inference.predictor.BACKENDS`, spelled here for the same reason."""
 THRESHOLD_HELP = (
     "count cells with a logit above this; auto (default): the model's own threshold (a model "
     "folder's, or the one `xmask calibrate` or the end of training stored for a run's weights), "

@@ -11,11 +11,11 @@ A model folder ``MODEL/`` holds two files:
   (dataset, labeled list, label fraction, images, recipe, run, step, seconds), ``metrics``
   (``"DATASET-SPLIT"`` → the figures of ``xmask evaluate --record``), ``weights`` (file name,
   SHA-256, dtype, tensor count), ``onnx`` (optional: file name, SHA-256, opset and outputs of
-  the network as an ONNX graph, :mod:`xmask.inference.onnx_backend`), ``xmask_version`` and
-  ``created``;
+  the network as an ONNX graph, :mod:`xmask.inference.onnx_backend`, with ``int8`` for its
+  int8 copy, :mod:`xmask.inference.quantize`), ``xmask_version`` and ``created``;
 - ``weights.safetensors``: the network's tensors (never a pickle);
 - ``model.onnx`` (optional, ``xmask model export ... --format onnx``): the same network for
-  onnxruntime.
+  onnxruntime; ``model.int8.onnx`` (optional, ``... --int8``): its int8 copy.
 
 Loading checks the format, every required key, the weights' SHA-256 (a changed or truncated
 file is refused as tampered) and that the tensors fit the architecture exactly; the ONNX file
@@ -99,7 +99,9 @@ class ModelCard:
         training: how it was trained (dataset, labeled list, label fraction, ...).
         metrics: ``"DATASET-SPLIT"`` → figures measured on the shipped weights.
         weights: ``file``, ``sha256``, ``dtype``, ``tensors``.
-        onnx: ``file``, ``sha256``, ``opset``, ``outputs`` of the ONNX graph, or None.
+        onnx: ``file``, ``sha256``, ``opset``, ``outputs`` of the ONNX graph, and ``int8``
+            (``file``, ``sha256``, ...) of its int8 copy where there is one
+            (:mod:`xmask.inference.quantize`); or None.
         xmask_version: the xmask that wrote the folder.
         created: UTC time of writing, ISO 8601.
     """
@@ -249,6 +251,11 @@ def read_model_card(folder: str | Path) -> ModelCard:
         if "sha256" not in card.onnx:
             raise CheckpointError(path, "bad 'onnx' entry (needs sha256)")
         _check_file_entry(path, "onnx", card.onnx, ONNX_FILE)
+        int8 = card.onnx.get("int8")
+        if int8 is not None:
+            if not isinstance(int8, dict) or "sha256" not in int8 or "file" not in int8:
+                raise CheckpointError(path, "bad 'onnx.int8' entry (needs file and sha256)")
+            _check_file_entry(path, "onnx.int8", int8, int8["file"])
     return card
 
 
@@ -338,7 +345,7 @@ def record_metrics(folder: str | Path, key: str, metrics: dict[str, Any]) -> Pat
 
 
 def copy_model_folder(folder: str | Path, target: str | Path) -> Path:
-    """Copy a model folder's files (weights, the ONNX file if any, then the card) to ``target``
+    """Copy a model folder's files (weights, the ONNX files if any, then the card) to ``target``
     (created if needed), each atomically.
 
     Raises:
@@ -347,7 +354,9 @@ def copy_model_folder(folder: str | Path, target: str | Path) -> Path:
     folder, target = Path(folder).expanduser(), Path(target).expanduser()
     card = read_model_card(folder)
     files = [str(card.weights.get("file", WEIGHTS_FILE))]
-    files += [] if card.onnx is None else [str(card.onnx.get("file", ONNX_FILE))]
+    if card.onnx is not None:
+        files.append(str(card.onnx.get("file", ONNX_FILE)))
+        files += [str(card.onnx["int8"]["file"])] if card.onnx.get("int8") else []
     for name in [*files, CARD_FILE]:
         atomic_write_bytes(target / name, (folder / name).read_bytes(), durable=True)
     return target

@@ -106,7 +106,7 @@ def onnx_bytes(model: nn.Module) -> bytes:
     Raises:
         MissingDependencyError: the ``onnx`` package is not installed.
     """
-    _import("onnx", "exporting ONNX needs the onnx package")
+    import_optional("onnx", "exporting ONNX needs the onnx package")
     network = inference_copy(model).to("cpu", memory_format=torch.contiguous_format)
     names = output_names(network)
     axes = {INPUT: {2: "height", 3: "width"}} | {n: {2: "rows", 3: "cols"} for n in names}
@@ -168,7 +168,7 @@ class OnnxNetwork:
     """
 
     def __init__(self, graph: str | Path | bytes, device: torch.device | None = None) -> None:
-        ort = _import("onnxruntime", "the onnx backend needs onnxruntime")
+        ort = import_optional("onnxruntime", "the onnx backend needs onnxruntime")
         data = graph if isinstance(graph, bytes) else Path(graph).read_bytes()
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
@@ -245,7 +245,7 @@ def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _import(name: str, what: str) -> Any:
+def import_optional(name: str, what: str) -> Any:
     """``import name``, or :class:`~xmask.errors.MissingDependencyError` (the ``onnx`` extra)."""
     try:
         return importlib.import_module(name)

@@ -43,7 +43,8 @@ Large images
 Backends
     ``backend="torch"`` (default) runs the network with PyTorch; ``backend="onnx"`` runs its
     ONNX graph with onnxruntime (:mod:`xmask.inference.onnx_backend`: a model folder's
-    ``model.onnx``, else the network exported in memory). Only the network changes: tiling, the
+    ``model.onnx``, else the network exported in memory); ``backend="onnx-int8"`` the folder's
+    int8 copy of that graph (:mod:`xmask.inference.quantize`). Only the network changes: tiling, the
     scale rule, the count rule, decoding and segmentation are the same code for both.
 
 Timing
@@ -77,6 +78,7 @@ from xmask.inference.decode import Heads
 from xmask.inference.loading import load_inference_model
 from xmask.inference.onnx_backend import OnnxNetwork, folder_onnx, onnx_bytes
 from xmask.inference.prediction import Prediction
+from xmask.inference.quantize import folder_int8
 from xmask.inference.scale import (
     ONE_PASS,
     ScaledOutputs,
@@ -98,7 +100,7 @@ ImageInput = np.ndarray | PIL.Image.Image | str | Path
 """What :class:`Predictor` accepts: ``H×W×3 uint8`` RGB, a PIL image, or an image file."""
 
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "onnx-int8")
 """What runs the network (module docstring, Backends)."""
 
 
@@ -171,13 +173,14 @@ class Predictor:
         scale: how the network input is sized from the image
             (:class:`~xmask.inference.scale.ScaleRule`; default: the image as it is, one pass;
             :meth:`load` takes the model folder's rule).
-        backend: ``"torch"`` or ``"onnx"`` (module docstring, Backends).
-        onnx: the ONNX file of ``model`` for the onnx backend (None: ``model`` exported in
-            memory; :meth:`load` gives a model folder's checked ``model.onnx``).
+        backend: ``"torch"``, ``"onnx"`` or ``"onnx-int8"`` (module docstring, Backends).
+        onnx: the ONNX file of ``model`` for the onnx backends (None: ``model`` exported in
+            memory, onnx only; :meth:`load` gives a model folder's checked ``model.onnx`` or
+            ``model.int8.onnx``).
 
     Raises:
         ValueError: bad tiling arguments.
-        UsageError: an unknown backend.
+        UsageError: an unknown backend, or onnx-int8 without its file.
         MissingDependencyError: the onnx backend without onnxruntime (the ``onnx`` extra).
         XmaskError: an unavailable device.
     """
@@ -210,7 +213,9 @@ class Predictor:
         self.onnx: OnnxNetwork | None = None
         """The onnx backend's network (None with the torch backend)."""
         self.network: Network = self.model
-        if backend == "onnx":
+        if backend == "onnx-int8" and onnx is None:
+            raise UsageError("the onnx-int8 backend needs the int8 graph of a model folder")
+        if backend in ("onnx", "onnx-int8"):
             if onnx is None:
                 log.info("no ONNX file given: exporting the network in memory")
             self.onnx = OnnxNetwork(onnx_bytes(model) if onnx is None else onnx, self.device)
@@ -252,8 +257,9 @@ class Predictor:
                 folder's rule; a run's: one pass), ``"off"``, ``"shrink"`` or ``"adaptive"``.
             locate: with a ``scale`` name, replaces the rule's ``locate_enlarge`` (0: no
                 locating pass; None: the rule's own).
-            backend: ``"torch"`` or ``"onnx"`` (a model folder's ``model.onnx``, checked
-                against its card; a run, or a folder without one: exported in memory).
+            backend: ``"torch"``, ``"onnx"`` (a model folder's ``model.onnx``, checked
+                against its card; a run, or a folder without one: exported in memory) or
+                ``"onnx-int8"`` (a model folder's ``model.int8.onnx``, checked).
             kwargs: the other arguments of :class:`Predictor` (``segment`` defaults to the
                 model folder's).
 
@@ -267,6 +273,9 @@ class Predictor:
         kwargs.setdefault("segment", loaded.segment)
         if backend == "onnx" and loaded.card is not None:
             kwargs.setdefault("onnx", folder_onnx(loaded.source, loaded.card.onnx))
+        if backend == "onnx-int8":
+            onnx = None if loaded.card is None else loaded.card.onnx
+            kwargs.setdefault("onnx", folder_int8(loaded.source, onnx))
         rule = resolve_scale(scale, loaded.scale, locate) if isinstance(scale, str) else scale
         predictor = cls(
             loaded.model, resolved, loaded.count_rule, scale=rule, backend=backend, **kwargs

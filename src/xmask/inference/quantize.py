@@ -1,0 +1,177 @@
+"""An int8 copy of a model folder's ONNX graph, for the ``onnx-int8`` backend: static
+quantisation calibrated on images of the scenes the model will see.
+
+Quantisation
+    onnxruntime's static quantisation in the QDQ format: weights int8 per output channel,
+    activations uint8 with ranges from the minimum and maximum each tensor takes over the
+    calibration images (:data:`METHOD`). The graph is first prepared by onnxruntime's
+    ``quant_pre_process`` (shape inference and graph optimisation), so that batch norms already
+    folded at export and the convolutions that follow them quantise as one.
+
+Calibration images
+    Image files in a folder (sorted by name; at most ``count`` of them, evenly spaced over the
+    listing), each sized as the model's scale rule sizes its first pass
+    (:meth:`~xmask.inference.scale.ScaleRule.first_scale`), so that activation ranges are those
+    of inference. A file that cannot be read is skipped with a warning naming it.
+
+The card
+    :func:`write_int8` records the file under the card's ``onnx`` entry as ``int8``: ``file``,
+    ``sha256``, ``method`` and ``calibration_images`` (how many: never their paths). The
+    predictor checks the SHA-256 on loading, as for every file of a model folder. Whether the
+    counts hold is measured, not assumed: ``benchmarks/int8_accuracy.py`` reports the MAE of the
+    torch, onnx and onnx-int8 backends on one test set.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xmask.data.files import atomic_write_bytes
+from xmask.data.image_io import IMAGE_SUFFIXES, load_image
+from xmask.errors import DataError, UsageError
+from xmask.inference.model_folder import (
+    ONNX_FILE,
+    checked_file,
+    read_model_card,
+    sha256_of,
+    update_card,
+)
+from xmask.inference.onnx_backend import INPUT, import_optional
+from xmask.inference.scale import ONE_PASS, ScaleRule, resize_tensor, scaled_size
+from xmask.inference.tiling import image_tensor
+
+log = logging.getLogger(__name__)
+
+
+INT8_FILE = "model.int8.onnx"
+
+
+CALIBRATION_IMAGES = 32
+"""Calibration images used by default (at most)."""
+
+
+METHOD = "onnxruntime static QDQ: int8 weights per channel, uint8 activations, min-max ranges"
+
+
+def calibration_files(folder: str | Path, count: int = CALIBRATION_IMAGES) -> list[Path]:
+    """At most ``count`` image files of ``folder``, evenly spaced over its sorted listing.
+
+    Raises:
+        UsageError: ``count < 1``, or ``folder`` is not a folder or holds no image file.
+    """
+    folder = Path(folder).expanduser()
+    if count < 1:
+        raise UsageError(f"the calibration needs at least 1 image, got {count}")
+    if not folder.is_dir():
+        raise UsageError(f"calibration images: {folder} is not a folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UsageError(f"calibration images: no image file in {folder}")
+    picks = np.unique(np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int))
+    return [files[i] for i in picks]
+
+
+def calibration_inputs(files: list[Path], rule: ScaleRule = ONE_PASS) -> list[np.ndarray]:
+    """The network inputs of the first pass over ``files``: ``1×3×h×w float32`` in ``[0, 1]``,
+    each sized by ``rule``. Unreadable files are skipped with a warning.
+
+    Raises:
+        UsageError: no file could be read.
+    """
+    inputs = []
+    for path in files:
+        try:
+            image = load_image(path).array
+        except DataError as err:
+            log.warning("calibration: skipped %s (%s)", path, err)
+            continue
+        size = scaled_size(image.shape[:2], rule.first_scale(image.shape[:2]))
+        inputs.append(resize_tensor(image_tensor(image, "cpu"), size).numpy())
+    if not inputs:
+        raise UsageError("calibration: none of the images could be read")
+    return inputs
+
+
+def quantize_graph(graph: str | Path, inputs: list[np.ndarray], out: str | Path) -> Path:
+    """Write the int8 copy of the float ONNX graph ``graph`` to ``out`` (atomically),
+    calibrated on ``inputs`` (module docstring).
+
+    Raises:
+        MissingDependencyError: onnxruntime is not installed.
+    """
+    quantization = import_optional(
+        "onnxruntime.quantization", "int8 quantisation needs onnxruntime"
+    )
+    shape_inference = import_optional(
+        "onnxruntime.quantization.shape_inference", "int8 quantisation needs onnxruntime"
+    )
+    feeds = iter([{INPUT: x} for x in inputs])
+
+    class Reader(quantization.CalibrationDataReader):
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(feeds, None)
+
+    with tempfile.TemporaryDirectory(prefix="xmask-int8-") as work:
+        prepared, quantized = Path(work) / "prepared.onnx", Path(work) / "int8.onnx"
+        shape_inference.quant_pre_process(str(graph), str(prepared), skip_symbolic_shape=True)
+        quantization.quantize_static(
+            str(prepared),
+            str(quantized),
+            Reader(),
+            quant_format=quantization.QuantFormat.QDQ,
+            activation_type=quantization.QuantType.QUInt8,
+            weight_type=quantization.QuantType.QInt8,
+            per_channel=True,
+            calibrate_method=quantization.CalibrationMethod.MinMax,
+        )
+        out = Path(out)
+        atomic_write_bytes(out, quantized.read_bytes(), durable=True)
+    return out
+
+
+def write_int8(
+    folder: str | Path, calibration: str | Path, count: int = CALIBRATION_IMAGES
+) -> Path:
+    """Quantise a model folder's ``model.onnx`` into ``model.int8.onnx`` beside it, calibrated
+    on at most ``count`` images of the folder ``calibration``, and record it in the card.
+
+    Returns:
+        The int8 file.
+
+    Raises:
+        UsageError: the folder has no ONNX graph yet, or bad calibration images.
+        CheckpointError: a bad card, or a ``model.onnx`` that differs from it.
+        MissingDependencyError: onnxruntime is not installed.
+    """
+    folder = Path(folder).expanduser()
+    card = read_model_card(folder)
+    if card.onnx is None:
+        raise UsageError(f"{folder} has no ONNX graph to quantise: export with --format onnx")
+    graph = checked_file(folder, card.onnx, ONNX_FILE, "ONNX")
+    inputs = calibration_inputs(calibration_files(calibration, count), card.scale or ONE_PASS)
+    log.info("quantising %s on %d calibration images", graph, len(inputs))
+    path = quantize_graph(graph, inputs, folder / INT8_FILE)
+    int8 = {"file": INT8_FILE, "sha256": sha256_of(path), "method": METHOD}
+    update_card(folder, onnx=card.onnx | {"int8": int8 | {"calibration_images": len(inputs)}})
+    log.info("wrote %s", path)
+    return path
+
+
+def folder_int8(folder: Path, entry: dict[str, Any] | None) -> Path:
+    """The checked int8 graph of a model folder whose card's ``onnx`` entry is ``entry``.
+
+    Raises:
+        UsageError: the folder has none.
+        CheckpointError: the file differs from the card.
+    """
+    if entry is None or entry.get("int8") is None:
+        raise UsageError(
+            f"{folder} has no int8 graph: xmask model export {folder} DEST --format onnx "
+            "--int8 --calibration IMAGES"
+        )
+    return checked_file(folder, entry["int8"], INT8_FILE, "int8 ONNX")
