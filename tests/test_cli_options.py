@@ -55,17 +55,17 @@ def test_output_toggles(setup: Path) -> None:
     assert not (out / "overlays").exists() and not (out / "masks").exists()
     assert not (out / "annotations.json").exists()
     assert all(r["areas"] is not None for r in _records(out))  # still segmented, not saved
-    assert _predict(setup, "--out", str(out), "--overlay-format", "jpg", "--mask-preview") == 0
-    jpg = out / "overlays" / "syn_0000.jpg"
-    with Image.open(jpg) as image:
-        assert image.format == "JPEG" and image.size == (90, 64)
+    assert _predict(setup, "--out", str(out), "--overlay-format", "png", "--mask-preview") == 0
+    png = out / "overlays" / "syn_0000.png"
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size == (90, 64)
     labels = load_label_map(out / "masks" / "syn_0000.png")
     preview = np.asarray(Image.open(out / "previews" / "syn_0000.png"))
     assert preview.shape == (64, 90, 3) and preview.dtype == np.uint8
     assert (preview[labels > 0].max(axis=1) > 0).all() and not preview[labels == 0].any()
     assert (out / "annotations.json").is_file()
     assert _predict(setup, "--out", str(out)) == EXIT_OK  # back to the defaults: redone
-    assert not jpg.exists() and (out / "overlays" / "syn_0000.png").is_file()
+    assert not png.exists() and (out / "overlays" / "syn_0000.jpg").is_file()
     assert not (out / "previews" / "syn_0000.png").exists()
 
 

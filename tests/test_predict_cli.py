@@ -56,7 +56,7 @@ def test_folder_with_a_corrupt_file_then_resume(setup: Path) -> None:
         assert record["count"] == len(record["points"]) == len(points) == len(record["scores"])
         np.testing.assert_allclose(record["points"], points, atol=0.01)
         assert record["areas"] == np.bincount(labels.ravel())[1:].tolist()
-        assert Image.open(out / "overlays" / f"{stem}.png").size == (90, 64)
+        assert Image.open(out / "overlays" / f"{stem}.jpg").size == (90, 64)
         heads += len(points)
     assert summary["heads"] == heads > 0
     coco = COCO(str(out / "annotations.json"))
@@ -115,7 +115,7 @@ def test_counting_only_model_writes_no_masks(setup: Path) -> None:
     record = json.loads((out / "predictions" / "syn_0000.json").read_text())
     assert record["areas"] is None and record["count"] == len(record["points"])
     assert not (out / "masks").exists() and not (out / "annotations.json").exists()
-    assert (out / "overlays" / "syn_0000.png").is_file()
+    assert (out / "overlays" / "syn_0000.jpg").is_file()
 
 
 def test_huge_image_runs_in_tiles(setup: Path) -> None:

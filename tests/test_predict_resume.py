@@ -106,7 +106,7 @@ def test_subfolders_keep_their_names(setup: Path, tmp_path: Path, caplog) -> Non
     assert sorted(records) == ["100/IMG_1.json", "101/IMG_1.json"]
     assert records["101/IMG_1.json"]["image"] == "101/IMG_1.png"
     assert (out / "masks" / "100" / "IMG_1.png").is_file()
-    assert (out / "overlays" / "101" / "IMG_1.png").is_file()
+    assert (out / "overlays" / "101" / "IMG_1.jpg").is_file()
     pattern = tmp_path / "glob"
     assert _predict(setup, str(dcim / "**" / "*.png"), "--out", str(pattern)) == EXIT_OK
     assert sorted(_records(pattern)) == ["100/IMG_1.json", "101/IMG_1.json"]

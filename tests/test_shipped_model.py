@@ -44,7 +44,7 @@ def test_readme_first_command(shanghaitech: Path, tmp_path: Path) -> None:
     assert main(["predict", str(image), "--out", str(out)]) == EXIT_OK
     record = json.loads((out / "predictions" / "IMG_1.json").read_text())
     assert record["count"] > 0 and len(record["points"]) == len(record["areas"])
-    assert (out / "overlays" / "IMG_1.png").stat().st_size > 0
+    assert (out / "overlays" / "IMG_1.jpg").stat().st_size > 0
 
 
 @pytest.mark.slow

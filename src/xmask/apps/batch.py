@@ -11,7 +11,7 @@ Output folder ``OUT/`` (every file written atomically; ``NAME`` is the source's 
 - ``points/NAME.txt``: the head points, ``x y`` per line, in label order;
 - ``masks/NAME.png``: 16-bit instance label map (0 background, ``k`` = the ``k``-th point);
   models with a mask head only, not with ``masks=False``;
-- ``overlays/NAME.png`` (``.jpg`` with ``overlay_format="jpg"``): the image with a colour per
+- ``overlays/NAME.jpg`` (``.png`` with ``overlay_format="png"``): the image with a colour per
   instance, a dot per head and the count; not with ``overlay=False``;
 - ``previews/NAME.png``: with ``preview=True``, the label map in colour (the 16-bit map looks
   black in viewers);
@@ -125,7 +125,7 @@ class OutputOptions:
 
     masks: bool = True
     overlay: bool = True
-    overlay_format: str = "png"
+    overlay_format: str = "jpg"
     preview: bool = False
     heatmap: bool = False
     heatmap_sigma: float | None = None
@@ -167,7 +167,7 @@ class ImageOutputs:
 
     @property
     def overlay(self) -> Path:
-        """``overlays/NAME.png`` (or ``.jpg``)."""
+        """``overlays/NAME.jpg`` (or ``.png``)."""
         return self.out / "overlays" / f"{self.stem}.{self.options.overlay_format}"
 
     @property

@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Run a model on images, folders, glob patterns ('photos/**/*.jpg', quoted), "
         "videos or live sources and write, per image, OUT/predictions/NAME.json (count, "
         "points, scores, mask areas), OUT/points/NAME.txt, OUT/masks/NAME.png (16-bit label "
-        "map) and OUT/overlays/NAME.png; OUT/annotations.json (COCO, RLE masks), "
+        "map) and OUT/overlays/NAME.jpg; OUT/annotations.json (COCO, RLE masks), "
         "OUT/counts.csv (count per image) and OUT/summary.json for the whole folder; per "
         "video, OUT/videos/NAME.mp4 (annotated), NAME.csv (count per frame) and "
         "NAME-counts.png; per live source (a webcam index such as 0, /dev/videoN, or an "
@@ -152,9 +152,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     saved.add_argument(
         "--overlay-format",
-        choices=("png", "jpg"),
-        default="png",
-        help="overlays as PNG (default) or JPEG (about a tenth of the size)",
+        choices=("jpg", "png"),
+        default="jpg",
+        help="overlays as JPEG (default) or PNG (lossless: about 6 times the size, and at "
+        "1024×768 some 50 ms instead of 3 ms to encode)",
     )
     saved.add_argument(
         "--mask-preview",

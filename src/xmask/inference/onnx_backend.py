@@ -173,6 +173,7 @@ class OnnxNetwork:
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if device is not None and device.type == "cuda":
             if "CUDAExecutionProvider" in ort.get_available_providers():
