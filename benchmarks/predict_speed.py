@@ -23,8 +23,8 @@ With ``--compare N``, only this instead: ``xmask predict`` over the first ``N`` 
 against ``--no-pipeline``, each with PyTorch on 1 and on 2 threads (``OMP_NUM_THREADS``), the
 four alternating for ``--rounds`` rounds, each a fresh process: seconds per image after
 start-up (``summary.json``'s ``seconds``, first read to last output, over the images), the
-wall time, and the load average before each run. Then the same four on a video of the first 12
-of the images as frames (H.264): frames per second of
+wall time, and the load average before each run. Then the same four on a video of the first
+``--video-frames`` (12) of the images as frames (H.264): frames per second of
 :func:`xmask.apps.video.predict_video` after a warm-up frame (masks, overlays, encoding).
 
 ``--backend`` runs every measurement with that backend of ``xmask predict`` (onnx-int8: a model
@@ -157,10 +157,10 @@ def _video(images: list[Path], path: Path) -> Path:
 
 
 def _compare(
-    model: str, backend: str, folder: Path, work: Path, rounds: int
+    model: str, backend: str, folder: Path, work: Path, rounds: int, frames: int
 ) -> dict[str, list[dict]]:
     """The ``--compare`` runs (module docstring), alternating."""
-    video = _video(sorted(folder.iterdir())[:12], work / "compare.mp4")
+    video = _video(sorted(folder.iterdir())[:frames], work / "compare.mp4")
     runs: dict[str, list[dict]] = {"images": [], "video": []}
     for turn in range(rounds):
         for mode in ("--no-pipeline", "--pipeline"):
@@ -206,6 +206,7 @@ def main() -> None:
     parser.add_argument("--huge-heads", type=int, default=5000)
     parser.add_argument("--compare", type=int, metavar="N", help="only pipelined vs not")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of --compare")
+    parser.add_argument("--video-frames", type=int, default=12, help="frames of --compare's video")
     parser.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"))
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="xmask-predict-bench-"))
@@ -213,7 +214,9 @@ def main() -> None:
     result: dict = {"model": args.model, "backend": args.backend, "cpus": os.cpu_count()}
     if args.compare:
         folder = _folder(_images(args.images, work, args.compare), work / "compare")
-        result["compare"] = _compare(args.model, args.backend, folder, work, args.rounds)
+        result["compare"] = _compare(
+            args.model, args.backend, folder, work, args.rounds, args.video_frames
+        )
         print(json.dumps(result, indent=2))
         return
 
