@@ -62,6 +62,17 @@ def test_table_and_a_skipped_image(shanghaitech: Path, capsys: pytest.CaptureFix
     assert "skipped IMG_4.jpg" in text
 
 
+def test_the_int8_backend_is_benched(
+    shanghaitech: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("onnxruntime")
+    args = ["bench", "--root", str(shanghaitech), "--per-bin", "1", "--bins", "0,10",
+            "--baselines", "", "--device", "cpu", "--json", "--backend", "onnx-int8"]  # fmt: skip
+    assert main(args) == EXIT_SKIPPED
+    report = json.loads(capsys.readouterr().out)
+    assert "onnx-int8 backend" in report["setup"]["xmask_model"] and report["images"] == 2
+
+
 def test_parsers() -> None:
     assert parse_baselines(" fastsam-x, sam-vit-b ") == ("fastsam-x", "sam-vit-b")
     assert parse_baselines("") == ()

@@ -1,4 +1,4 @@
-"""The onnx-int8 backend: a model folder's ONNX graph quantised to int8 on calibration images,
+"""The onnx-int8 backend: a model folder's network quantised to int8 on calibration images,
 recorded and checked in the card, copied with the folder, run by the predictor and the CLI."""
 
 from __future__ import annotations
@@ -18,14 +18,9 @@ from xmask.data.synthetic import make_crowd
 from xmask.errors import UsageError
 from xmask.inference.checkpoint import CheckpointError
 from xmask.inference.loading import export_model
-from xmask.inference.model_folder import CARD_FILE, read_model_card, sha256_of
+from xmask.inference.model_folder import CARD_FILE, INT8_FILE, read_model_card, sha256_of
 from xmask.inference.predictor import BACKENDS, Predictor
-from xmask.inference.quantize import (
-    INT8_FILE,
-    calibration_files,
-    calibration_inputs,
-    write_int8,
-)
+from xmask.inference.quantize import calibration_files, calibration_inputs, write_int8
 from xmask.inference.scale import ScaleRule
 from xmask.inference.tiling import image_tensor
 
@@ -45,10 +40,10 @@ def calibration(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory: pytest.TempPathFactory, calibration: Path) -> Path:
-    """A model folder with model.onnx and model.int8.onnx."""
+    """A model folder with model.int8.onnx (and no model.onnx)."""
     root = tmp_path_factory.mktemp("int8")
     run = make_run(root, crowd=tiny_crowd(root / "crowd", images=3, labeled=2))
-    folder = export_model(run, root / "tiny", onnx=True)
+    folder = export_model(run, root / "tiny")
     write_int8(folder, calibration, count=10)
     return folder
 
@@ -81,11 +76,15 @@ def test_calibration_inputs_are_first_passes_and_skip_bad_files(
         calibration_inputs([calibration / "c9.jpg"])
 
 
-def test_the_card_records_and_checks_the_int8_graph(quantized: Path, tmp_path: Path) -> None:
+def test_the_card_records_and_checks_the_int8_graph(
+    quantized: Path, calibration: Path, tmp_path: Path
+) -> None:
     card = read_model_card(quantized)
-    entry = card.onnx["int8"]
-    assert entry["file"] == INT8_FILE and entry["sha256"] == sha256_of(quantized / INT8_FILE)
+    entry = card.int8
+    assert card.onnx is None and entry["file"] == INT8_FILE
+    assert entry["sha256"] == sha256_of(quantized / INT8_FILE)
     assert entry["calibration_images"] == 6 and "int8" in entry["method"]
+    assert entry["calibration"] == calibration.name  # a name, never a path
     graph = onnx.load(str(quantized / INT8_FILE))
     ops = {node.op_type for node in graph.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -100,7 +99,7 @@ def test_the_card_records_and_checks_the_int8_graph(quantized: Path, tmp_path: P
     with pytest.raises(CheckpointError, match="checksum differs"):
         Predictor.load(copy, "cpu", backend="onnx-int8")
     content = json.loads((quantized / CARD_FILE).read_text())
-    content["onnx"]["int8"]["file"] = "../model.int8.onnx"
+    content["int8"]["file"] = "../model.int8.onnx"
     (copy / CARD_FILE).write_text(json.dumps(content))
     with pytest.raises(CheckpointError, match="not a plain file name inside the model folder"):
         read_model_card(copy)
@@ -120,18 +119,17 @@ def test_the_int8_network_follows_the_float_one(quantized: Path) -> None:
 
 
 def test_onnx_int8_needs_its_file(quantized: Path, tmp_path: Path) -> None:
-    plain = export_model(quantized, tmp_path / "plain", onnx=True)  # re-export drops int8
-    assert read_model_card(plain).onnx.get("int8") is None
+    plain = export_model(quantized.parent / "run", tmp_path / "plain", onnx=True)
+    assert read_model_card(plain).int8 is None
     with pytest.raises(UsageError, match="has no int8 graph"):
         Predictor.load(plain, "cpu", backend="onnx-int8")
     with pytest.raises(UsageError, match="needs the int8 graph"):
         Predictor(Predictor.load(plain, "cpu").model, "cpu", backend="onnx-int8")
-    no_onnx = export_model(quantized, tmp_path / "no-onnx")
-    content = json.loads((no_onnx / CARD_FILE).read_text())
-    del content["onnx"]
-    (no_onnx / CARD_FILE).write_text(json.dumps(content))
-    with pytest.raises(UsageError, match="no ONNX graph to quantise"):
-        write_int8(no_onnx, tmp_path)
+    export_model(plain, plain, onnx=True)  # exporting ONNX again keeps an int8 entry alone
+    write_int8(plain, quantized.parent / "crowd", count=2)
+    export_model(plain, plain, onnx=True)
+    assert read_model_card(plain).int8 is not None
+    Predictor.load(plain, "cpu", backend="onnx-int8")
 
 
 def test_cli_exports_int8_and_predicts_with_it(
@@ -140,12 +138,14 @@ def test_cli_exports_int8_and_predicts_with_it(
     from xmask.cli import main
 
     run, folder = quantized.parent / "run", tmp_path / "cli-int8"
-    args = ["model", "export", str(run), str(folder), "--format", "onnx", "--int8"]
-    assert main([*args, "--calibration", str(calibration), "--calibration-images", "3"]) == 0
+    args = ["model", "export", str(run), str(folder), "--int8"]
+    given = ["--calibration", str(calibration), "--calibration-images", "3"]
+    assert main([*args, *given, "--calibration-name", "synthetic crowds"]) == 0
     # c0, c3 and c9 are picked; c9 is not an image
-    assert read_model_card(folder).onnx["int8"]["calibration_images"] == 2
+    assert read_model_card(folder).int8["calibration_images"] == 2
+    assert read_model_card(folder).int8["calibration"] == "synthetic crowds"
     assert main([*args[:-1], "--int8"]) == 1  # no --calibration
-    assert "--int8 needs --format onnx and --calibration" in caplog.text
+    assert "--int8 needs --calibration DIR" in caplog.text
     out = tmp_path / "predict"
     crowd = quantized.parent / "crowd"
     predict = ["predict", str(crowd), "--model", str(folder), "--out", str(out)]
@@ -157,7 +157,7 @@ def test_shipped_model_int8_counts_like_float_on_shanghaitech(
     shanghaitech: Path, tmp_path: Path
 ) -> None:
     train = shanghaitech / "part_B" / "train_data" / "images"
-    folder = export_model("shanghaitech-lite0", tmp_path / "shipped", onnx=True)
+    folder = export_model("shanghaitech-lite0", tmp_path / "shipped")
     write_int8(folder, train, count=4)
     images = sorted((shanghaitech / "part_B" / "test_data" / "images").glob("*.jpg"))[:3]
     reference = Predictor.load(folder, "cpu")

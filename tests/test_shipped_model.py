@@ -38,6 +38,19 @@ def test_the_default_model_predicts_with_no_other_file() -> None:
     assert set(np.unique(result.labels)) <= set(range(len(result.points) + 1))
 
 
+def test_the_default_model_ships_its_int8_graph() -> None:
+    pytest.importorskip("onnxruntime")
+    card = load_model_folder(resolve_model(None))[1]
+    assert card.int8 is not None and "ShanghaiTech" in card.int8["calibration"]
+    metrics = card.int8["metrics"]["shb-test"]
+    assert metrics["mae"] <= 1.02 * metrics["mae_torch"]  # shipped only because it held
+    crowd = make_crowd(192, 256, 12, seed=3)
+    fast = Predictor.load(device="cpu", backend="onnx-int8")
+    result = fast(crowd.image)
+    assert fast.onnx is not None and fast.onnx.sha256 == card.int8["sha256"]
+    assert result.labels is not None and result.labels.shape == (192, 256)
+
+
 def test_readme_first_command(shanghaitech: Path, tmp_path: Path) -> None:
     image = shanghaitech / "part_B" / "test_data" / "images" / "IMG_1.jpg"
     out = tmp_path / "first-prediction"

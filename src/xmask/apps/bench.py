@@ -92,6 +92,7 @@ class BenchConfig:
         split: the ShanghaiTech A split.
         progress: log one line per image and method.
         repeat: timed calls per image and method; the median one is reported.
+        backend: what runs xmask's network (:data:`xmask.inference.predictor.BACKENDS`).
     """
 
     root: Path | None
@@ -104,6 +105,7 @@ class BenchConfig:
     split: str = "test"
     progress: bool = True
     repeat: int = 3
+    backend: str = "torch"
 
 
 def parse_baselines(text: str) -> tuple[str, ...]:
@@ -183,12 +185,14 @@ def build_predictor(cfg: BenchConfig) -> tuple[Predictor, str]:
     Raises:
         UsageError: a model without a mask head.
     """
-    predictor = Predictor.load(cfg.checkpoint, cfg.device, cfg.which)
+    predictor = Predictor.load(cfg.checkpoint, cfg.device, cfg.which, backend=cfg.backend)
     if not predictor.has_masks:
         raise UsageError(f"{predictor.source}: the model has no mask head")
+    backend = "" if cfg.backend == "torch" else f", {cfg.backend} backend"
     if cfg.checkpoint is None:
-        return predictor, f"{predictor.source.name if predictor.source else 'default'} (shipped)"
-    return predictor, f"{cfg.checkpoint} ({cfg.which})"
+        name = predictor.source.name if predictor.source else "default"
+        return predictor, f"{name} (shipped{backend})"
+    return predictor, f"{cfg.checkpoint} ({cfg.which}{backend})"
 
 
 def build_baseline(name: str, device: str) -> tuple[Backend, str]:

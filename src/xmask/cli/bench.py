@@ -10,7 +10,13 @@ import json
 from pathlib import Path
 
 from xmask.cli import EXIT_OK, EXIT_SKIPPED
-from xmask.cli._args import ROOT_DEFAULT, add_device_option, add_model_options, add_root_option
+from xmask.cli._args import (
+    BACKEND_CHOICES,
+    ROOT_DEFAULT,
+    add_device_option,
+    add_model_options,
+    add_root_option,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -49,6 +55,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--split", default="test", help="ShanghaiTech A split (default test)")
     add_device_option(parser)
+    parser.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="torch",
+        help="what runs xmask's network (as for xmask predict; default torch)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON on stdout")
     parser.set_defaults(run=run_bench_command)
 
@@ -68,6 +80,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         device=args.device,
         edges=parse_edges(args.bins),
         split=args.split,
+        backend=args.backend,
     )
     report = run_bench(cfg)
     print(json.dumps(report, indent=2) if args.json else format_report(report))

@@ -40,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "fraction, metrics) and weights.safetensors; or copy a model folder (a path or a name, "
         "e.g. the shipped model) as it is. With --format onnx, also model.onnx beside the card "
         "(the network for onnxruntime, any image size; `xmask predict --backend onnx`), and "
-        "with --int8 its int8 copy calibrated on your images (--backend onnx-int8); DEST "
+        "with --int8 model.int8.onnx, the network quantised to int8 and calibrated on your "
+        "images (--backend onnx-int8; pip install 'xmask-crowd[onnx]'); DEST "
         "may then be SOURCE's own folder to add model.onnx to it (not an installed model's). "
         "DEST is a folder path, or a plain name: the model is then registered in "
         "$XMASK_MODELS and usable as `--model NAME` (a name of the shipped model hides it).",
@@ -59,11 +60,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="safetensors (default): the model folder; onnx: also model.onnx "
         "(pip install 'xmask-crowd[onnx]')",
     )
-    int8 = export.add_argument_group("int8 (with --format onnx)")
+    int8 = export.add_argument_group("int8")
     int8.add_argument(
         "--int8",
         action="store_true",
-        help="also model.int8.onnx: the graph quantised to int8, calibrated on --calibration "
+        help="also model.int8.onnx: the network quantised to int8, calibrated on --calibration "
         "(`xmask predict --backend onnx-int8`; check its counts: benchmarks/int8_accuracy.py)",
     )
     int8.add_argument(
@@ -73,6 +74,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "the camera); at most --calibration-images of them, evenly spaced by name",
     )
     int8.add_argument("--calibration-images", type=int, default=32, metavar="N", help="default 32")
+    int8.add_argument(
+        "--calibration-name",
+        metavar="TEXT",
+        help="what the calibration images are, for the card (default: the folder's name)",
+    )
     runs = export.add_argument_group("training runs only")
     runs.add_argument("--description", help="one line for people")
     add_which_option(runs)
@@ -182,10 +188,10 @@ def run_export(args: argparse.Namespace) -> int:
         options["scale"] = resolve_scale(args.scale or "adaptive", ONE_PASS, args.locate)
     if args.segment:
         options["segment"] = segment_settings(args.segment)
-    if args.int8 and (args.format != "onnx" or not args.calibration):
-        raise UsageError("--int8 needs --format onnx and --calibration DIR")
+    if args.int8 and not args.calibration:
+        raise UsageError("--int8 needs --calibration DIR: images to calibrate it on")
     folder = export_model(args.source, dest, onnx=args.format == "onnx", **options)
     if args.int8:
-        write_int8(folder, args.calibration, args.calibration_images)
+        write_int8(folder, args.calibration, args.calibration_images, args.calibration_name)
     print(f"wrote {folder}")
     return EXIT_OK

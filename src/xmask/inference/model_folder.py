@@ -11,15 +11,18 @@ A model folder ``MODEL/`` holds two files:
   (dataset, labeled list, label fraction, images, recipe, run, step, seconds), ``metrics``
   (``"DATASET-SPLIT"`` → the figures of ``xmask evaluate --record``), ``weights`` (file name,
   SHA-256, dtype, tensor count), ``onnx`` (optional: file name, SHA-256, opset and outputs of
-  the network as an ONNX graph, :mod:`xmask.inference.onnx_backend`, with ``int8`` for its
-  int8 copy, :mod:`xmask.inference.quantize`), ``xmask_version`` and ``created``;
+  the network as an ONNX graph, :mod:`xmask.inference.onnx_backend`), ``int8`` (optional: file
+  name, SHA-256, method and calibration of the int8 graph, :mod:`xmask.inference.quantize`),
+  ``xmask_version`` and ``created``;
 - ``weights.safetensors``: the network's tensors (never a pickle);
 - ``model.onnx`` (optional, ``xmask model export ... --format onnx``): the same network for
-  onnxruntime; ``model.int8.onnx`` (optional, ``... --int8``): its int8 copy.
+  onnxruntime;
+- ``model.int8.onnx`` (optional, ``xmask model export ... --int8``): the network quantised to
+  int8 for onnxruntime.
 
 Loading checks the format, every required key, the weights' SHA-256 (a changed or truncated
-file is refused as tampered) and that the tensors fit the architecture exactly; the ONNX file
-is checked the same way when the onnx backend opens it. A card's file entries must name plain
+file is refused as tampered) and that the tensors fit the architecture exactly; the ONNX files
+are checked the same way when the onnx backends open them. A card's file entries must name plain
 files inside the folder.
 
 Names: ``xmask predict --model NAME`` looks for ``NAME/`` in the user's model folder
@@ -69,6 +72,9 @@ WEIGHTS_FILE = "weights.safetensors"
 ONNX_FILE = "model.onnx"
 
 
+INT8_FILE = "model.int8.onnx"
+
+
 DEFAULT_MODEL = "shanghaitech-lite0"
 """The shipped model used when none is named."""
 
@@ -99,9 +105,9 @@ class ModelCard:
         training: how it was trained (dataset, labeled list, label fraction, ...).
         metrics: ``"DATASET-SPLIT"`` → figures measured on the shipped weights.
         weights: ``file``, ``sha256``, ``dtype``, ``tensors``.
-        onnx: ``file``, ``sha256``, ``opset``, ``outputs`` of the ONNX graph, and ``int8``
-            (``file``, ``sha256``, ...) of its int8 copy where there is one
-            (:mod:`xmask.inference.quantize`); or None.
+        onnx: ``file``, ``sha256``, ``opset``, ``outputs`` of the ONNX graph, or None.
+        int8: ``file``, ``sha256``, ``method``, ``calibration_images`` of the int8 graph, or
+            None.
         xmask_version: the xmask that wrote the folder.
         created: UTC time of writing, ISO 8601.
     """
@@ -118,6 +124,7 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     weights: dict[str, Any] = field(default_factory=dict)
     onnx: dict[str, Any] | None = None
+    int8: dict[str, Any] | None = None
     xmask_version: str = ""
     created: str = ""
 
@@ -142,8 +149,9 @@ class ModelCard:
     def to_dict(self) -> dict[str, Any]:
         """The JSON content of ``model.json``."""
         content = dataclasses.asdict(self)
-        if content["onnx"] is None:
-            del content["onnx"]
+        for optional in ("onnx", "int8"):
+            if content[optional] is None:
+                del content[optional]
         return {"format": FORMAT, **content}
 
 
@@ -239,6 +247,7 @@ def read_model_card(folder: str | Path) -> ModelCard:
             metrics=dict(content.get("metrics", {})),
             weights=dict(content["weights"]),
             onnx=None if content.get("onnx") is None else dict(content["onnx"]),
+            int8=None if content.get("int8") is None else dict(content["int8"]),
             xmask_version=str(content.get("xmask_version", "")),
             created=str(content.get("created", "")),
         )
@@ -247,15 +256,11 @@ def read_model_card(folder: str | Path) -> ModelCard:
     if card.weights.get("dtype") not in WEIGHT_DTYPES or "sha256" not in card.weights:
         raise CheckpointError(path, "bad 'weights' entry (needs sha256 and dtype)")
     _check_file_entry(path, "weights", card.weights, WEIGHTS_FILE)
-    if card.onnx is not None:
-        if "sha256" not in card.onnx:
-            raise CheckpointError(path, "bad 'onnx' entry (needs sha256)")
-        _check_file_entry(path, "onnx", card.onnx, ONNX_FILE)
-        int8 = card.onnx.get("int8")
-        if int8 is not None:
-            if not isinstance(int8, dict) or "sha256" not in int8 or "file" not in int8:
-                raise CheckpointError(path, "bad 'onnx.int8' entry (needs file and sha256)")
-            _check_file_entry(path, "onnx.int8", int8, int8["file"])
+    for what, entry, default in (("onnx", card.onnx, ONNX_FILE), ("int8", card.int8, INT8_FILE)):
+        if entry is not None:
+            if "sha256" not in entry:
+                raise CheckpointError(path, f"bad {what!r} entry (needs sha256)")
+            _check_file_entry(path, what, entry, default)
     return card
 
 
@@ -269,8 +274,8 @@ def _check_file_entry(card: Path, what: str, entry: dict[str, Any], default: str
 
 
 def checked_file(folder: Path, entry: dict[str, Any], default: str, what: str) -> Path:
-    """The file a card entry (``weights``, ``onnx``) names in ``folder``, checked against
-    the entry's SHA-256.
+    """The file a card entry (``weights``, ``onnx``, ``int8``) names in ``folder``, checked
+    against the entry's SHA-256.
 
     Raises:
         CheckpointError: the file is missing, or changed or truncated since the card was written.
@@ -354,9 +359,8 @@ def copy_model_folder(folder: str | Path, target: str | Path) -> Path:
     folder, target = Path(folder).expanduser(), Path(target).expanduser()
     card = read_model_card(folder)
     files = [str(card.weights.get("file", WEIGHTS_FILE))]
-    if card.onnx is not None:
-        files.append(str(card.onnx.get("file", ONNX_FILE)))
-        files += [str(card.onnx["int8"]["file"])] if card.onnx.get("int8") else []
+    files += [] if card.onnx is None else [str(card.onnx.get("file", ONNX_FILE))]
+    files += [] if card.int8 is None else [str(card.int8.get("file", INT8_FILE))]
     for name in [*files, CARD_FILE]:
         atomic_write_bytes(target / name, (folder / name).read_bytes(), durable=True)
     return target

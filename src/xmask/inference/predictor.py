@@ -274,8 +274,8 @@ class Predictor:
         if backend == "onnx" and loaded.card is not None:
             kwargs.setdefault("onnx", folder_onnx(loaded.source, loaded.card.onnx))
         if backend == "onnx-int8":
-            onnx = None if loaded.card is None else loaded.card.onnx
-            kwargs.setdefault("onnx", folder_int8(loaded.source, onnx))
+            int8 = None if loaded.card is None else loaded.card.int8
+            kwargs.setdefault("onnx", folder_int8(loaded.source, int8))
         rule = resolve_scale(scale, loaded.scale, locate) if isinstance(scale, str) else scale
         predictor = cls(
             loaded.model, resolved, loaded.count_rule, scale=rule, backend=backend, **kwargs

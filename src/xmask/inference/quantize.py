@@ -1,12 +1,13 @@
-"""An int8 copy of a model folder's ONNX graph, for the ``onnx-int8`` backend: static
+"""A model folder's network as an int8 ONNX graph, for the ``onnx-int8`` backend: static
 quantisation calibrated on images of the scenes the model will see.
 
 Quantisation
     onnxruntime's static quantisation in the QDQ format: weights int8 per output channel,
     activations uint8 with ranges from the minimum and maximum each tensor takes over the
-    calibration images (:data:`METHOD`). The graph is first prepared by onnxruntime's
-    ``quant_pre_process`` (shape inference and graph optimisation), so that batch norms already
-    folded at export and the convolutions that follow them quantise as one.
+    calibration images (:data:`METHOD`). The float graph is the one ``--format onnx`` writes
+    (:func:`~xmask.inference.onnx_backend.onnx_bytes`, BatchNorm folded), exported in memory,
+    and first prepared by onnxruntime's ``quant_pre_process`` (shape inference and graph
+    optimisation).
 
 Calibration images
     Image files in a folder (sorted by name; at most ``count`` of them, evenly spaced over the
@@ -15,8 +16,9 @@ Calibration images
     of inference. A file that cannot be read is skipped with a warning naming it.
 
 The card
-    :func:`write_int8` records the file under the card's ``onnx`` entry as ``int8``: ``file``,
-    ``sha256``, ``method`` and ``calibration_images`` (how many: never their paths). The
+    :func:`write_int8` records the file as the card's ``int8`` entry: ``file``, ``sha256``,
+    ``opset``, ``method``, ``calibration_images`` (how many) and ``calibration`` (what they are:
+    a name given, else the folder's own name; never a path). The
     predictor checks the SHA-256 on loading, as for every file of a model folder. Whether the
     counts hold is measured, not assumed: ``benchmarks/int8_accuracy.py`` reports the MAE of the
     torch, onnx and onnx-int8 backends on one test set.
@@ -35,20 +37,17 @@ from xmask.data.files import atomic_write_bytes
 from xmask.data.image_io import IMAGE_SUFFIXES, load_image
 from xmask.errors import DataError, UsageError
 from xmask.inference.model_folder import (
-    ONNX_FILE,
+    INT8_FILE,
     checked_file,
-    read_model_card,
+    load_model_folder,
     sha256_of,
     update_card,
 )
-from xmask.inference.onnx_backend import INPUT, import_optional
+from xmask.inference.onnx_backend import INPUT, OPSET, import_optional, onnx_bytes
 from xmask.inference.scale import ONE_PASS, ScaleRule, resize_tensor, scaled_size
 from xmask.inference.tiling import image_tensor
 
 log = logging.getLogger(__name__)
-
-
-INT8_FILE = "model.int8.onnx"
 
 
 CALIBRATION_IMAGES = 32
@@ -97,9 +96,9 @@ def calibration_inputs(files: list[Path], rule: ScaleRule = ONE_PASS) -> list[np
     return inputs
 
 
-def quantize_graph(graph: str | Path, inputs: list[np.ndarray], out: str | Path) -> Path:
-    """Write the int8 copy of the float ONNX graph ``graph`` to ``out`` (atomically),
-    calibrated on ``inputs`` (module docstring).
+def quantize_graph(graph: bytes, inputs: list[np.ndarray], out: str | Path) -> Path:
+    """Write the int8 copy of the float ONNX graph ``graph`` (its bytes) to ``out``
+    (atomically), calibrated on ``inputs`` (module docstring).
 
     Raises:
         MissingDependencyError: onnxruntime is not installed.
@@ -117,8 +116,10 @@ def quantize_graph(graph: str | Path, inputs: list[np.ndarray], out: str | Path)
             return next(feeds, None)
 
     with tempfile.TemporaryDirectory(prefix="xmask-int8-") as work:
+        source = Path(work) / "float.onnx"
         prepared, quantized = Path(work) / "prepared.onnx", Path(work) / "int8.onnx"
-        shape_inference.quant_pre_process(str(graph), str(prepared), skip_symbolic_shape=True)
+        source.write_bytes(graph)
+        shape_inference.quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         quantization.quantize_static(
             str(prepared),
             str(quantized),
@@ -135,43 +136,45 @@ def quantize_graph(graph: str | Path, inputs: list[np.ndarray], out: str | Path)
 
 
 def write_int8(
-    folder: str | Path, calibration: str | Path, count: int = CALIBRATION_IMAGES
+    folder: str | Path,
+    calibration: str | Path,
+    count: int = CALIBRATION_IMAGES,
+    name: str | None = None,
 ) -> Path:
-    """Quantise a model folder's ``model.onnx`` into ``model.int8.onnx`` beside it, calibrated
-    on at most ``count`` images of the folder ``calibration``, and record it in the card.
+    """Quantise a model folder's network into ``model.int8.onnx`` beside its card, calibrated
+    on at most ``count`` images of the folder ``calibration``, and record it in the card
+    (``name``: what the images are, for the card; default: the folder's name).
 
     Returns:
         The int8 file.
 
     Raises:
-        UsageError: the folder has no ONNX graph yet, or bad calibration images.
-        CheckpointError: a bad card, or a ``model.onnx`` that differs from it.
-        MissingDependencyError: onnxruntime is not installed.
+        UsageError: bad calibration images.
+        CheckpointError: not a loadable model folder.
+        MissingDependencyError: onnx or onnxruntime is not installed.
     """
     folder = Path(folder).expanduser()
-    card = read_model_card(folder)
-    if card.onnx is None:
-        raise UsageError(f"{folder} has no ONNX graph to quantise: export with --format onnx")
-    graph = checked_file(folder, card.onnx, ONNX_FILE, "ONNX")
+    model, card = load_model_folder(folder)
     inputs = calibration_inputs(calibration_files(calibration, count), card.scale or ONE_PASS)
-    log.info("quantising %s on %d calibration images", graph, len(inputs))
-    path = quantize_graph(graph, inputs, folder / INT8_FILE)
-    int8 = {"file": INT8_FILE, "sha256": sha256_of(path), "method": METHOD}
-    update_card(folder, onnx=card.onnx | {"int8": int8 | {"calibration_images": len(inputs)}})
+    log.info("quantising the network of %s on %d calibration images", folder, len(inputs))
+    path = quantize_graph(onnx_bytes(model), inputs, folder / INT8_FILE)
+    entry = {"file": INT8_FILE, "sha256": sha256_of(path), "opset": OPSET, "method": METHOD}
+    about = name or Path(calibration).expanduser().resolve().name
+    update_card(folder, int8=entry | {"calibration_images": len(inputs), "calibration": about})
     log.info("wrote %s", path)
     return path
 
 
 def folder_int8(folder: Path, entry: dict[str, Any] | None) -> Path:
-    """The checked int8 graph of a model folder whose card's ``onnx`` entry is ``entry``.
+    """The checked int8 graph of a model folder whose card's ``int8`` entry is ``entry``.
 
     Raises:
         UsageError: the folder has none.
         CheckpointError: the file differs from the card.
     """
-    if entry is None or entry.get("int8") is None:
+    if entry is None:
         raise UsageError(
-            f"{folder} has no int8 graph: xmask model export {folder} DEST --format onnx "
-            "--int8 --calibration IMAGES"
+            f"{folder} has no int8 graph: xmask model export {folder} DEST --int8 "
+            "--calibration IMAGES"
         )
-    return checked_file(folder, entry["int8"], INT8_FILE, "int8 ONNX")
+    return checked_file(folder, entry, INT8_FILE, "int8 ONNX")
