@@ -7,13 +7,16 @@ reference's points (``given``); localisation precision / recall / F1 of the pred
 2, 4 and 8 px; and the share of masks that are one 4-connected region holding their point.
 ``synthetic`` does the same on synthetic crowds with exact masks (:mod:`xmask.data.synthetic`;
 half of them in perspective), beside the annotation backends that need no weights (a disc and
-the NNEC circle per point). Results go to ``WORK/LABEL/masks-PART.json``; ``report`` writes the
-document from two labels. Examples::
+the NNEC circle per point). ``regions`` needs no reference: the share of the model's own masks
+that are one region holding their point, per part. Results go to
+``WORK/LABEL/masks-PART.json`` (``regions-PART.json``); ``report`` writes the document from two
+labels. Examples::
 
     xmask annotate --dataset sha --root DATA --split test --backend superpixel --out refs/sha
     python benchmarks/masks.py run --label before --model M --connected off --scale off \\
         --root DATA --refs-sha refs/sha --refs-shb refs/shb --work work/masks
     python benchmarks/masks.py synthetic --label before --model M --work work/masks
+    python benchmarks/masks.py regions --label locate --locate 1.25 --root DATA --work work/masks
     python benchmarks/masks.py report --work work/masks --before before --after after \\
         --describe "before=the model of 2026-11-27" "after=with the offset head"
 """
@@ -117,6 +120,28 @@ def load_predictor(args: argparse.Namespace) -> Predictor:
 def write(folder: Path, name: str, content: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+
+
+def regions(args: argparse.Namespace) -> None:
+    predictor = load_predictor(args)
+    folder = Path(args.work) / args.label
+    for part in args.parts.split(","):
+        dataset = open_dataset(part, args.root, "test")
+        good = total = 0
+        broken = []
+        for item in tqdm(dataset.items[: args.limit], desc=f"{args.label} {part}", unit="img"):
+            try:
+                sample = dataset.load(item)
+            except DataError as err:
+                print(f"skipped {item.name}: {err}")
+                continue
+            own = predictor(sample.image)
+            one, masks = connected_share(own.labels, own.points)
+            good, total = good + one, total + masks
+            broken += [item.name] if one < masks else []
+        share = {"images": len(dataset.items[: args.limit]), "masks": total, "one_region": good}
+        write(folder, f"regions-{part}.json", share | {"images_with_broken_masks": broken})
+        print(part, share)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -281,7 +306,7 @@ def report(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in ("run", "synthetic"):
+    for command in ("run", "synthetic", "regions"):
         one = sub.add_parser(command)
         one.add_argument("--label", required=True)
         one.add_argument("--model")
@@ -291,11 +316,14 @@ def main() -> None:
         one.add_argument("--connected", choices=("on", "off"), default="on")
         one.add_argument("--work", required=True)
         one.add_argument("--threads", type=int, default=1)
-        if command == "run":
+        if command in ("run", "regions"):
             one.add_argument("--root", required=True)
+            one.add_argument("--limit", type=int)
+        if command == "run":
             one.add_argument("--refs-sha")
             one.add_argument("--refs-shb")
-            one.add_argument("--limit", type=int)
+        elif command == "regions":
+            one.add_argument("--parts", default="sha,shb")
         else:
             one.add_argument("--crowds", type=int, default=12)
     rep = sub.add_parser("report")
@@ -306,7 +334,7 @@ def main() -> None:
     rep.add_argument("--tuning", help="the JSON of benchmarks/mask_tuning.py")
     rep.add_argument("--describe", nargs="*", default=[], metavar="LABEL=TEXT", help="a line each")
     args = parser.parse_args()
-    {"run": run, "synthetic": synthetic, "report": report}[args.command](args)
+    {"run": run, "synthetic": synthetic, "regions": regions, "report": report}[args.command](args)
 
 
 if __name__ == "__main__":
