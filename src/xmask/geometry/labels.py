@@ -212,7 +212,8 @@ def _fill_holes(labels: np.ndarray) -> None:
     holes, count = ndimage.label(labels == 0)
     if count == 0:
         return
-    pairs = []
+    stride = np.int64(labels.max()) + 1  # a (hole, head) pair as one key: hole·stride + head
+    keys = []
     for a, b in (
         (holes[:, :-1], labels[:, 1:]),
         (holes[:, 1:], labels[:, :-1]),
@@ -220,11 +221,12 @@ def _fill_holes(labels: np.ndarray) -> None:
         (holes[1:], labels[:-1]),
     ):
         touching = (a > 0) & (b > 0)
-        pairs.append(np.stack([a[touching], b[touching]], axis=1))
-    found = np.unique(np.concatenate(pairs), axis=0)
-    neighbours = np.bincount(found[:, 0], minlength=count + 1)
+        keys.append(a[touching].astype(np.int64) * stride + b[touching])
+    found = np.unique(np.concatenate(keys))
+    hole_of, head_of = found // stride, found % stride
+    neighbours = np.bincount(hole_of, minlength=count + 1)
     head = np.zeros(count + 1, dtype=np.int64)
-    head[found[:, 0]] = found[:, 1]
+    head[hole_of] = head_of
     border = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
     enclosed = neighbours == 1
     enclosed[border] = False
