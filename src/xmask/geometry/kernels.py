@@ -14,12 +14,15 @@ Compilation: compiled code is cached on disk (numba ``cache=True``), but a fresh
 first call would still compile (seconds). :func:`warm_up` compiles (or loads from the cache)
 in a background thread, e.g. while the network runs; until it is done :func:`circle_energy`
 and :func:`banded_middle` run the twins (slower, never waiting), then the compiled loops.
-Without :func:`warm_up` they compile on first use. Kernels run on one thread: on two cores
-under load the parallel versions were no faster and took twice as long to compile.
+Without :func:`warm_up` they compile on first use. A process that ends while they compile
+waits at most :data:`EXIT_WAIT_S` for them to reach the cache (a Ctrl-C is never held longer).
+Kernels run on one thread: on two cores under load the parallel versions were no faster and
+took twice as long to compile.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 
@@ -30,6 +33,11 @@ log = logging.getLogger(__name__)
 
 _warm_up: threading.Thread | None = None
 _warm_up_lock = threading.Lock()
+
+
+EXIT_WAIT_S = 10.0
+"""Longest a process ending during :func:`warm_up` waits for the compiled code to reach the
+cache (an idle 2-core CPU compiles in about 2 s); past it, the next process compiles again."""
 _compiled = True
 """False from :func:`warm_up` until its thread has compiled the kernels."""
 
@@ -179,12 +187,13 @@ def _compile() -> None:
 
 def warm_up() -> None:
     """Start compiling the kernels in a background thread (once per process); until it is
-    done, the kernels run their NumPy twins. The thread is not a daemon: a process that ends
-    first waits for it, so that the compiled code reaches the cache for the next one."""
+    done, the kernels run their NumPy twins. A process that ends first waits for it up to
+    :data:`EXIT_WAIT_S`, so that the compiled code reaches the cache for the next one."""
     global _warm_up, _compiled
     with _warm_up_lock:
         if _warm_up is not None:
             return
         _compiled = False
-        _warm_up = threading.Thread(target=_compile, name="xmask-numba-warm-up")
+        _warm_up = threading.Thread(target=_compile, name="xmask-numba-warm-up", daemon=True)
         _warm_up.start()
+        atexit.register(_warm_up.join, EXIT_WAIT_S)
