@@ -17,6 +17,7 @@ from torch.nn import functional as nnf
 
 from xmask.geometry.circles import CirclePixels, circle_pixels, label_map, nnec_radii
 from xmask.geometry.points import (
+    FREE_PIXEL_RING,
     distinct_pixels,
     duplicate_mask,
     flip_points_horizontal,
@@ -682,7 +683,8 @@ def test_duplicate_mask_hand_cases():
 
 def _distinct_pixels_reference(points, size):
     """Slow reference: every pixel of the image scanned for each point whose pixel an earlier
-    point (or a first occurrence) holds; the free pixel in the nearest square ring, nearest."""
+    point (or a first occurrence) holds; the free pixel in the nearest square ring (at most
+    FREE_PIXEL_RING), nearest; none: the point stays."""
     h, w = size
     out = [list(map(float, p)) for p in points]
     cell = [(min(max(math.floor(x), 0), w - 1), min(max(math.floor(y), 0), h - 1)) for x, y in out]
@@ -696,16 +698,20 @@ def _distinct_pixels_reference(points, size):
             for c in range(w):
                 if (c, r) in taken:
                     continue
+                ring = max(abs(r - row), abs(c - col))
+                if ring > FREE_PIXEL_RING:
+                    continue
                 key = (
-                    max(abs(r - row), abs(c - col)),
+                    ring,
                     float(np.float32((c + 0.5 - np.float32(out[k][0])) ** 2))
                     + float(np.float32((r + 0.5 - np.float32(out[k][1])) ** 2)),
                     r,
                     c,
                 )
                 best = key if best is None or key < best else best
-        taken.add((best[3], best[2]))
-        out[k] = [best[3] + 0.5, best[2] + 0.5]
+        if best is not None:
+            taken.add((best[3], best[2]))
+            out[k] = [best[3] + 0.5, best[2] + 0.5]
     return np.array(out, dtype=np.float32).reshape(-1, 2)
 
 
@@ -719,7 +725,8 @@ def test_distinct_pixels_bruteforce(seed, size, n):
     assert got.dtype == np.float32 and got.shape == (n, 2)
     np.testing.assert_allclose(got, _distinct_pixels_reference(pts, size), atol=1e-6)
     flat = pixel_of(got, size)
-    assert len({tuple(c) for c in flat.tolist()}) == n  # no two points in one pixel
+    if n <= 9:  # the whole image is within three rings of every pixel of a 3×3 image
+        assert len({tuple(c) for c in flat.tolist()}) == n  # no two points in one pixel
 
 
 def test_distinct_pixels_hand_cases():
@@ -735,7 +742,13 @@ def test_distinct_pixels_hand_cases():
     np.testing.assert_array_equal(distinct_pixels(untouched, size), untouched)
     assert distinct_pixels(np.zeros((0, 2)), size).shape == (0, 2)
     crowded = np.full((5, 2), 0.5, np.float32)  # more points than the 2×2 image has pixels
-    np.testing.assert_array_equal(distinct_pixels(crowded, (2, 2)), crowded)
+    moved = distinct_pixels(crowded, (2, 2))
+    np.testing.assert_array_equal(moved[:4], [[0.5, 0.5], [1.5, 0.5], [0.5, 1.5], [1.5, 1.5]])
+    np.testing.assert_array_equal(moved[4], [0.5, 0.5])  # no free pixel left: it stays
+    far = np.full((60, 2), 20.5, np.float32)  # 49 pixels within three rings: 11 stay
+    placed = distinct_pixels(far, (40, 40))
+    assert len({tuple(c) for c in pixel_of(placed, (40, 40)).tolist()}) == 49
+    assert np.abs(placed - 20.5).max() <= 3.0
 
 
 # --------------------------------------------------------------------------------------------

@@ -165,23 +165,27 @@ def duplicate_mask(points: np.ndarray, include_first: bool = False) -> np.ndarra
     return mask
 
 
+FREE_PIXEL_RING = 3
+"""How far (square rings around its pixel) :func:`distinct_pixels` looks for a free pixel."""
+
+
 def distinct_pixels(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Points moved so that no two lie in one pixel: a point whose pixel (:func:`pixel_of`)
     an earlier point holds goes to the centre of the nearest pixel no point holds (the nearest
-    to it in the smallest square ring around its pixel that has one). Points decoded on an
-    enlarged network input can round into one image pixel; two heads cannot both own it.
+    to it in the smallest square ring around its pixel that has one, up to
+    :data:`FREE_PIXEL_RING` rings: at most 48 pixels looked at per point moved; a point with
+    none free that near stays where it is). Points decoded on an enlarged network input can
+    round into one image pixel; two heads cannot both own it.
 
     Args:
         points: ``N×2`` ``(x, y)`` pixels of an image of ``size = (H, W)``.
 
     Returns:
         ``N×2 float32``, the input's values where no pixel is shared; ``points`` is not
-        modified. Unchanged where the image has fewer pixels than points.
+        modified.
     """
     out = np.asarray(points, dtype=np.float32).reshape(-1, 2).copy()
     h, w = size
-    if len(out) > h * w:
-        return out
     cells = pixel_of(out, size)
     flat = cells[:, 1] * w + cells[:, 0]
     _, first = np.unique(flat, return_index=True)
@@ -190,7 +194,7 @@ def distinct_pixels(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     taken = set(flat.tolist())
     for k in np.setdiff1d(np.arange(len(out)), first).tolist():
         col, row = int(cells[k, 0]), int(cells[k, 1])
-        for ring in range(1, max(h, w)):
+        for ring in range(1, FREE_PIXEL_RING + 1):
             free = [
                 (float((c + 0.5 - out[k, 0]) ** 2 + (r + 0.5 - out[k, 1]) ** 2), r, c)
                 for r in range(max(0, row - ring), min(h, row + ring + 1))
