@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -135,3 +136,9 @@ def fake_shanghaitech(root: Path, part: str, split: str, heads: dict[str, int]) 
         Image.fromarray(sample.image).save(folder / "images" / f"{stem}.jpg", quality=95)
         write_shanghaitech_gt(folder / "ground-truth" / f"GT_{stem}.mat", sample.points)
     return root
+
+
+def interruptible() -> None:
+    """``preexec_fn`` of a child process a test interrupts with SIGINT: a test run started in
+    the background (``nohup pytest &``) ignores SIGINT, and a child would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from conftest import REPO
+from conftest import REPO, interruptible
 from xmask.apps.serve import PredictQuery, PredictService, RequestError, ServeLimits
 from xmask.apps.serve_http import ServeRequest, ServeServer
 from xmask.apps.zones import Zone, zone_counts
@@ -199,7 +199,12 @@ def test_cli_defaults_agree_with_the_library() -> None:
 def test_the_command_prints_its_url_and_stops_on_ctrl_c() -> None:
     command = [sys.executable, "-m", "xmask", "serve", "--port", "0", "--device", "cpu"]
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        preexec_fn=interruptible,
     )
     try:
         line = process.stdout.readline()  # the URL, once the model is loaded

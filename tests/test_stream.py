@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, make_run, tiny_model
+from conftest import REPO, interruptible, make_run, tiny_model
 from xmask.apps.batch import OutputOptions
 from xmask.apps.frames import FrameRow, FrameSettings
 from xmask.apps.live import Reconnect, live_source
@@ -241,7 +241,12 @@ def test_sigint_stops_the_command_cleanly(server: MjpegServer, run: Path, tmp_pa
     command = [sys.executable, "-m", "xmask", "predict", server.url, "--model", str(run)]
     command += ["--device", "cpu", "--out", str(out), "--duration", "60"]
     process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=interruptible,
     )
     try:
         deadline = time.monotonic() + 40
