@@ -121,7 +121,9 @@ def table_cells(row: FrameRow, wall_time: str | None = None) -> list[Any]:
 
 
 class FrameAnalyzer:
-    """Frames → predictions and rows, keeping the tracks, the crossings and the density.
+    """Frames → predictions and rows, keeping the tracks, the crossings and the density: a
+    frame goes through :meth:`check`, :meth:`network` and :meth:`count`, in that order (the
+    network of one frame may run while the frame before is counted).
 
     Args:
         predictor: the model.
@@ -140,15 +142,6 @@ class FrameAnalyzer:
         self.background: np.ndarray | None = None
         self.network_s = 0.0
         self.post_s = 0.0
-
-    def __call__(self, index: int, time_s: float, image: np.ndarray) -> tuple[FrameRow, Prediction]:
-        """Predict one ``H×W×3 uint8`` RGB frame and count it (:meth:`check`, :meth:`network`,
-        :meth:`count`).
-
-        Raises:
-            DataError: the frame's size differs from the first frame's.
-        """
-        return self.count(self.network(self.check(Frame(index, time_s, image))))
 
     def check(self, frame: Frame) -> Frame:
         """The frame, once its size is known to be the first frame's.

@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(the network for onnxruntime, any image size; `xmask predict --backend onnx`), and "
         "with --int8 model.int8.onnx, the network quantised to int8 and calibrated on your "
         "images (--backend onnx-int8; pip install 'xmask-crowd[onnx]'); DEST "
-        "may then be SOURCE's own folder to add model.onnx to it (not an installed model's). "
+        "may then be SOURCE's own folder to add these files to it (not an installed model's). "
         "DEST is a folder path, or a plain name: the model is then registered in "
         "$XMASK_MODELS and usable as `--model NAME` (a name of the shipped model hides it).",
     )

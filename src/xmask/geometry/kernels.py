@@ -33,13 +33,13 @@ log = logging.getLogger(__name__)
 
 _warm_up: threading.Thread | None = None
 _warm_up_lock = threading.Lock()
+_compiled = True
+"""False from :func:`warm_up` until its thread has compiled the kernels."""
 
 
 EXIT_WAIT_S = 10.0
 """Longest a process ending during :func:`warm_up` waits for the compiled code to reach the
 cache (an idle 2-core CPU compiles in about 2 s); past it, the next process compiles again."""
-_compiled = True
-"""False from :func:`warm_up` until its thread has compiled the kernels."""
 
 
 @njit(cache=True)

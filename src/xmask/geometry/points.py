@@ -187,12 +187,11 @@ def distinct_pixels(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     out = np.asarray(points, dtype=np.float32).reshape(-1, 2).copy()
     h, w = size
     cells = pixel_of(out, size)
-    flat = cells[:, 1] * w + cells[:, 0]
-    _, first = np.unique(flat, return_index=True)
-    if len(first) == len(flat):
+    moved = np.flatnonzero(duplicate_mask(cells))  # a pixel's later points
+    if len(moved) == 0:
         return out
-    taken = set(flat.tolist())
-    for k in np.setdiff1d(np.arange(len(out)), first).tolist():
+    taken = set((cells[:, 1] * w + cells[:, 0]).tolist())
+    for k in moved.tolist():
         col, row = int(cells[k, 0]), int(cells[k, 1])
         for ring in range(1, FREE_PIXEL_RING + 1):
             free = [

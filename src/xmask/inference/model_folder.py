@@ -106,8 +106,8 @@ class ModelCard:
         metrics: ``"DATASET-SPLIT"`` → figures measured on the shipped weights.
         weights: ``file``, ``sha256``, ``dtype``, ``tensors``.
         onnx: ``file``, ``sha256``, ``opset``, ``outputs`` of the ONNX graph, or None.
-        int8: ``file``, ``sha256``, ``method``, ``calibration_images`` of the int8 graph, or
-            None.
+        int8: ``file``, ``sha256``, ``opset``, ``method``, ``calibration_images``,
+            ``calibration`` (and optionally ``metrics``) of the int8 graph, or None.
         xmask_version: the xmask that wrote the folder.
         created: UTC time of writing, ISO 8601.
     """

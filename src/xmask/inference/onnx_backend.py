@@ -25,7 +25,8 @@ Parity
 Threads
     onnxruntime runs with as many intra-op threads as torch is set to use
     (``torch.get_num_threads()`` when the network is opened), the threads the torch backend
-    would use.
+    would use; they sleep between operators instead of spinning, leaving the cores to the
+    threads that segment and write while the network runs (``xmask predict --pipeline``).
 
 onnxruntime (and ``onnx``, for exporting) come with the ``onnx`` extra; without them the
 backend raises :class:`~xmask.errors.MissingDependencyError`.

@@ -45,7 +45,7 @@ Backends
     ONNX graph with onnxruntime (:mod:`xmask.inference.onnx_backend`: a model folder's
     ``model.onnx``, else the network exported in memory); ``backend="onnx-int8"`` the folder's
     int8 copy of that graph (:mod:`xmask.inference.quantize`). Only the network changes: tiling, the
-    scale rule, the count rule, decoding and segmentation are the same code for both.
+    scale rule, the count rule, decoding and segmentation are the same code for all three.
 
 Timing
     ``network_s`` and ``post_s`` are wall-clock seconds of the two phases of each call (the
@@ -181,7 +181,7 @@ class Predictor:
     Raises:
         ValueError: bad tiling arguments.
         UsageError: an unknown backend, or onnx-int8 without its file.
-        MissingDependencyError: the onnx backend without onnxruntime (the ``onnx`` extra).
+        MissingDependencyError: an onnx backend without onnxruntime (the ``onnx`` extra).
         XmaskError: an unavailable device.
     """
 
