@@ -20,7 +20,12 @@ from xmask.inference.checkpoint import CheckpointError
 from xmask.inference.loading import export_model
 from xmask.inference.model_folder import CARD_FILE, INT8_FILE, read_model_card, sha256_of
 from xmask.inference.predictor import BACKENDS, Predictor
-from xmask.inference.quantize import calibration_files, calibration_inputs, write_int8
+from xmask.inference.quantize import (
+    calibration_files,
+    calibration_inputs,
+    fold_pads,
+    write_int8,
+)
 from xmask.inference.scale import ScaleRule
 from xmask.inference.tiling import image_tensor
 
@@ -166,3 +171,71 @@ def test_shipped_model_int8_counts_like_float_on_shanghaitech(
         image = np.asarray(Image.open(path).convert("RGB"))
         want, got = reference(image).count, int8(image).count
         assert abs(got - want) <= max(3, 0.1 * want), (path.name, want, got)
+
+
+def _pad_conv_graph(
+    pads: list[int], value: float | None, conv_pads: list[int], mode: str = "constant"
+) -> object:
+    """x ``1×2×6×7`` → Pad(``pads``, ``value``, ``mode``) → 3×3 stride-2 Conv with ``conv_pads``."""
+    helper, numpy_helper = onnx.helper, onnx.numpy_helper
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(np.array(pads, np.int64), "pads"),
+        numpy_helper.from_array(rng.normal(size=(3, 2, 3, 3)).astype(np.float32), "w"),
+    ]
+    pad_inputs = ["x", "pads"]
+    if value is not None:
+        inits.append(numpy_helper.from_array(np.array(value, np.float32), "value"))
+        pad_inputs.append("value")
+    nodes = [
+        helper.make_node("Pad", pad_inputs, ["padded"], mode=mode),
+        helper.make_node("Conv", ["padded", "w"], ["y"], strides=[2, 2], pads=conv_pads),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, 6, 7])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run(model: object, x: np.ndarray) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    return session.run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("conv_pads", [[0, 0, 0, 0], [1, 0, 1, 2]])
+def test_fold_pads_moves_a_zero_pad_into_its_convolution(conv_pads: list[int]) -> None:
+    x = np.random.default_rng(1).normal(size=(1, 2, 6, 7)).astype(np.float32)
+    model = _pad_conv_graph([0, 0, 1, 0, 0, 0, 2, 1], None, conv_pads)
+    before = _run(model, x)
+    assert fold_pads(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Conv"]
+    assert [i.name for i in model.graph.initializer] == ["w"]  # the pads went with the node
+    np.testing.assert_allclose(_run(model, x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_fold_pads_leaves_pads_it_cannot_fold() -> None:
+    x = np.random.default_rng(2).normal(size=(1, 2, 6, 7)).astype(np.float32)
+    for value, mode in ((0.5, "constant"), (None, "reflect")):
+        model = _pad_conv_graph([0, 0, 1, 0, 0, 0, 2, 1], value, [0, 0, 0, 0], mode)
+        before = _run(model, x)
+        assert fold_pads(model) == 0
+        np.testing.assert_array_equal(_run(model, x), before)
+
+
+def test_the_int8_graph_pads_inside_its_convolutions(quantized: Path) -> None:
+    """Only the model's padding of its input to a multiple of 16 (its amount depends on the
+    image's size) is a Pad node; the "SAME" pads of the stride-2 convolutions are constants
+    folded into them."""
+    graph = onnx.load(quantized / INT8_FILE).graph
+    pads = [node for node in graph.node if node.op_type == "Pad"]
+    assert len(pads) == 1
+    readers = [node.op_type for node in graph.node if pads[0].output[0] in node.input]
+    assert "Conv" not in readers

@@ -6,8 +6,9 @@ Quantisation
     activations uint8 with ranges from the minimum and maximum each tensor takes over the
     calibration images (:data:`METHOD`). The float graph is the one ``--format onnx`` writes
     (:func:`~xmask.inference.onnx_backend.onnx_bytes`, BatchNorm folded), exported in memory,
-    and first prepared by onnxruntime's ``quant_pre_process`` (shape inference and graph
-    optimisation).
+    first prepared by onnxruntime's ``quant_pre_process`` (shape inference and graph
+    optimisation), then its zero pads folded into the convolutions that read them
+    (:func:`fold_pads`: a third less network time at the same counts).
 
 Calibration images
     Image files in a folder (sorted by name; at most ``count`` of them, evenly spaced over the
@@ -120,6 +121,10 @@ def quantize_graph(graph: bytes, inputs: list[np.ndarray], out: str | Path) -> P
         prepared, quantized = Path(work) / "prepared.onnx", Path(work) / "int8.onnx"
         source.write_bytes(graph)
         shape_inference.quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        onnx = import_optional("onnx", "int8 quantisation needs onnx")
+        graph_proto = onnx.load(str(prepared))
+        log.info("folded %d zero pads into their convolutions", fold_pads(graph_proto))
+        onnx.save(graph_proto, str(prepared))
         quantization.quantize_static(
             str(prepared),
             str(quantized),
@@ -133,6 +138,66 @@ def quantize_graph(graph: bytes, inputs: list[np.ndarray], out: str | Path) -> P
         out = Path(out)
         atomic_write_bytes(out, quantized.read_bytes(), durable=True)
     return out
+
+
+def fold_pads(model: Any) -> int:
+    """Fold each zero ``Pad`` of constant spatial pads whose only reader is a ``Conv`` into that
+    convolution's ``pads`` attribute, in place (``model``: an ``onnx.ModelProto``).
+
+    The "SAME" convolutions of EfficientNet-Lite pad stride-2 inputs asymmetrically, which
+    the exported graph does with a ``Pad`` node (:mod:`xmask.models.efficientnet_lite`).
+    Left in, the quantised graph dequantises, pads in float and quantises again around it;
+    folded, the int8 convolution pads on its own.
+
+    Returns:
+        How many ``Pad`` nodes were folded.
+    """
+    onnx = import_optional("onnx", "int8 quantisation needs onnx")
+    graph = model.graph
+    constants = {init.name: init for init in graph.initializer}
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {out.name for out in graph.output}
+    folded = []
+    for pad in graph.node:
+        if pad.op_type != "Pad" or pad.output[0] in outputs or pad.input[1] not in constants:
+            continue
+        modes = [a.s for a in pad.attribute if a.name == "mode"]
+        zero_value = len(pad.input) < 3 or pad.input[2] == ""
+        after = readers.get(pad.output[0], [])
+        if modes not in ([], [b"constant"]) or not zero_value or len(after) != 1:
+            continue
+        conv = after[0]
+        pads = onnx.numpy_helper.to_array(constants[pad.input[1]]).tolist()
+        if (
+            conv.op_type != "Conv"
+            or len(pads) != 8
+            or min(pads) < 0
+            or any(pads[i] for i in (0, 1, 4, 5))
+        ):
+            continue
+        attributes = {a.name: a for a in conv.attribute}
+        if attributes.get("auto_pad") is not None and attributes["auto_pad"].s not in (
+            b"",
+            b"NOTSET",
+        ):
+            continue
+        old = list(attributes["pads"].ints) if "pads" in attributes else [0, 0, 0, 0]
+        new = [old[0] + pads[2], old[1] + pads[3], old[2] + pads[6], old[3] + pads[7]]
+        if "pads" in attributes:
+            conv.attribute.remove(attributes["pads"])
+        conv.attribute.append(onnx.helper.make_attribute("pads", new))
+        conv.input[0] = pad.input[0]
+        folded.append(pad)
+    for pad in folded:
+        graph.node.remove(pad)
+    still_read = {name for node in graph.node for name in node.input}
+    for pad in folded:
+        if pad.input[1] not in still_read and pad.input[1] in constants:
+            graph.initializer.remove(constants.pop(pad.input[1]))
+    return len(folded)
 
 
 def write_int8(

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as nnf
 
@@ -19,7 +20,6 @@ from xmask.models.backbones import (
     BackboneFeatures,
     Weights,
     WeightsError,
-    ceil_div,
     register_backbone,
     weights_file,
 )
@@ -83,14 +83,29 @@ class SameConv2d(nn.Conv2d):
         """``B×C×H×W`` → ``B×C'×ceil(H/s)×ceil(W/s)``."""
         pads: list[int] = []
         for dim in (-1, -2):  # nnf.pad takes the last dimension first
-            size, k, s = x.shape[dim], self.kernel_size[dim], self.stride[dim]
-            total = max((ceil_div(size, s) - 1) * s + k - size, 0)
+            k, s = self.kernel_size[dim], self.stride[dim]
+            total = max(k - s + _shortfall(x.shape[dim], s), 0)
             pads += [total // 2, total - total // 2]
         if pads[0] == pads[1] and pads[2] == pads[3]:  # symmetric: no padded copy of x
             padding = (pads[2], pads[0])
         else:
             x, padding = nnf.pad(x, pads), (0, 0)
         return nnf.conv2d(x, self.weight, self.bias, self.stride, padding, 1, self.groups)
+
+
+def _shortfall(size: int, stride: int) -> int:
+    """``(−size) mod stride``, the pixels a stride-``stride`` "SAME" convolution pads beyond
+    ``k − stride`` (``(ceil(size/s) − 1)·s + k − size = k − s + (−size mod s)``).
+
+    Under tracing (ONNX export) it is the traced size's value, a constant of the graph, so
+    that the graph's pads are constants that onnxruntime folds into its convolutions. That
+    holds for every input of an exported model: :class:`~xmask.models.model.XMaskModel` pads
+    each input to a multiple of 16 inside the graph, so each stride-2 convolution sees an
+    even size.
+    """
+    if stride == 1:
+        return 0
+    return int(-size % stride) if torch.jit.is_tracing() else -size % stride
 
 
 class MBConvBlock(nn.Module):
