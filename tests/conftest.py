@@ -31,6 +31,17 @@ def shanghaitech() -> Path:
     return root
 
 
+@pytest.fixture(params=["compiled", "numpy"])
+def kernel_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test once with the compiled loops of :mod:`xmask.geometry.kernels` and once
+    with the NumPy twins the callers run while those compile."""
+    from xmask.geometry import kernels
+
+    pending = set() if request.param == "compiled" else set(kernels._compile_calls())
+    monkeypatch.setattr(kernels, "_pending", pending)
+    return request.param
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread() -> Iterator[None]:
     """Tests use small tensors: intra-op threads only add overhead on a busy 2-core machine."""

@@ -44,7 +44,7 @@ def literal_connected(labels: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_connected_masks_match_the_head_by_head_reference(seed: int) -> None:
+def test_connected_masks_match_the_head_by_head_reference(seed: int, kernel_path: str) -> None:
     rng = np.random.default_rng(seed)
     size = (24, 30)
     n = int(rng.integers(1, 7))

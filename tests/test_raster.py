@@ -1,5 +1,6 @@
-"""The vectorised passes (:mod:`xmask.geometry.raster`) against literal loops, and the NumPy
-twins of the compiled kernels (:mod:`xmask.geometry.kernels`) against the kernels, bit for bit."""
+"""The passes of :mod:`xmask.geometry.raster` against literal loops (each with the compiled
+loop and with its NumPy twin), and the twins of the compiled kernels
+(:mod:`xmask.geometry.kernels`) against the kernels, bit for bit."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from xmask.geometry import kernels, raster
+from xmask.geometry import kernels, label_kernels, labels, raster
+from xmask.geometry.points import pixel_of
 
 HALF = np.float32(0.5)
 
@@ -34,7 +36,7 @@ def literal_circles(points: np.ndarray, radii: np.ndarray, h: int, w: int) -> tu
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_circle_table_matches_literal_loop(seed):
+def test_circle_table_matches_literal_loop(seed, kernel_path):
     rng = np.random.default_rng(seed)
     h, w = int(rng.integers(1, 40)), int(rng.integers(1, 40))
     n = int(rng.integers(0, 12))
@@ -48,7 +50,7 @@ def test_circle_table_matches_literal_loop(seed):
         np.testing.assert_array_equal(a, b)
 
 
-def test_circle_table_large_radius_rows_tangent():
+def test_circle_table_large_radius_rows_tangent(kernel_path):
     """A radius of thousands of pixels: float32 rounding moves the run ends furthest."""
     points = np.array([[2500.3, 2.7], [0.5, 4000.5]], np.float32)
     radii = np.array([3000.0, 3999.9], np.float32)
@@ -69,7 +71,7 @@ def literal_labels(flat, owner, cost, allowed, n_pixels, n_owners):
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_lowest_cost_labels_matches_literal_loop(seed):
+def test_lowest_cost_labels_matches_literal_loop(seed, kernel_path):
     rng = np.random.default_rng(seed)
     n_pixels, n_owners, p = 30, 7, 200
     flat = rng.integers(0, n_pixels, p)
@@ -129,4 +131,24 @@ def test_warm_up_switches_to_the_compiled_kernels():
     kernels.warm_up()
     kernels.warm_up()  # once per process
     kernels._warm_up.join()
-    assert kernels._compiled
+    assert not kernels._pending
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_connected_masks_kernel_equals_its_twin(seed, monkeypatch):
+    """A label map of many small pieces (random costs over overlapping circles): ties between
+    equal pieces, holes touching several heads, pieces at the border."""
+    rng = np.random.default_rng(seed)
+    h, w, n = 60, 80, 40
+    points = np.stack([rng.uniform(0, w, n), rng.uniform(0, h, n)], 1).astype(np.float32)
+    radii = rng.uniform(2, 9, n).astype(np.float32)
+    _, owner, _, _, flat, _ = raster.circle_table(points, radii, h, w)
+    cost = rng.random(len(flat)).astype(np.float32)
+    label_map, _ = raster.lowest_cost_labels(flat, owner, cost, cost < 0.7, h * w, n)
+    label_map = label_map.reshape(h, w)
+    compiled = label_kernels.connected_masks(label_map, pixel_of(points, (h, w)))
+    monkeypatch.setattr(kernels, "_pending", {"connected_masks"})
+    twin = labels.connected_masks(label_map, points)
+    for a, b in zip(compiled, twin, strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)

@@ -1,21 +1,27 @@
-"""Compiled CPU loops (numba) behind the segmentation energy and the smoothing, each with a
-NumPy twin that gives the same bits while the loops compile.
+"""Compiled CPU loops (numba) behind the post-processing of every image, each with a NumPy
+twin that gives the same bits while the loops compile:
 
-Each kernel is one pass over a ragged list of circle pixels or over rows of a table, with
-no temporary of that list's size. They take NumPy arrays and know nothing of the method;
-their callers (:mod:`xmask.segment`) give them meaning and are tested against slow, literal
-references. The other loops of the geometry are vectorised NumPy
-(:mod:`xmask.geometry.raster`), as fast without compiling.
+- :func:`circle_energy` (Eq. 11) and :func:`banded_middle` (the smoothing), twins here;
+- the label-map loops of :mod:`xmask.geometry.label_kernels`: ``circle_table`` and
+  ``lowest_cost_labels`` (twins in :mod:`xmask.geometry.raster`) and ``connected_masks``
+  (twin in :mod:`xmask.geometry.labels`).
+
+Each kernel is one pass (or two) over a ragged list of circle pixels, over rows of a table or
+over the pixels of a label map. They take NumPy arrays and know nothing of the method; their
+callers (:mod:`xmask.segment`, :mod:`xmask.geometry`) give them meaning, and the tests hold
+each against its twin and against slow, literal references.
 
 Floating point: ``float32`` operations in the literal order, no ``fastmath``, so a kernel
 and its twin agree bit for bit.
 
 Compilation: compiled code is cached on disk (numba ``cache=True``), but a fresh install's
-first call would still compile (seconds). :func:`warm_up` compiles (or loads from the cache)
-in a background thread, e.g. while the network runs; until it is done :func:`circle_energy`
-and :func:`banded_middle` run the twins (slower, never waiting), then the compiled loops.
-Without :func:`warm_up` they compile on first use. A process that ends while they compile
-waits at most :data:`EXIT_WAIT_S` for them to reach the cache (a Ctrl-C is never held longer).
+first call would still compile (about 3 s for all five). :func:`warm_up` compiles (or loads
+from the cache) kernel by kernel in a background thread, e.g. while the network runs; each
+kernel's callers run its twin (slower, never waiting) until it is ready (:func:`ready`).
+Without :func:`warm_up` they compile on first use. A process that ends during the warm-up
+lets the kernel in progress finish, so that it reaches the cache, for at most
+:data:`EXIT_WAIT_S` (a Ctrl-C is never held longer), and starts no other: a short process
+leaves the rest to the next ones, which load the cached kernels in milliseconds.
 Kernels run on one thread: on two cores under load the parallel versions were no faster and
 took twice as long to compile.
 """
@@ -25,21 +31,26 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+from collections.abc import Callable
 
 import numpy as np
 from numba import njit
+
+from xmask.geometry import label_kernels
 
 log = logging.getLogger(__name__)
 
 _warm_up: threading.Thread | None = None
 _warm_up_lock = threading.Lock()
-_compiled = True
-"""False from :func:`warm_up` until its thread has compiled the kernels."""
+_exiting = threading.Event()
+_pending: set[str] = set()
+"""The kernels :func:`warm_up` has yet to compile (their callers run the twins meanwhile)."""
 
 
 EXIT_WAIT_S = 10.0
-"""Longest a process ending during :func:`warm_up` waits for the compiled code to reach the
-cache (an idle 2-core CPU compiles in about 2 s); past it, the next process compiles again."""
+"""Longest a process ending during :func:`warm_up` waits for the kernel being compiled to reach
+the cache (the slowest compiles in about 1.2 s on an idle 2-core CPU); past it, the next
+process compiles that kernel again."""
 
 
 @njit(cache=True)
@@ -112,7 +123,7 @@ def circle_energy(
         spread2: ``N float32`` squared spread of each owner.
         lam: weight of the normalised squared distance.
     """
-    kernel = _circle_energy_loop if _compiled else _circle_energy_numpy
+    kernel = _circle_energy_loop if ready("circle_energy") else _circle_energy_numpy
     return kernel(table, flat, owner, dist2, centres, spread2, lam)
 
 
@@ -167,33 +178,68 @@ def banded_middle(x: np.ndarray, start: np.ndarray, weight: np.ndarray, out: np.
         weight: ``I×B``, the dtype of ``x``.
         out: ``A×I×C``, written.
     """
-    (_banded_middle_loop if _compiled else _banded_middle_numpy)(x, start, weight, out)
+    (_banded_middle_loop if ready("banded_middle") else _banded_middle_numpy)(x, start, weight, out)
+
+
+def ready(kernel: str) -> bool:
+    """Whether the compiled loop of ``kernel`` (a function name of this module) runs: False
+    until :func:`warm_up` has compiled it, while its callers run the NumPy twin."""
+    return kernel not in _pending
+
+
+def _compile_calls() -> dict[str, Callable[[], object]]:
+    """One call per kernel on tiny inputs of the types inference gives it, which compiles (or
+    loads from the cache) the loop, in the order :func:`warm_up` takes them: the most time
+    saved per second of compiling first."""
+    table, index = np.ones((1, 1), np.float32), np.zeros(1, np.int64)
+    return {
+        "circle_energy": lambda: _circle_energy_loop(
+            table, index, index, table[0], table, table[0], 1.0
+        ),
+        "banded_middle": lambda: _banded_middle_loop(table[None], index, table, table[None] * 0),
+        "lowest_cost_labels": lambda: label_kernels.lowest_cost_labels(
+            index, index, table[0], np.ones(1, bool), 1, 1
+        ),
+        "circle_table": lambda: label_kernels.circle_table(table.repeat(2, 1), table[0], 2, 2),
+        "connected_masks": lambda: label_kernels.connected_masks(
+            np.ones((2, 2), np.int32), np.zeros((1, 2), np.int64)
+        ),
+    }
 
 
 def _compile() -> None:
-    """Compile (or load from the cache) the kernels for the ``float32`` inputs of inference,
-    then switch :func:`circle_energy` and :func:`banded_middle` to them."""
-    global _compiled
-    try:
-        table, index = np.ones((1, 1), np.float32), np.zeros(1, np.int64)
-        _circle_energy_loop(table, index, index, table[0], table, table[0], 1.0)
-        _banded_middle_loop(table[None], index, table, table[None].copy())
-    except Exception:  # the twins give the same results, only slower
-        log.warning("compiling the numba kernels failed; using their NumPy versions", exc_info=True)
-        return
-    _compiled = True
+    """Compile the kernels one by one, each used (and cached) as soon as it is ready; stop
+    before the next one once the process is exiting."""
+    for name, call in _compile_calls().items():
+        if _exiting.is_set():
+            return
+        try:
+            call()
+        except Exception:  # the twins give the same results, only slower
+            log.warning(
+                "compiling the numba kernel %s failed; using its NumPy twin", name, exc_info=True
+            )
+            continue
+        _pending.discard(name)
     log.debug("numba kernels ready")
+
+
+def _finish_at_exit(thread: threading.Thread) -> None:
+    """Let ``thread`` finish the kernel it is compiling (so it reaches the cache), at most
+    :data:`EXIT_WAIT_S`, and start no other."""
+    _exiting.set()
+    thread.join(EXIT_WAIT_S)
 
 
 def warm_up() -> None:
     """Start compiling the kernels in a background thread (once per process); until it is
     done, the kernels run their NumPy twins. A process that ends first waits for it up to
     :data:`EXIT_WAIT_S`, so that the compiled code reaches the cache for the next one."""
-    global _warm_up, _compiled
+    global _warm_up
     with _warm_up_lock:
         if _warm_up is not None:
             return
-        _compiled = False
+        _pending.update(_compile_calls())
         _warm_up = threading.Thread(target=_compile, name="xmask-numba-warm-up", daemon=True)
         _warm_up.start()
-        atexit.register(_warm_up.join, EXIT_WAIT_S)
+        atexit.register(_finish_at_exit, _warm_up)

@@ -60,7 +60,7 @@ import torch
 from scipy import ndimage
 from skimage.measure import label as connected_regions
 
-from xmask.geometry import raster
+from xmask.geometry import kernels, label_kernels, raster
 from xmask.geometry.circles import HeadCircles, pixel_groups
 from xmask.geometry.points import pixel_of
 
@@ -186,10 +186,13 @@ def connected_masks(labels: np.ndarray, points: np.ndarray) -> tuple[np.ndarray,
     Returns:
         ``(H×W int32 labels, N int64 areas)``; ``labels`` is not modified.
     """
-    out = np.asarray(labels, dtype=np.int32).copy()
     n = len(points)
-    if n == 0 or not out.any():
-        return out, np.zeros(n, dtype=np.int64)
+    if n == 0 or not np.any(labels):
+        return np.asarray(labels, dtype=np.int32).copy(), np.zeros(n, dtype=np.int64)
+    cell = pixel_of(np.asarray(points, dtype=np.float32).reshape(-1, 2), np.shape(labels))
+    if kernels.ready("connected_masks"):
+        return label_kernels.connected_masks(labels, cell)
+    out = np.asarray(labels, dtype=np.int32).copy()
     pieces = connected_regions(out, background=0, connectivity=1)
     keep = np.zeros(n + 1, dtype=np.int64)
     owner = np.bincount(pieces.ravel(), weights=out.ravel(), minlength=pieces.max() + 1)
@@ -197,7 +200,6 @@ def connected_masks(labels: np.ndarray, points: np.ndarray) -> tuple[np.ndarray,
     owner = np.rint(owner / np.maximum(sizes, 1)).astype(np.int64)  # a piece has one label
     order = np.lexsort((sizes[1:], owner[1:])) + 1  # by head, then size: the largest last
     keep[owner[order]] = order
-    cell = pixel_of(np.asarray(points, dtype=np.float32).reshape(-1, 2), out.shape)
     at_point = pieces[cell[:, 1], cell[:, 0]]
     holds = out[cell[:, 1], cell[:, 0]] == np.arange(1, n + 1)
     keep[np.flatnonzero(holds) + 1] = at_point[holds]

@@ -1,10 +1,11 @@
-"""Vectorised NumPy passes behind the circles and the label maps: rasterising circles into a
-ragged pixel list and resolving overlaps by lowest cost.
+"""The passes behind the circles and the label maps: rasterising circles into a ragged pixel
+list and resolving overlaps by lowest cost.
 
-Nothing here is compiled, so a fresh install's first call pays no compilation, and nothing
-allocates more than a few arrays of the circle pixels' size (``P``) or of the image's
-(``H·W``). Results are bit for bit those of the literal loops they replace (``float32``
-arithmetic in the same order; tie rules kept): the tests check them against literal Python
+Each runs a compiled loop (:mod:`xmask.geometry.kernels`) once those are ready, and its
+vectorised NumPy twin here until then (a fresh install's first call never waits for a
+compiler). Neither allocates more than a few arrays of the circle pixels' size (``P``) or of
+the image's (``H·W``). Both give the results of the literal loops bit for bit (``float32``
+arithmetic in the same order; tie rules kept): the tests check each against literal Python
 references.
 """
 
@@ -12,8 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from xmask.geometry import kernels, label_kernels
+
 _HALF = np.float32(0.5)
 _NO_ENTRY = np.iinfo(np.int64).max
+_ENTRIES = (np.int64, np.int64, np.float32, np.bool_)
+"""The types of ``flat``, ``owner``, ``cost`` and ``allowed`` the compiled loop takes."""
 
 
 def _span(centre: np.ndarray, radius: np.ndarray, n_pixels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,6 +59,8 @@ def circle_table(
         point, column, row, row-major index ``y·W + x`` (``int64``) and squared distance
         (``float32``).
     """
+    if kernels.ready("circle_table"):
+        return label_kernels.circle_table(points, radii, height, width)
     px, py = points[:, 0], points[:, 1]
     x0, x1 = _span(px, radii, width)
     y0, y1 = _span(py, radii, height)
@@ -132,6 +139,12 @@ def lowest_cost_labels(
         ``(labels, area)``: ``n_pixels int32`` (``owner + 1``, 0 where no entry is allowed)
         and ``n_owners int64`` pixels won by each owner.
     """
+    if kernels.ready("lowest_cost_labels"):
+        typed = (
+            np.ascontiguousarray(a, t)
+            for t, a in zip(_ENTRIES, (flat, owner, cost, allowed), strict=True)
+        )
+        return label_kernels.lowest_cost_labels(*typed, n_pixels, n_owners)
     chosen = np.flatnonzero(allowed)
     bits = (cost[chosen].astype(np.float32) + np.float32(0.0)).view(np.int32)
     ordered = (bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))).astype(np.int64)
