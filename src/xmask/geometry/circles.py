@@ -378,11 +378,12 @@ def _shared_circles(
     ``j`` is head ``heads[j]``): a head alone in its pixel keeps its circle; a leader's circle,
     its point pixel left out, is cut by angle into one run per member (module docstring)."""
     n = len(pts)
-    owner = heads[base.point.numpy()]
     x, y, flat, dist2 = base.x.numpy(), base.y.numpy(), base.flat.numpy(), base.dist2.numpy()
-    alone = np.flatnonzero(members[owner] == 1)
-    shared = np.flatnonzero(members[owner] > 1)
-    group = owner[shared]
+    starts = base.offsets.numpy()
+    lengths = np.diff(starts)
+    grouped_leaders = np.flatnonzero(members[heads] > 1)
+    shared = _ranges(starts[grouped_leaders], lengths[grouped_leaders])
+    group = np.repeat(heads[grouped_leaders], lengths[grouped_leaders])
     mine = flat[shared] == point_pixel[group]
     dx = x[shared] + 0.5 - pts[group, 0].astype(np.float64)
     dy = y[shared] + 0.5 - pts[group, 1].astype(np.float64)
@@ -403,21 +404,28 @@ def _shared_circles(
     entries, point, near = entries[inside], point[inside], near[inside]
     ordered = np.lexsort((flat[entries], point))
     entries, point, near = entries[ordered], point[ordered], near[ordered]
-    all_point = np.concatenate([owner[alone], point])
+    # every head's block, in head order: a lone head's copied from ``base``, then the blocks
+    # of the shared groups' members (``point`` is sorted) written over their places
+    block_start, block_length = np.zeros(n, np.int64), np.bincount(point, minlength=n)
+    alone = np.flatnonzero(members[heads] == 1)
+    block_start[heads[alone]], block_length[heads[alone]] = starts[alone], lengths[alone]
     offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(all_point, minlength=n), out=offsets[1:])
-    within = np.concatenate([_within_blocks(owner[alone]), _within_blocks(point)])
-    destination = offsets[all_point] + within
-    source = np.concatenate([alone, entries])
-    arrays = []
-    for values in (all_point, x[source], y[source], flat[source]):
-        out = np.empty(len(source), dtype=np.int64)
-        out[destination] = values
-        arrays.append(out)
-    distance = np.empty(len(source), dtype=np.float32)
-    distance[destination] = np.concatenate([dist2[alone], near])
-    tensors = [torch.from_numpy(a) for a in (*arrays, distance, offsets)]
+    np.cumsum(block_length, out=offsets[1:])
+    source = _ranges(block_start, block_length)
+    in_groups = np.flatnonzero(members > 1)
+    patch = _ranges(offsets[in_groups], block_length[in_groups])
+    owner = np.repeat(np.arange(n), block_length)
+    arrays = [owner, x[source], y[source], flat[source], dist2[source]]
+    for out, values in zip(arrays[1:], (x[entries], y[entries], flat[entries], near), strict=True):
+        out[patch] = values
+    tensors = [torch.from_numpy(a) for a in (*arrays, offsets)]
     return CirclePixels(*tensors, base.size)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``starts[k] … starts[k] + lengths[k] − 1`` for every ``k``, laid end to end."""
+    ends = np.cumsum(lengths)
+    return np.arange(ends[-1] if len(ends) else 0) + np.repeat(starts - ends + lengths, lengths)
 
 
 def _within_blocks(sorted_keys: np.ndarray) -> np.ndarray:
