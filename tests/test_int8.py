@@ -3,6 +3,7 @@ recorded and checked in the card, copied with the folder, run by the predictor a
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -19,7 +20,7 @@ from xmask.errors import UsageError
 from xmask.inference.checkpoint import CheckpointError
 from xmask.inference.loading import export_model
 from xmask.inference.model_folder import CARD_FILE, INT8_FILE, read_model_card, sha256_of
-from xmask.inference.predictor import BACKENDS, Predictor
+from xmask.inference.predictor import AUTO, BACKENDS, Predictor, auto_backend
 from xmask.inference.quantize import (
     calibration_files,
     calibration_inputs,
@@ -54,7 +55,7 @@ def quantized(tmp_path_factory: pytest.TempPathFactory, calibration: Path) -> Pa
 
 
 def test_the_cli_spells_the_predictor_backends() -> None:
-    assert BACKEND_CHOICES == BACKENDS
+    assert (AUTO, *BACKENDS) == BACKEND_CHOICES
 
 
 def test_calibration_files_are_evenly_spaced_and_checked(calibration: Path, tmp_path: Path):
@@ -239,3 +240,24 @@ def test_the_int8_graph_pads_inside_its_convolutions(quantized: Path) -> None:
     assert len(pads) == 1
     readers = [node.op_type for node in graph.node if pads[0].output[0] in node.input]
     assert "Conv" not in readers
+
+
+def test_auto_backend_takes_the_int8_graph_on_a_cpu_only(
+    quantized: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry = read_model_card(quantized).int8
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert auto_backend(cpu, entry) == "onnx-int8"
+    assert auto_backend(cuda, entry) == "torch"
+    assert auto_backend(cpu, None) == "torch"
+    assert Predictor.load(quantized, "cpu", backend="auto").backend == "onnx-int8"
+    plain = export_model(quantized.parent / "run", tmp_path / "plain")
+    assert Predictor.load(plain, "cpu", backend="auto").backend == "torch"
+    assert Predictor.load(quantized.parent / "run", "cpu", backend="auto").backend == "torch"
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "onnxruntime" else real_find_spec(name, *a),
+    )
+    assert auto_backend(cpu, entry) == "torch"

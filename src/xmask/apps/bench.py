@@ -92,7 +92,8 @@ class BenchConfig:
         split: the ShanghaiTech A split.
         progress: log one line per image and method.
         repeat: timed calls per image and method; the median one is reported.
-        backend: what runs xmask's network (:data:`xmask.inference.predictor.BACKENDS`).
+        backend: what runs xmask's network (``"auto"`` or one of
+            :data:`xmask.inference.predictor.BACKENDS`).
     """
 
     root: Path | None
@@ -105,7 +106,7 @@ class BenchConfig:
     split: str = "test"
     progress: bool = True
     repeat: int = 3
-    backend: str = "torch"
+    backend: str = "auto"
 
 
 def parse_baselines(text: str) -> tuple[str, ...]:
@@ -188,7 +189,7 @@ def build_predictor(cfg: BenchConfig) -> tuple[Predictor, str]:
     predictor = Predictor.load(cfg.checkpoint, cfg.device, cfg.which, backend=cfg.backend)
     if not predictor.has_masks:
         raise UsageError(f"{predictor.source}: the model has no mask head")
-    backend = "" if cfg.backend == "torch" else f", {cfg.backend} backend"
+    backend = "" if predictor.backend == "torch" else f", {predictor.backend} backend"
     if cfg.checkpoint is None:
         name = predictor.source.name if predictor.source else "default"
         return predictor, f"{name} (shipped{backend})"

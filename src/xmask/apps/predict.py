@@ -48,7 +48,8 @@ class PredictRequest:
         locate: points from a locating pass this many times larger (0: none; None: the
             rule's own; :class:`~xmask.inference.scale.ScaleRule`).
         device: ``"auto"``, ``"cpu"``, ``"cuda:N"``.
-        backend: what runs the network: ``"torch"`` or ``"onnx"`` (onnxruntime).
+        backend: what runs the network: ``"auto"``, ``"torch"``, ``"onnx"`` or
+            ``"onnx-int8"`` (:meth:`~xmask.inference.predictor.Predictor.load`).
         out: the output folder (None: ``predict-NAME``).
         roi: a region polygon or a file holding it, or None.
         zones: a zones file (:mod:`xmask.apps.zones`; its lines too), or None.
@@ -76,7 +77,7 @@ class PredictRequest:
     scale: str = "auto"
     locate: float | None = None
     device: str = "auto"
-    backend: str = "torch"
+    backend: str = "auto"
     out: str | None = None
     roi: str | None = None
     zones: str | None = None

@@ -73,6 +73,8 @@ class ServeRequest:
         threshold: ``"auto"`` or a logit: the count threshold when a request gives no ``conf``.
         scale: the scale rule (``"auto"``: the model's).
         device: ``"auto"``, ``"cpu"``, ``"cuda:N"``.
+        backend: what runs the network (``"auto"``: the int8 graph on a CPU where the model
+            has one; :meth:`~xmask.inference.predictor.Predictor.load`).
         host: the address to listen on (a loopback one unless the user says otherwise).
         port: the port (0: any free one).
         limits: what one request may ask.
@@ -83,6 +85,7 @@ class ServeRequest:
     threshold: str = "auto"
     scale: str = "auto"
     device: str = "auto"
+    backend: str = "auto"
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     limits: ServeLimits = field(default_factory=ServeLimits)
@@ -126,7 +129,12 @@ def open_server(request: ServeRequest) -> ServeServer:
         XmaskError: no loadable model, a bad device, or an address that cannot be bound.
     """
     predictor = Predictor.load(
-        request.model, request.device, request.which, request.threshold, request.scale
+        request.model,
+        request.device,
+        request.which,
+        request.threshold,
+        request.scale,
+        backend=request.backend,
     )
     return ServeServer(PredictService(predictor, request.limits), request.host, request.port)
 

@@ -14,8 +14,16 @@ RUN_HELP = "a training run: its folder, checkpoints/ or best/, or a step-N.safet
 SCALE_CHOICES = ("auto", "off", "shrink", "adaptive")
 """``--scale``: :data:`xmask.inference.scale.SCALE_OPTIONS`, spelled here so that parsing options
 does not import torch (a test checks that they agree)."""
-BACKEND_CHOICES = ("torch", "onnx", "onnx-int8")
-"""``--backend``: :data:`xmask.inference.predictor.BACKENDS`, spelled here for the same reason."""
+BACKEND_CHOICES = ("auto", "torch", "onnx", "onnx-int8")
+"""``--backend``: ``auto`` and :data:`xmask.inference.predictor.BACKENDS`, spelled here for the
+same reason."""
+BACKEND_HELP = (
+    "what runs the network: auto (default: onnx-int8 on a CPU when the model has an int8 "
+    "graph, as the shipped one does, else torch), torch, onnx (onnxruntime: the model folder's "
+    "model.onnx, else the network exported in memory) or onnx-int8 (its int8 copy: xmask model "
+    "export --int8; counts measured in the README); counts, points and masks are decoded the "
+    "same way"
+)
 THRESHOLD_HELP = (
     "count cells with a logit above this; auto (default): the model's own threshold (a model "
     "folder's, or the one `xmask calibrate` or the end of training stored for a run's weights), "

@@ -58,8 +58,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--backend",
         choices=BACKEND_CHOICES,
-        default="torch",
-        help="what runs xmask's network (as for xmask predict; default torch)",
+        default="auto",
+        help="what runs xmask's network (as for xmask predict; default auto)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON on stdout")
     parser.set_defaults(run=run_bench_command)

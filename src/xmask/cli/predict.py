@@ -12,6 +12,7 @@ from pathlib import Path
 from xmask.cli import EXIT_OK, EXIT_SKIPPED, plural
 from xmask.cli._args import (
     BACKEND_CHOICES,
+    BACKEND_HELP,
     ROOT_HELP,
     add_device_option,
     add_image_limit_option,
@@ -180,15 +181,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_root_option(parser, f"with --dataset: {ROOT_HELP}")
     parser.add_argument("--split", default="test", help="split (with --dataset; default test)")
     add_device_option(parser)
-    parser.add_argument(
-        "--backend",
-        choices=BACKEND_CHOICES,
-        default="torch",
-        help="what runs the network: torch (default), onnx (onnxruntime: the model folder's "
-        "model.onnx, else the network exported in memory; pip install 'xmask-crowd[onnx]') or "
-        "onnx-int8 (its int8 copy: xmask model export --int8; faster on CPUs, counts measured "
-        "in the README, ONNX); counts, points and masks are decoded the same way",
-    )
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help=BACKEND_HELP)
     parser.add_argument(
         "--pipeline",
         action=argparse.BooleanOptionalAction,

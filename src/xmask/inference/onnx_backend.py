@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import io
 import logging
 import warnings
@@ -62,6 +63,26 @@ from xmask.models.fusion import inference_copy
 from xmask.types import ModelOutput
 
 log = logging.getLogger(__name__)
+
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+"""What runs the network (:mod:`xmask.inference.predictor`, Backends)."""
+
+
+AUTO = "auto"
+"""The backend :meth:`Predictor.load` chooses itself (:func:`auto_backend`)."""
+
+
+def auto_backend(device: torch.device, int8: dict[str, Any] | None) -> str:
+    """``"onnx-int8"`` on a CPU for a model folder with an int8 graph (its card's ``int8``
+    entry) when onnxruntime is installed: the same counts (the card's ``int8.metrics``) in
+    about half the network time; else ``"torch"``."""
+    if device.type != "cpu" or int8 is None:
+        return "torch"
+    if importlib.util.find_spec("onnxruntime") is None:
+        log.info("backend auto: torch (onnxruntime is not installed for the int8 graph)")
+        return "torch"
+    return "onnx-int8"
 
 
 OPSET = 17

@@ -16,8 +16,7 @@ and turns an image (``H×W×3 uint8`` RGB array, PIL image or file path) into a
    λ = 0.8, τ_g = 1.1, σ = 3). Every head gets a non-empty mask; overlaps go to the lowest
    energy. The label map is ``H×W int32``, 0 background, ``k`` = ``points[k − 1]``.
 
-A model without a mask head (Stage 1) still gives the count and the points; ``labels`` is then
-None.
+A model without a mask head (Stage 1) gives the count and the points; ``labels`` is None.
 
 Two levels, as in segment-anything's predictor: ``predictor(image)`` does everything at once;
 or :meth:`Predictor.set_image` runs the network once, then :meth:`Predictor.predict` gives the
@@ -32,8 +31,8 @@ Large images
     :data:`xmask.inference.tiling.MAX_PIXELS`, about 4.2 MP) runs the network in the overlapping
     tiles of :mod:`xmask.inference.tiling` (its tiling rule): logits *and* embedding are assembled
     from the same tiles, each cell decided by exactly one tile, so network memory is bounded by
-    the tile size. (The mask head's CoordConv channels then span each tile rather than the
-    whole image, as they spanned each training crop.) Heads are then segmented window by
+    the tile size (the mask head's CoordConv channels span each tile, as they spanned each
+    training crop). Heads are then segmented window by
     window (:mod:`xmask.segment.windows`, cores of ``core`` = 2048 px): the smoothed embedding
     ``Ẽ`` (``4·D`` = 64 bytes per pixel) exists for one window at a time, in a buffer the
     predictor reuses, and each pixel is labelled from exactly one window, with the same result
@@ -44,8 +43,9 @@ Backends
     ``backend="torch"`` (default) runs the network with PyTorch; ``backend="onnx"`` runs its
     ONNX graph with onnxruntime (:mod:`xmask.inference.onnx_backend`: a model folder's
     ``model.onnx``, else the network exported in memory); ``backend="onnx-int8"`` the folder's
-    int8 copy of that graph (:mod:`xmask.inference.quantize`). Only the network changes: tiling, the
-    scale rule, the count rule, decoding and segmentation are the same code for all three.
+    int8 copy of that graph (:mod:`xmask.inference.quantize`); :meth:`Predictor.load` also takes
+    ``"auto"``, the command line's default (:func:`~xmask.inference.onnx_backend.auto_backend`).
+    Tiling, the scale and count rules, decoding and segmentation are the same code for all.
 
 Timing
     ``network_s`` and ``post_s`` are wall-clock seconds of the two phases of each call (the
@@ -76,7 +76,14 @@ from xmask.geometry.labels import connected_masks
 from xmask.inference.count_rule import CountRule, as_count_rule
 from xmask.inference.decode import Heads
 from xmask.inference.loading import load_inference_model
-from xmask.inference.onnx_backend import OnnxNetwork, folder_onnx, onnx_bytes
+from xmask.inference.onnx_backend import (
+    AUTO,
+    BACKENDS,
+    OnnxNetwork,
+    auto_backend,
+    folder_onnx,
+    onnx_bytes,
+)
 from xmask.inference.prediction import Prediction
 from xmask.inference.quantize import folder_int8
 from xmask.inference.scale import (
@@ -100,16 +107,11 @@ ImageInput = np.ndarray | PIL.Image.Image | str | Path
 """What :class:`Predictor` accepts: ``H×W×3 uint8`` RGB, a PIL image, or an image file."""
 
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
-"""What runs the network (module docstring, Backends)."""
-
-
 def as_rgb_array(image: ImageInput) -> np.ndarray:
     """``H×W×3 uint8`` RGB of an array, a PIL image or an image file.
 
-    A file is decoded by :func:`xmask.data.image_io.load_image` with its EXIF orientation
-    applied (the image as a viewer shows it); a PIL image is converted as that function
-    converts files (greyscale, 16-bit, palette, alpha).
+    A file is decoded by :func:`xmask.data.image_io.load_image`, EXIF orientation applied;
+    a PIL image is converted as that function converts files (greyscale, 16-bit, palette, alpha).
 
     Raises:
         DataError: an unreadable file.
@@ -257,9 +259,9 @@ class Predictor:
                 folder's rule; a run's: one pass), ``"off"``, ``"shrink"`` or ``"adaptive"``.
             locate: with a ``scale`` name, replaces the rule's ``locate_enlarge`` (0: no
                 locating pass; None: the rule's own).
-            backend: ``"torch"``, ``"onnx"`` (a model folder's ``model.onnx``, checked
-                against its card; a run, or a folder without one: exported in memory) or
-                ``"onnx-int8"`` (a model folder's ``model.int8.onnx``, checked).
+            backend: ``"torch"``, ``"onnx"`` (a model folder's checked ``model.onnx``, else
+                exported in memory), ``"onnx-int8"`` (its checked ``model.int8.onnx``) or
+                ``"auto"`` (:func:`auto_backend`; :attr:`backend` tells which ran).
             kwargs: the other arguments of :class:`Predictor` (``segment`` defaults to the
                 model folder's).
 
@@ -270,6 +272,8 @@ class Predictor:
 
         resolved = device if isinstance(device, torch.device) else resolve_device(device)
         loaded = load_inference_model(model, resolved, which, threshold)
+        if backend == AUTO:
+            backend = auto_backend(resolved, None if loaded.card is None else loaded.card.int8)
         kwargs.setdefault("segment", loaded.segment)
         if backend == "onnx" and loaded.card is not None:
             kwargs.setdefault("onnx", folder_onnx(loaded.source, loaded.card.onnx))
