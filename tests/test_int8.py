@@ -156,7 +156,13 @@ def test_cli_exports_int8_and_predicts_with_it(
     crowd = quantized.parent / "crowd"
     predict = ["predict", str(crowd), "--model", str(folder), "--out", str(out)]
     assert main([*predict, "--device", "cpu", "--backend", "onnx-int8"]) == 0
-    assert json.loads((out / "summary.json").read_text())["predicted"] == 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["predicted"] == 3 and summary["backend"] == "onnx-int8"
+    default = ["predict", str(crowd), "--device", "cpu", "--out", str(tmp_path / "auto")]
+    assert main([*default, "--model", str(folder)]) == 0  # auto: the int8 graph on the CPU
+    assert json.loads((tmp_path / "auto" / "summary.json").read_text())["backend"] == "onnx-int8"
+    assert main([*default, "--model", str(run), "--force"]) == 0  # a run has no int8 graph
+    assert json.loads((tmp_path / "auto" / "summary.json").read_text())["backend"] == "torch"
 
 
 def test_shipped_model_int8_counts_like_float_on_shanghaitech(

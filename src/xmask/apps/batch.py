@@ -72,6 +72,8 @@ class BatchSummary:
     Attributes:
         model: the model of this call.
         count_rule: its count rule, in words.
+        backend: what ran its network: ``torch``, ``onnx`` or ``onnx-int8`` (``--backend
+            auto`` picks one).
         images: finished images in the output folder (every call's).
         videos: finished videos in the output folder.
         heads: heads of the finished images of the folder.
@@ -89,6 +91,7 @@ class BatchSummary:
 
     model: str
     count_rule: str
+    backend: str = "torch"
     images: int = 0
     videos: int = 0
     heads: int = 0

@@ -153,7 +153,7 @@ def predict_images(
     """
     out = Path(out)
     remove_stale_temporaries(out)
-    summary = summary or BatchSummary(model, predictor.count_rule.describe())
+    summary = summary or BatchSummary(model, predictor.count_rule.describe(), predictor.backend)
     options = options or OutputOptions()
     settings = settings or settings_fingerprint(predictor, which, roi, options, zones)
     stages = _ImageStages(predictor, out, model, roi, zones, options, force, settings)

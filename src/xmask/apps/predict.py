@@ -168,7 +168,7 @@ def run_predict(request: PredictRequest, info: DistInfo | None = None) -> BatchS
     )
     model = str(predictor.source)
     out = request.out_folder
-    summary = BatchSummary(model, predictor.count_rule.describe())
+    summary = BatchSummary(model, predictor.count_rule.describe(), predictor.backend)
     settings = settings_fingerprint(predictor, request.which, roi, request.outputs, zones)
     images = [s for s in sources if not s.is_video]
     predict_images(

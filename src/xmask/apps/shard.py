@@ -43,8 +43,8 @@ def shard_sources(sources: Sequence[Source], info: DistInfo) -> list[Source]:
 
 
 def merge_summaries(parts: Sequence[BatchSummary]) -> BatchSummary:
-    """One summary of a call from the ranks' (the first rank's model and count rule)."""
-    merged = BatchSummary(parts[0].model, parts[0].count_rule)
+    """One summary of a call from the ranks' (the first rank's model, count rule and backend)."""
+    merged = BatchSummary(parts[0].model, parts[0].count_rule, parts[0].backend)
     for part in parts:
         for name in PER_CALL:
             setattr(merged, name, getattr(merged, name) + getattr(part, name))
