@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import fake_shanghaitech, write_shanghaitech_gt
 from xmask.apps.bench import BenchConfig, parse_baselines, parse_edges, run_bench, select_images
-from xmask.apps.bench_report import bin_of
+from xmask.apps.bench_report import bin_of, bin_ratio
 from xmask.cli import EXIT_OK, EXIT_SKIPPED, main
 from xmask.data.readers import open_dataset
 from xmask.data.synthetic import make_crowd
@@ -51,6 +51,16 @@ def test_json_report_without_baselines(
     assert report["baselines"] == {}
     assert [row["name"] for row in report["skipped"]] == ["IMG_4.jpg"]  # unreadable header
     assert [row["name"] for row in report["per_image"]] == ["IMG_1.jpg", "IMG_2.jpg", "IMG_3.jpg"]
+    ratios = report["slowest_over_fastest_bin"]
+    assert set(ratios) == {"xmask", "xmask_predicted"}
+    low, high = ratios["xmask"]["spread_over_calls"]
+    assert 1 <= low <= high and ratios["xmask"]["median_calls"] >= 1
+
+
+def test_bin_ratio_against_hand_figures() -> None:
+    assert bin_ratio([0, 0, 1, 2], [1.0, 3.0, 4.0, 3.0]) == 2.0  # bin means 2, 4 and 3
+    assert bin_ratio([0, 0], [1.0, 2.0]) is None  # one bin
+    assert bin_ratio([0, 1], [1.0, None]) is None  # not run on an image
 
 
 def test_table_and_a_skipped_image(shanghaitech: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -60,6 +70,7 @@ def test_table_and_a_skipped_image(shanghaitech: Path, capsys: pytest.CaptureFix
     text = capsys.readouterr().out
     assert "| [0, 10) | 2 |" in text and "| [10, ∞) | 1 |" in text
     assert "skipped IMG_4.jpg" in text
+    assert "slowest bin / fastest bin" in text and "xmask " in text
 
 
 def test_the_int8_backend_is_benched(

@@ -38,6 +38,10 @@ Other figures
     ``post_network_share`` is its sum over the sum of xmask's times (over all images, and over
     images with at least 1000 heads). ``peak_rss_mb``: ``ru_maxrss`` of the process (model
     building included; it never decreases), also recorded after each method.
+    ``slowest_over_fastest_bin``: per method, the slowest bin's mean time over the fastest's
+    (of the median calls), and the lowest and highest that ratio takes over the timed calls
+    (every image's first call, every image's second, ...): how far one run's ratio can be
+    trusted.
 """
 
 from __future__ import annotations
@@ -231,6 +235,7 @@ def _time_calls(
         seconds, result = sorted(calls, key=lambda call: call[0])[len(calls) // 2]
         results.append(result)
         timed.seconds.append(seconds)
+        timed.calls.append([call[0] for call in calls])
         if cfg.progress:
             log.info(
                 "%s %s: %d heads, %.3f s", timed.name, sample.name, sample.count, timed.seconds[-1]

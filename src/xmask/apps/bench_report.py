@@ -20,11 +20,13 @@ DENSE = 1000
 
 @dataclass
 class Timed:
-    """One method's seconds per selected image (None: not run on it), and its set-up."""
+    """One method's seconds per selected image (None: not run on it; the median of its
+    ``calls``), and its set-up."""
 
     name: str
     description: str
     seconds: list[float | None] = field(default_factory=list)
+    calls: list[list[float]] = field(default_factory=list)
     load_s: float = 0.0
     rss_mb_after: float = 0.0
     status: str = "ok"
@@ -34,6 +36,29 @@ class Timed:
 def bin_of(heads: int, edges: Sequence[int]) -> int:
     """Index of the bin ``[edges[i], edges[i+1])`` (the last one open) holding ``heads``."""
     return int(np.searchsorted(np.asarray(edges), heads, side="right")) - 1
+
+
+def bin_ratio(bins: Sequence[int], seconds: Sequence[float | None]) -> float | None:
+    """The slowest bin's mean seconds over the fastest's, among the bins holding images (None:
+    fewer than two bins, or an image the method did not run on)."""
+    members: dict[int, list[float]] = {}
+    for index, value in zip(bins, seconds, strict=True):
+        if value is None:
+            return None
+        members.setdefault(index, []).append(value)
+    means = [float(np.mean(values)) for values in members.values()]
+    return max(means) / min(means) if len(means) > 1 else None
+
+
+def _ratios(bins: Sequence[int], timed: Timed) -> dict[str, Any]:
+    """:func:`bin_ratio` of the medians, and its lowest and highest over the timed calls (the
+    ratio of every image's first call, of every image's second, ...)."""
+    per_call = [bin_ratio(bins, list(call)) for call in zip(*timed.calls, strict=True)]
+    kept = [r for r in per_call if r is not None]
+    return {
+        "median_calls": bin_ratio(bins, timed.seconds),
+        "spread_over_calls": [min(kept), max(kept)] if kept else None,
+    }
 
 
 def peak_rss_mb() -> float:
@@ -89,6 +114,9 @@ def bench_report(
         "segmented_heads": sum(r["segmented_heads"] for r in per_image),
         "predicted_count": sum(p.count for p in predictions),
         "bins": _bins(edges, bins, samples, per_image, methods),
+        "slowest_over_fastest_bin": {
+            timed.name: _ratios(bins, timed) for timed in (xmask, own, *methods)
+        },
         "xmask_s_per_image": _mean(total),
         "xmask_network_s_per_image": _mean(network),
         "xmask_post_s_per_image": _mean(post),
@@ -175,6 +203,11 @@ def format_report(report: dict[str, Any]) -> str:
         f"xmask per image: network {_seconds(report['xmask_network_s_per_image'])} s, "
         f"after the network {_seconds(report['xmask_post_s_per_image'])} s "
         f"(share {_percent(share)}; images with >= {DENSE} heads: {_percent(dense)})",
+        "slowest bin / fastest bin (of the medians; lowest–highest over the timed calls): "
+        + ", ".join(
+            f"{name} {_times(ratio['median_calls'])} ({_spread(ratio['spread_over_calls'])})"
+            for name, ratio in report["slowest_over_fastest_bin"].items()
+        ),
         f"peak RSS {report['peak_rss_mb']:,.0f} MiB",
     ]
     for name, info in report["baselines"].items():
@@ -184,6 +217,14 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"{name}: {what}")
     lines += [f"skipped {s['name']}: {s['problem']}" for s in report["skipped"]]
     return "\n".join(lines)
+
+
+def _times(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _spread(values: list[float] | None) -> str:
+    return "—" if values is None else f"{values[0]:.2f}–{values[1]:.2f}"
 
 
 def _percent(value: float | None) -> str:

@@ -26,8 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="segmentation seconds per image by density on ShanghaiTech A, xmask vs baselines",
         description="Time xmask (image in → count + label map out) and the FastSAM / SAM "
         "baselines, all given the same ground-truth heads, on the first K ShanghaiTech A test "
-        "images of each density bin; report seconds per image and per bin, xmask's "
-        "post-network share and the peak resident memory. xmask runs the shipped model unless "
+        "images of each density bin; report seconds per image and per bin, the slowest bin "
+        "over the fastest (with its spread over the --repeat calls), xmask's post-network "
+        "share and the peak resident memory. xmask runs the shipped model unless "
         "--model names another; the baselines have random weights (compute time does not "
         "depend on weights); a baseline whose optional extra is not installed is noted and not "
         f"run. Exit code {EXIT_SKIPPED} when an image or a baseline failed.",
