@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.util
 import io
 import logging
 import warnings
@@ -75,12 +74,14 @@ AUTO = "auto"
 
 def auto_backend(device: torch.device, int8: dict[str, Any] | None) -> str:
     """``"onnx-int8"`` on a CPU for a model folder with an int8 graph (its card's ``int8``
-    entry) when onnxruntime is installed: the same counts (the card's ``int8.metrics``) in
+    entry) when onnxruntime imports: the same counts (the card's ``int8.metrics``) in
     about half the network time; else ``"torch"``."""
     if device.type != "cpu" or int8 is None:
         return "torch"
-    if importlib.util.find_spec("onnxruntime") is None:
-        log.info("backend auto: torch (onnxruntime is not installed for the int8 graph)")
+    try:
+        importlib.import_module("onnxruntime")
+    except ImportError as err:  # not installed, or a build this machine cannot load
+        log.info("backend auto: torch (onnxruntime, for the int8 graph, does not import: %s)", err)
         return "torch"
     return "onnx-int8"
 
