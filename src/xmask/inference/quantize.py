@@ -179,10 +179,8 @@ def fold_pads(model: Any) -> int:
         ):
             continue
         attributes = {a.name: a for a in conv.attribute}
-        if attributes.get("auto_pad") is not None and attributes["auto_pad"].s not in (
-            b"",
-            b"NOTSET",
-        ):
+        auto_pad = attributes["auto_pad"].s if "auto_pad" in attributes else b"NOTSET"
+        if auto_pad not in (b"", b"NOTSET"):
             continue
         old = list(attributes["pads"].ints) if "pads" in attributes else [0, 0, 0, 0]
         new = [old[0] + pads[2], old[1] + pads[3], old[2] + pads[6], old[3] + pads[7]]

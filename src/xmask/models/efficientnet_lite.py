@@ -98,10 +98,10 @@ def _shortfall(size: int, stride: int) -> int:
     ``k − stride`` (``(ceil(size/s) − 1)·s + k − size = k − s + (−size mod s)``).
 
     Under tracing (ONNX export) it is the traced size's value, a constant of the graph, so
-    that the graph's pads are constants that onnxruntime folds into its convolutions. That
-    holds for every input of an exported model: :class:`~xmask.models.model.XMaskModel` pads
-    each input to a multiple of 16 inside the graph, so each stride-2 convolution sees an
-    even size.
+    that the graph's pads are constants (:func:`xmask.inference.quantize.fold_pads` moves them
+    into the int8 convolutions). That holds for every input of an exported model:
+    :class:`~xmask.models.model.XMaskModel` pads each input to a multiple of 16 inside the
+    graph, so each stride-2 convolution sees an even size.
     """
     if stride == 1:
         return 0
