@@ -152,3 +152,17 @@ def test_connected_masks_kernel_equals_its_twin(seed, monkeypatch):
     for a, b in zip(compiled, twin, strict=True):
         assert a.dtype == b.dtype
         np.testing.assert_array_equal(a, b)
+
+
+def test_compiled_loops_refuse_out_of_range_input():
+    """The loops do not check bounds as NumPy does: bad input must raise, never write
+    outside an array."""
+    index = np.array([0, 5], np.int64)
+    cost, allowed = np.zeros(2, np.float32), np.ones(2, bool)
+    with pytest.raises(ValueError, match="out of range"):
+        label_kernels.lowest_cost_labels(index, np.zeros(2, np.int64), cost, allowed, 4, 1)
+    with pytest.raises(ValueError, match="out of range"):
+        label_kernels.lowest_cost_labels(np.zeros(2, np.int64), index, cost, allowed, 4, 1)
+    label_map = np.array([[1, 0], [0, 3]], np.int32)
+    with pytest.raises(ValueError, match="a head's number"):
+        label_kernels.connected_masks(label_map, np.zeros((2, 2), np.int64))

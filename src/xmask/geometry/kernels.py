@@ -182,8 +182,10 @@ def banded_middle(x: np.ndarray, start: np.ndarray, weight: np.ndarray, out: np.
 
 
 def ready(kernel: str) -> bool:
-    """Whether the compiled loop of ``kernel`` (a function name of this module) runs: False
-    until :func:`warm_up` has compiled it, while its callers run the NumPy twin."""
+    """Whether the compiled loop of ``kernel`` runs (``circle_energy``, ``banded_middle``, or
+    ``lowest_cost_labels``, ``circle_table``, ``connected_masks`` of
+    :mod:`xmask.geometry.label_kernels`): False until :func:`warm_up` has compiled it, while
+    its callers run the NumPy twin."""
     return kernel not in _pending
 
 
@@ -232,9 +234,9 @@ def _finish_at_exit(thread: threading.Thread) -> None:
 
 
 def warm_up() -> None:
-    """Start compiling the kernels in a background thread (once per process); until it is
-    done, the kernels run their NumPy twins. A process that ends first waits for it up to
-    :data:`EXIT_WAIT_S`, so that the compiled code reaches the cache for the next one."""
+    """Start compiling the kernels one by one in a background thread (once per process); until
+    one is ready, its callers run its NumPy twin. A process that ends first lets the kernel in
+    progress reach the cache (at most :data:`EXIT_WAIT_S`) and starts no other."""
     global _warm_up
     with _warm_up_lock:
         if _warm_up is not None:

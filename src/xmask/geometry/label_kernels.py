@@ -104,6 +104,8 @@ def lowest_cost_labels(
         if not allowed[j]:
             continue
         f, c, label = flat[j], cost[j], np.int32(owner[j] + 1)
+        if f < 0 or f >= n_pixels or label < 1 or label > n_owners:
+            raise ValueError("an entry's pixel or owner is out of range")
         if labels[f] == 0 or c < best[f] or (c == best[f] and label < labels[f]):
             best[f], labels[f] = c, label
     area = np.zeros(n_owners + 1, np.int64)
@@ -170,6 +172,8 @@ def _connected_loop(labels: np.ndarray, cells: np.ndarray, n: int) -> tuple[np.n
     sizes, owner = np.zeros(count + 1, np.int64), np.zeros(count + 1, np.int64)
     for y in range(h):
         for x in range(w):
+            if out[y, x] < 0 or out[y, x] > n:
+                raise ValueError("a label is not 0 (background) or a head's number 1..N")
             sizes[pieces[y, x]] += 1
             owner[pieces[y, x]] = out[y, x]
     keep = np.zeros(n + 1, np.int64)
