@@ -122,8 +122,12 @@ def test_banded_twin_equals_kernel(shape):
     weight = rng.normal(size=(outputs, band)).astype(np.float32)
     out_loop = np.full((a, outputs, c), np.nan, np.float32)
     out_twin = np.full((a, outputs, c), np.nan, np.float32)
-    kernels._banded_middle_loop(x, start, weight, out_loop)
+    needed = rng.random((a, outputs)) < 0.6
+    kernels._banded_middle_loop(x, start, weight, out_loop, needed)
     kernels._banded_middle_numpy(x, start, weight, out_twin, chunk=50)
+    np.testing.assert_array_equal(out_twin[needed], out_loop[needed])
+    assert np.isnan(out_loop[~needed]).all()  # skipped, not written
+    kernels.banded_middle(x, start, weight, out_loop)  # None: every output
     np.testing.assert_array_equal(out_twin, out_loop)
 
 

@@ -129,12 +129,14 @@ def circle_energy(
 
 @njit(cache=True)
 def _banded_middle_loop(
-    x: np.ndarray, start: np.ndarray, weight: np.ndarray, out: np.ndarray
+    x: np.ndarray, start: np.ndarray, weight: np.ndarray, out: np.ndarray, needed: np.ndarray
 ) -> None:
-    """Compiled :func:`banded_middle`."""
+    """Compiled :func:`banded_middle` (outputs not ``needed`` are skipped)."""
     n, channels = x.shape[1], x.shape[2]
     for a in range(out.shape[0]):
         for i in range(out.shape[1]):
+            if not needed[a, i]:
+                continue
             for c in range(channels):
                 out[a, i, c] = 0.0
             for k in range(weight.shape[1]):
@@ -167,7 +169,13 @@ def _banded_middle_numpy(
                 target[:, rows] += block[:, source] * w
 
 
-def banded_middle(x: np.ndarray, start: np.ndarray, weight: np.ndarray, out: np.ndarray) -> None:
+def banded_middle(
+    x: np.ndarray,
+    start: np.ndarray,
+    weight: np.ndarray,
+    out: np.ndarray,
+    needed: np.ndarray | None = None,
+) -> None:
     """``out[a, i] = Σ_k weight[i, k] · x[a, start[i] + k]``, summed in ``k`` order from 0: a
     banded matrix applied along the middle axis of a 3-D table; taps past the end of that
     axis are left out.
@@ -176,9 +184,16 @@ def banded_middle(x: np.ndarray, start: np.ndarray, weight: np.ndarray, out: np.
         x: ``A×n×C`` (float).
         start: ``I int64`` first index of each output's band.
         weight: ``I×B``, the dtype of ``x``.
-        out: ``A×I×C``, written.
+        out: ``A×I×C``, written where ``needed``.
+        needed: ``A×I bool``, the outputs the caller reads (None: all). Elsewhere ``out`` is
+            unspecified: the compiled loop skips them, the twin computes them too.
     """
-    (_banded_middle_loop if ready("banded_middle") else _banded_middle_numpy)(x, start, weight, out)
+    if not ready("banded_middle"):
+        _banded_middle_numpy(x, start, weight, out)
+        return
+    if needed is None:
+        needed = np.ones(out.shape[:2], dtype=np.bool_)
+    _banded_middle_loop(x, start, weight, out, np.ascontiguousarray(needed, np.bool_))
 
 
 def ready(kernel: str) -> bool:
@@ -198,7 +213,9 @@ def _compile_calls() -> dict[str, Callable[[], object]]:
         "circle_energy": lambda: _circle_energy_loop(
             table, index, index, table[0], table, table[0], 1.0
         ),
-        "banded_middle": lambda: _banded_middle_loop(table[None], index, table, table[None] * 0),
+        "banded_middle": lambda: _banded_middle_loop(
+            table[None], index, table, table[None] * 0, np.ones((1, 1), np.bool_)
+        ),
         "lowest_cost_labels": lambda: label_kernels.lowest_cost_labels(
             index, index, table[0], np.ones(1, bool), 1, 1
         ),

@@ -224,10 +224,29 @@ def ignore_disks(points: np.ndarray, size: tuple[int, int], radius: float = 16.0
 
 
 def smoothed_for_segmentation(
-    embedding: Tensor, size: tuple[int, int], cfg: SegmentConfig, out: np.ndarray | None = None
+    embedding: Tensor,
+    size: tuple[int, int],
+    cfg: SegmentConfig,
+    out: np.ndarray | None = None,
+    needed: np.ndarray | None = None,
 ) -> Tensor:
     """``Ẽ`` for Eq. 11: one image's stride-4 ``D×h×w`` embedding upsampled to ``size`` and
     smoothed with ``cfg.kernel`` and ``cfg.sigma``, as the pixel-major ``H×W×D`` table that
-    :func:`segment_instances` takes (written into ``out`` when given, see
-    :func:`~xmask.segment.smoothing.smoothed_table`)."""
-    return smoothed_table(embedding, size, cfg.kernel, cfg.sigma, out=out)
+    :func:`segment_instances` takes (written into ``out`` when given, only at the ``needed``
+    pixels when given: :func:`~xmask.segment.smoothing.smoothed_table`)."""
+    return smoothed_table(embedding, size, cfg.kernel, cfg.sigma, out=out, needed=needed)
+
+
+def read_pixels(circles: HeadCircles, size: tuple[int, int]) -> np.ndarray:
+    """``H×W bool``: the pixels Eq. 11 reads of ``Ẽ`` for these circles — every circle pixel,
+    and the 3×3 pixels around each point pixel, which hold the four that
+    :func:`xmask.geometry.sampling.sample_table` reads for the centre ``c_i`` (Eq. 9; they are
+    circle pixels already unless a radius is under √2, below the default ``r_min``)."""
+    h, w = size
+    needed = np.zeros(h * w, dtype=bool)
+    needed[circles.pixels.flat.numpy()] = True
+    row, column = np.divmod(circles.point_pixel, w)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            needed[np.clip(row + dy, 0, h - 1) * w + np.clip(column + dx, 0, w - 1)] = True
+    return needed.reshape(size)

@@ -165,6 +165,7 @@ def smoothed_table(
     sigma: float,
     stride: int = 4,
     out: np.ndarray | None = None,
+    needed: np.ndarray | None = None,
 ) -> Tensor:
     """``Ẽ`` of one image as an ``H×W×D`` table (pixel-major, the layout Eq. 11 reads), in
     one banded pass per axis (:func:`xmask.geometry.kernels.banded_middle`, on the CPU): equal to
@@ -179,6 +180,8 @@ def smoothed_table(
         size: ``(H, W)``.
         out: an ``H×W×D`` C-contiguous array of the embedding's dtype to write into (a buffer
             reused from image to image saves the first-touch cost of a fresh table).
+        needed: ``H×W bool``, the pixels the caller will read (None: all); the others are
+            left unspecified (:func:`xmask.geometry.kernels.banded_middle`).
 
     Returns:
         ``H×W×D``, contiguous (a view of ``out`` when given).
@@ -191,10 +194,12 @@ def smoothed_table(
     cells = embedding.detach().cpu().permute(1, 2, 0).reshape(1, cells_h, cells_w * dim)
     down = _apply_axis(cells, banded_axis(h, cells_h, stride, kernel, sigma))  # 1×H×(w·D)
     across = banded_axis(w, cells_w, stride, kernel, sigma)
-    return _apply_axis(down.reshape(h, cells_w, dim), across, out)
+    return _apply_axis(down.reshape(h, cells_w, dim), across, out, needed)
 
 
-def _apply_axis(x: Tensor, axis: BandedAxis, out: np.ndarray | None = None) -> Tensor:
+def _apply_axis(
+    x: Tensor, axis: BandedAxis, out: np.ndarray | None = None, needed: np.ndarray | None = None
+) -> Tensor:
     """``axis`` applied along the middle dimension of the 3-D CPU tensor ``x``."""
     cells = np.ascontiguousarray(x.numpy())
     shape = (cells.shape[0], len(axis.start), cells.shape[2])
@@ -203,5 +208,5 @@ def _apply_axis(x: Tensor, axis: BandedAxis, out: np.ndarray | None = None) -> T
     elif out.shape != shape or out.dtype != cells.dtype or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous {shape} {cells.dtype} array")
     weight = axis.weight.to(x.dtype).numpy()
-    kernels.banded_middle(cells, axis.start.numpy(), weight, out)
+    kernels.banded_middle(cells, axis.start.numpy(), weight, out, needed)
     return torch.from_numpy(out)

@@ -16,7 +16,9 @@ each core is labelled from a *window* around it that holds
 Each core's pixels are written once, from its own window, so no head is ever counted twice
 at a seam; the result equals :func:`xmask.segment.instances.segment_instances` on the whole
 image (a test holds them equal). Memory is one window's ``Ẽ`` and circles plus the
-``H×W int32`` label map.
+``H×W int32`` label map. ``Ẽ`` is computed only where Eq. 11 reads it
+(:func:`xmask.segment.instances.read_pixels`: the circles and the pixels around each point),
+a tenth to four fifths of a ShanghaiTech image.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from xmask.segment.instances import (
     Instances,
     SegmentConfig,
     head_energy,
+    read_pixels,
     smoothed_for_segmentation,
 )
 
@@ -132,10 +135,10 @@ def _label_core(
     heads = np.flatnonzero(inside)
     window = (wy1 - wy0, wx1 - wx0)
     cells = embedding[:, wy0 // STRIDE : -(-wy1 // STRIDE), wx0 // STRIDE : -(-wx1 // STRIDE)]
-    view = buffer.view((*window, int(cells.shape[0])), cells.dtype)
-    smoothed = smoothed_for_segmentation(cells, window, cfg, view)
     local = pts[heads] - np.array([wx0, wy0], dtype=np.float32)
     circles = circles_of(local, radii[heads], window)
+    view = buffer.view((*window, int(cells.shape[0])), cells.dtype)
+    smoothed = smoothed_for_segmentation(cells, window, cfg, view, read_pixels(circles, window))
     energy = head_energy(smoothed, circles, cfg)
     result = resolve_labels(circles, (energy < cfg.tau_g).numpy(), cost=energy)
     part = result.labels[y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0]
