@@ -41,7 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "e.g. the shipped model) as it is. With --format onnx, also model.onnx beside the card "
         "(the network for onnxruntime, any image size; `xmask predict --backend onnx`), and "
         "with --int8 model.int8.onnx, the network quantised to int8 and calibrated on your "
-        "images (--backend onnx-int8; pip install 'xmask-crowd[onnx]'); DEST "
+        "images (--backend onnx-int8, which --backend auto runs on a CPU; exporting needs "
+        "pip install 'xmask-crowd[onnx]'); DEST "
         "may then be SOURCE's own folder to add these files to it (not an installed model's). "
         "DEST is a folder path, or a plain name: the model is then registered in "
         "$XMASK_MODELS and usable as `--model NAME` (a name of the shipped model hides it).",
@@ -65,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--int8",
         action="store_true",
         help="also model.int8.onnx: the network quantised to int8, calibrated on --calibration "
-        "(`xmask predict --backend onnx-int8`; check its counts: benchmarks/int8_accuracy.py)",
+        "(`xmask predict` runs it on a CPU; check its counts: benchmarks/int8_accuracy.py)",
     )
     int8.add_argument(
         "--calibration",
