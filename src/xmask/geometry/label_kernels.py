@@ -1,6 +1,6 @@
 """Compiled loops (numba) of the label maps: rasterising circles, resolving overlaps by lowest
-cost and keeping each head's mask one region (union-find over the map, instead of two labelling
-passes of scikit-image and SciPy).
+cost and keeping each head's mask one region (flood fills inside each head's box, instead of
+two labelling passes of scikit-image and SciPy over the whole map).
 
 Each is the compiled twin of a NumPy pass that gives the same bits (:mod:`xmask.geometry.raster`,
 :func:`xmask.geometry.labels.connected_masks`); those callers choose between them with
@@ -115,49 +115,40 @@ def lowest_cost_labels(
 
 
 @njit(cache=True)
-def _root(parent: np.ndarray, i: int) -> int:
-    """Union-find root of ``i`` (the lowest index of its set), compressing the path."""
-    root = i
-    while parent[root] != root:
-        root = parent[root]
-    while parent[i] != root:
-        parent[i], i = root, parent[i]
-    return root
-
-
-@njit(cache=True)
-def _regions(values: np.ndarray, foreground: bool) -> tuple[np.ndarray, int]:
-    """4-connected regions of equal value among the pixels with ``values != 0`` (or
-    ``== 0`` when not ``foreground``), numbered from 1 in raster order of their first
-    pixel; 0 elsewhere. Returns ``(H×W int64 regions, count)``."""
-    h, w = values.shape
-    flat = values.ravel()
-    parent = np.zeros(h * w, np.int64)
-    for i in range(h * w):
-        v = flat[i]
-        if (v != 0) != foreground:
-            continue
-        left = i % w > 0 and flat[i - 1] == v
-        up = i >= w and flat[i - w] == v
-        if left:
-            parent[i] = root = _root(parent, i - 1)
-            if up:
-                other = _root(parent, i - w)
-                parent[max(root, other)] = min(root, other)
-        else:
-            parent[i] = _root(parent, i - w) if up else i
-    regions = np.zeros(h * w, np.int64)
-    count = 0
-    for i in range(h * w):
-        if (flat[i] != 0) != foreground:
-            continue
-        root = _root(parent, i)
-        if root == i:
-            count += 1
-            regions[i] = count
-        else:
-            regions[i] = regions[root]
-    return regions.reshape(h, w), count
+def _flood(
+    out: np.ndarray,
+    start: int,
+    value: int,
+    box: np.ndarray,
+    seen: np.ndarray,
+    stamp: int,
+    pixels: np.ndarray,
+) -> tuple[int, bool]:
+    """4-connected pixels of ``value`` from ``start`` inside ``box = (y0, y1, x0, x1)`` (half
+    open), stamped in ``seen`` and listed in ``pixels``. Returns ``(count, edge)``: how many,
+    and whether one lies on the box's edge."""
+    w = out.shape[1]
+    y0, y1, x0, x1 = box[0], box[1], box[2], box[3]
+    flat, marks = out.ravel(), seen.ravel()
+    marks[start] = stamp
+    pixels[0] = start
+    count, head, edge = 1, 0, False
+    while head < count:
+        i = pixels[head]
+        head += 1
+        y, x = i // w, i % w
+        edge = edge or y == y0 or y == y1 - 1 or x == x0 or x == x1 - 1
+        for j, inside in (
+            (i - 1, x > x0),
+            (i + 1, x < x1 - 1),
+            (i - w, y > y0),
+            (i + w, y < y1 - 1),
+        ):
+            if inside and marks[j] != stamp and flat[j] == value:
+                marks[j] = stamp
+                pixels[count] = j
+                count += 1
+    return count, edge
 
 
 @njit(cache=True)
@@ -165,52 +156,77 @@ def _connected_loop(labels: np.ndarray, cells: np.ndarray, n: int) -> tuple[np.n
     """Compiled :func:`xmask.geometry.labels.connected_masks` (``cells``: ``N×2 int64``
     ``(column, row)`` point pixels): each head keeps the piece at its point pixel, else its
     largest (ties to the last in raster order); then background regions off the border that
-    touch one head only go to it."""
+    touch one head only go to it. Head by head inside the box of its pixels, so the work
+    follows the masks' area, not the image's: a hole enclosed by one head lies inside that
+    head's box, and a background region inside a box that does not reach its edge is whole."""
     h, w = labels.shape
     out = labels.copy()
-    pieces, count = _regions(out, True)
-    sizes, owner = np.zeros(count + 1, np.int64), np.zeros(count + 1, np.int64)
+    boxes = np.empty((n + 1, 4), np.int64)
+    boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3] = h, 0, w, 0
     for y in range(h):
         for x in range(w):
-            if out[y, x] < 0 or out[y, x] > n:
+            v = out[y, x]
+            if v < 0 or v > n:
                 raise ValueError("a label is not 0 (background) or a head's number 1..N")
-            sizes[pieces[y, x]] += 1
-            owner[pieces[y, x]] = out[y, x]
-    keep = np.zeros(n + 1, np.int64)
-    for piece in range(1, count + 1):
-        head = owner[piece]
-        if keep[head] == 0 or sizes[piece] >= sizes[keep[head]]:
-            keep[head] = piece
-    for k in range(n):
-        x, y = cells[k, 0], cells[k, 1]
-        if out[y, x] == k + 1:
-            keep[k + 1] = pieces[y, x]
-    for y in range(h):
-        for x in range(w):
-            if out[y, x] > 0 and pieces[y, x] != keep[out[y, x]]:
-                out[y, x] = 0
-    holes, count = _regions(out, False)
-    neighbour = np.zeros(count + 1, np.int64)  # the one head touching a hole; −1: several
-    for y in range(h):
-        for x in range(w):
-            hole = holes[y, x]
-            if hole == 0:
-                continue
-            if y == 0 or x == 0 or y == h - 1 or x == w - 1:
-                neighbour[hole] = -1
-            for ny, nx in ((y, x - 1), (y, x + 1), (y - 1, x), (y + 1, x)):
-                if 0 <= ny < h and 0 <= nx < w and out[ny, nx] > 0 and neighbour[hole] >= 0:
-                    if neighbour[hole] == 0:
-                        neighbour[hole] = out[ny, nx]
-                    elif neighbour[hole] != out[ny, nx]:
-                        neighbour[hole] = -1
+            if v > 0:
+                boxes[v, 0], boxes[v, 1] = min(boxes[v, 0], y), max(boxes[v, 1], y + 1)
+                boxes[v, 2], boxes[v, 3] = min(boxes[v, 2], x), max(boxes[v, 3], x + 1)
+    seen = np.zeros((h, w), np.int64)
+    pixels = np.empty(h * w, np.int64)
+    stamp = 0
+    for k in range(1, n + 1):  # the pieces of each head: keep one
+        y0, y1, x0, x1 = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
+        if y0 >= y1:
+            continue
+        at_point = out[cells[k - 1, 1], cells[k - 1, 0]] == k
+        kept, kept_size, first = -1, -1, stamp + 1
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                if out[y, x] != k or seen[y, x] >= first:
+                    continue
+                stamp += 1
+                size, _ = _flood(out, y * w + x, k, boxes[k], seen, stamp, pixels)
+                if not at_point and size >= kept_size:
+                    kept, kept_size = stamp, size
+        if at_point:
+            kept = seen[cells[k - 1, 1], cells[k - 1, 0]]
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                if out[y, x] == k and seen[y, x] != kept:
+                    out[y, x] = 0
+    for k in range(1, n + 1):  # the holes inside each head's box
+        y0, y1, x0, x1 = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
+        first = stamp + 1
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                if out[y, x] != 0 or seen[y, x] >= first:
+                    continue
+                stamp += 1
+                size, edge = _flood(out, y * w + x, 0, boxes[k], seen, stamp, pixels)
+                if edge or not _only_neighbour(out, pixels, size, k):
+                    continue
+                flat = out.ravel()
+                for q in range(size):
+                    flat[pixels[q]] = k
     area = np.zeros(n + 1, np.int64)
     for y in range(h):
         for x in range(w):
-            if holes[y, x] > 0 and neighbour[holes[y, x]] > 0:
-                out[y, x] = neighbour[holes[y, x]]
             area[out[y, x]] += 1
     return out, area[1:]
+
+
+@njit(cache=True)
+def _only_neighbour(out: np.ndarray, pixels: np.ndarray, size: int, k: int) -> bool:
+    """Whether every labelled 4-neighbour of the region ``pixels[:size]`` (off the image's
+    edge: the caller's box keeps it inside) is head ``k``."""
+    w = out.shape[1]
+    flat = out.ravel()
+    for q in range(size):
+        i = pixels[q]
+        for j in (i - 1, i + 1, i - w, i + w):
+            if flat[j] != 0 and flat[j] != k:
+                return False
+    return True
 
 
 def circle_table(
