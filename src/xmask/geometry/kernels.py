@@ -49,7 +49,7 @@ _pending: set[str] = set()
 
 EXIT_WAIT_S = 10.0
 """Longest a process ending during :func:`warm_up` waits for the kernel being compiled to reach
-the cache (the slowest compiles in about 1.2 s on an idle 2-core CPU); past it, the next
+the cache (the slowest, connected_masks, compiles in about 1.5 s on a 2-core CPU); past it, the next
 process compiles that kernel again."""
 
 
