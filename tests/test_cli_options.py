@@ -147,4 +147,5 @@ def test_summary_line_counts_in_words(setup: Path, capsys: pytest.CaptureFixture
     args = ["predict", image, "--out", str(setup / "one"), "--model", str(setup / "run")]
     assert main([*args, "--device", "cpu"]) == EXIT_OK
     line = capsys.readouterr().out
-    assert "1 image predicted" in line and "video" not in line and "1 images" not in line
+    assert "1 image predicted by torch (" in line and "1 images" not in line  # a run: torch
+    assert "video" not in line

@@ -66,7 +66,7 @@ def test_two_ranks_write_what_one_process_writes(setup: Path, tmp_path: Path) ->
     sharded = tmp_path / "sharded"
     done = _torchrun(setup, sharded)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("predicted (") == 1  # rank 0 reports for both
+    assert done.stdout.count(" predicted by ") == 1  # rank 0 reports for both
     summary = json.loads((sharded / "summary.json").read_text())
     assert summary["predicted"] == 5 and summary["images"] == 5
     for path in sorted((single / "predictions").glob("*.json")):

@@ -238,8 +238,8 @@ def run_predict(args: argparse.Namespace) -> int:
             f"stopped: {stream['stopped']} → {stream['table']}"
         )
     print(
-        f"{' and '.join(done)} predicted ({summary.already_done} already done, "
-        f"{summary.redone} redone); the folder holds {plural(summary.images, 'image')} with "
+        f"{' and '.join(done)} predicted by {summary.backend} ({summary.already_done} already "
+        f"done, {summary.redone} redone); the folder holds {plural(summary.images, 'image')} with "
         f"{plural(summary.heads, 'head')}; {len(summary.skipped)} skipped → {request.out_folder}"
     )
     return EXIT_SKIPPED if summary.skipped else EXIT_OK
