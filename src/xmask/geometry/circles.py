@@ -424,8 +424,8 @@ def _shared_circles(
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """``starts[k] … starts[k] + lengths[k] − 1`` for every ``k``, laid end to end."""
-    ends = np.cumsum(lengths)
-    return np.arange(ends[-1] if len(ends) else 0) + np.repeat(starts - ends + lengths, lengths)
+    run, position = raster.ragged_arange(lengths)
+    return starts[run] + position
 
 
 def _within_blocks(sorted_keys: np.ndarray) -> np.ndarray:

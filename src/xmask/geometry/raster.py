@@ -29,7 +29,7 @@ def _span(centre: np.ndarray, radius: np.ndarray, n_pixels: int) -> tuple[np.nda
     return first, np.maximum(last + 1, first)
 
 
-def _ragged_arange(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def ragged_arange(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(run, position)``, each ``Σ lengths int64``: for runs of the given lengths laid end
     to end, the run of each element and its position within it."""
     run = np.repeat(np.arange(len(lengths)), lengths)
@@ -64,7 +64,7 @@ def circle_table(
     px, py = points[:, 0], points[:, 1]
     x0, x1 = _span(px, radii, width)
     y0, y1 = _span(py, radii, height)
-    row_owner, row_index = _ragged_arange(y1 - y0)
+    row_owner, row_index = ragged_arange(y1 - y0)
     ys = y0[row_owner] + row_index
     dy = ys.astype(np.float32) + _HALF - py[row_owner]
     dy2 = dy * dy
@@ -89,7 +89,7 @@ def circle_table(
     widths = stop - start
     row_bounds = np.concatenate([[0], np.cumsum(y1 - y0)])
     offsets = np.concatenate([[0], np.cumsum(widths)])[row_bounds]
-    row, column = _ragged_arange(widths)
+    row, column = ragged_arange(widths)
     xs = start[row] + column
     owner, ys = row_owner[row], ys[row]
     dx = xs.astype(np.float32) + _HALF - px[owner]
