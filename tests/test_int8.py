@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_run, tiny_crowd
+from conftest import TINY, make_run, tiny_crowd
 from xmask.cli._args import BACKEND_CHOICES
 from xmask.data.synthetic import make_crowd
 from xmask.errors import UsageError
@@ -262,3 +262,41 @@ def test_auto_backend_takes_the_int8_graph_on_a_cpu_only(
     assert Predictor.load(quantized.parent / "run", "cpu", backend="auto").backend == "torch"
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes its import fail
     assert auto_backend(cpu, entry) == "torch"
+
+
+def test_the_heads_last_layers_stay_float(tmp_path: Path) -> None:
+    """The count and offset heads' last convolutions and what follows them run in float: their
+    outputs take more values than the 256 of a uint8 tensor, and follow the float graph
+    closely (a uint8 offset before 8·tanh moved heads in steps of about 1.3 px)."""
+    import onnxruntime
+
+    from xmask.inference.onnx_backend import INPUT, onnx_bytes
+    from xmask.inference.quantize import FLOAT_OUTPUTS, float_tails, quantize_graph
+    from xmask.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**TINY, mask_head=True, offset_head=True)).eval()
+    torch.nn.init.normal_(model.offset_head.predict.weight, std=0.05)
+    graph = onnx_bytes(model)
+    tails = float_tails(onnx.load_from_string(graph), FLOAT_OUTPUTS)
+    assert {"/network/count_head/predict/Conv", "/network/offset_head/predict/Conv"} <= set(tails)
+    assert "/network/offset_head/Tanh" in tails
+    images = [make_crowd(96, 128, 12, seed=50 + i).image for i in range(4)]
+    inputs = [image_tensor(image, "cpu").numpy() for image in images]
+    quantize_graph(graph, inputs[:3], tmp_path / "int8.onnx")
+    int8 = onnx.load(tmp_path / "int8.onnx").graph
+    producer = {name: node for node in int8.node for name in node.output}
+    for name in FLOAT_OUTPUTS:
+        assert producer[name].op_type != "DequantizeLinear", name
+
+    def run(source: object) -> dict[str, np.ndarray]:
+        session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
+        names = [out.name for out in session.get_outputs()]
+        return dict(zip(names, session.run(None, {INPUT: inputs[3]}), strict=True))
+
+    a, b = run(graph), run(str(tmp_path / "int8.onnx"))
+    for name in FLOAT_OUTPUTS:
+        assert np.unique(b[name]).size > 256, name
+        assert np.corrcoef(a[name].ravel(), b[name].ravel())[0, 1] > 0.98, name
+    quantized_outputs = {n.input[0] for n in int8.node if n.op_type == "QuantizeLinear"}
+    assert "/network/mask_head/embed/Conv_output_0" in quantized_outputs  # the rest stays int8
