@@ -94,3 +94,25 @@ def test_dataset_folder_from_environment_or_config_file(
     config.write_text(json.dumps({"datasets": {"shb": str(elsewhere)}}))
     assert main(args) == EXIT_OK
     assert json.loads(capsys.readouterr().out)["root"] == str(elsewhere)
+
+
+def test_masks_are_scored_with_the_cards_segmentation(
+    shipped: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--masks`` segments as ``xmask predict`` does: with the model card's constants of
+    Eq. 11–12 (the shipped card's λ, τ_g and head-sized prior), not the library defaults."""
+    from xmask.data.synthetic import make_crowd_folder
+    from xmask.evaluation import run
+    from xmask.segment.instances import INFERENCE
+
+    crowd = tmp_path / "crowd"
+    make_crowd_folder(crowd, 2, height=80, width=96, n_heads=(4, 9), masks=True)
+    used = []
+    score = run.score_segmentation
+    monkeypatch.setattr(
+        run, "score_segmentation", lambda p, *a: used.append(p.segment_config) or score(p, *a)
+    )
+    args = ["evaluate", "--dataset", "folder", "--root", str(crowd), "--split", "train"]
+    assert main([*args, "--device", "cpu", "--masks", str(crowd)]) == EXIT_OK
+    card = read_model_card(shipped).segment
+    assert used == [card] and card != INFERENCE

@@ -300,3 +300,44 @@ def test_the_heads_last_layers_stay_float(tmp_path: Path) -> None:
         assert np.corrcoef(a[name].ravel(), b[name].ravel())[0, 1] > 0.98, name
     quantized_outputs = {n.input[0] for n in int8.node if n.op_type == "QuantizeLinear"}
     assert "/network/mask_head/embed/Conv_output_0" in quantized_outputs  # the rest stays int8
+
+
+def test_evaluate_runs_the_backend_it_is_given(
+    quantized: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`xmask evaluate --backend` runs that network (the counts are an int8 predictor's), says
+    which in its report, and keeps --record for torch's figures."""
+    from xmask.cli import main
+    from xmask.inference.onnx_backend import OnnxNetwork
+
+    calls = []
+    original = OnnxNetwork.__call__
+    monkeypatch.setattr(
+        OnnxNetwork, "__call__", lambda self, x: calls.append(1) or original(self, x)
+    )
+    crowd = quantized.parent / "crowd"
+    base = ["evaluate", "--model", str(quantized), "--dataset", "folder", "--root", str(crowd)]
+    base += ["--split", "train", "--device", "cpu", "--json"]
+    seen = {}
+    for backend in ("torch", "onnx-int8", "auto"):
+        before = len(calls)
+        csv = str(tmp_path / f"{backend}.csv")
+        assert main([*base, "--backend", backend, "--csv", csv]) == 0
+        seen[backend] = (json.loads(capsys.readouterr().out), len(calls) - before)
+    assert seen["torch"][0]["backend"] == "torch" and seen["torch"][1] == 0
+    for backend in ("onnx-int8", "auto"):
+        report, networks = seen[backend]
+        assert report["backend"] == "onnx-int8" and report["images"] == 3
+        assert networks >= 3  # every image through the int8 graph (the card's rule may enlarge)
+    int8 = Predictor.load(quantized, "cpu", backend="onnx-int8")
+    rows = (tmp_path / "onnx-int8.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    for row in rows[1:]:
+        values = dict(zip(header, row.split(","), strict=True))
+        assert int(values["pred_count"]) == int8(crowd / values["name"]).count
+    assert main([*base, "--backend", "onnx-int8", "--record"]) == 1
+    assert "--record stores the torch network's figures" in caplog.text

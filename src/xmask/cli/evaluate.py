@@ -8,7 +8,12 @@ import logging
 from dataclasses import fields
 
 from xmask.cli import EXIT_OK, EXIT_SKIPPED
-from xmask.cli._args import add_device_option, add_image_limit_option, add_model_options
+from xmask.cli._args import (
+    BACKEND_CHOICES,
+    add_device_option,
+    add_image_limit_option,
+    add_model_options,
+)
 
 log = logging.getLogger("xmask")
 
@@ -41,6 +46,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "evaluating the run's dataset)",
     )
     add_device_option(parser)
+    parser.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="torch",
+        help="what runs the network: torch (default: the figures a model card records), onnx, "
+        "onnx-int8, or auto (as `xmask predict` runs it: the int8 graph on a CPU when the "
+        "model has one); not with --record unless torch",
+    )
     add_image_limit_option(parser)
     subset = parser.add_mutually_exclusive_group()
     subset.add_argument(

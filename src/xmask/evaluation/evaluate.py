@@ -210,6 +210,7 @@ def evaluate_model(
     overlap: int = tiling.OVERLAP,
     scale: ScaleRule = ONE_PASS,
     progress: bool = True,
+    network: tiling.Network | None = None,
 ) -> EvaluationResult:
     """Evaluate ``model`` on every image of ``dataset``, one full image at a time.
 
@@ -234,6 +235,8 @@ def evaluate_model(
         scale: how the network input is sized from each image
             (:class:`~xmask.inference.scale.ScaleRule`; default: as it is, one pass).
         progress: show a tqdm bar on stderr.
+        network: what runs instead of ``model`` (e.g. a :class:`~xmask.inference.predictor.
+            Predictor`'s onnx or int8 network); None: an inference copy of ``model``.
 
     Returns:
         :class:`EvaluationResult`.
@@ -250,7 +253,7 @@ def evaluate_model(
     result = EvaluationResult(rows=[], thresholds=thresholds, count_rule=rule)
     start = time.perf_counter()
     abs_sum = 0
-    network = inference_copy(model)
+    network = inference_copy(model) if network is None else network
     bar = tqdm(range(len(dataset)), desc="evaluate", unit="img", disable=not progress)
     try:
         with torch.inference_mode():

@@ -41,6 +41,9 @@ class EvaluationRequest:
         locate: points from a locating pass this many times larger (0: none; None: the
             rule's own).
         device: ``"auto"``, ``"cpu"``, ``"cuda:N"``.
+        backend: what runs the network: ``"torch"`` (the figures a model card records),
+            ``"onnx"``, ``"onnx-int8"`` or ``"auto"`` (as ``xmask predict`` runs it:
+            :func:`~xmask.inference.onnx_backend.auto_backend`).
         dataset: reader key; None: the run's training dataset.
         root: dataset folder; None: the run's when it is on this machine, else the configured
             one (:func:`xmask.data.locations.dataset_root`).
@@ -64,6 +67,7 @@ class EvaluationRequest:
     scale: str = "auto"
     locate: float | None = None
     device: str = "auto"
+    backend: str = "torch"
     dataset: str | None = None
     root: str | None = None
     split: str = "test"
@@ -86,6 +90,8 @@ class EvaluationRequest:
             raise XmaskError(f"--tile/--overlap: {err}") from err
         if self.max_pixels < 1 or min(self.thresholds) <= 0:
             raise XmaskError("--max-pixels and --sigma must be positive")
+        if self.record and self.backend != "torch":
+            raise XmaskError("--record stores the torch network's figures: drop --backend")
 
 
 @dataclass
@@ -95,6 +101,7 @@ class EvaluationReport:
     Attributes:
         source: the model folder or run evaluated.
         which: its network.
+        backend: what ran it (``"torch"``, ``"onnx"``, ``"onnx-int8"``).
         dataset: the reader key used.
         root: the dataset folder.
         split: the split.
@@ -106,6 +113,7 @@ class EvaluationReport:
 
     source: Path
     which: str
+    backend: str
     dataset: str
     root: str
     split: str
@@ -125,6 +133,7 @@ class EvaluationReport:
         header = {
             "model": str(self.source),
             "which": self.which,
+            "backend": self.backend,
             "dataset": self.dataset,
             "root": self.root,
             "split": self.split,
@@ -136,7 +145,10 @@ class EvaluationReport:
 
     def text(self) -> str:
         """The human-readable report."""
-        lines = [f"{self.source} ({self.which}) on {self.dataset} {self.split} ({self.root})"]
+        lines = [
+            f"{self.source} ({self.which}, {self.backend}) on {self.dataset} {self.split} "
+            f"({self.root})"
+        ]
         lines.append(format_result(self.result))
         if self.segmentation is not None:
             for name in ("predicted", "given"):
@@ -205,13 +217,16 @@ def run_evaluation(request: EvaluationRequest) -> EvaluationReport:
         raise XmaskError(f"{loaded.source}: --record needs a model folder, not a run")
     chosen = evaluation_images(request, loaded)
     tiling = {"max_pixels": request.max_pixels, "tile": request.tile, "overlap": request.overlap}
+    rule = resolve_scale(request.scale, loaded.scale, request.locate)
+    predictor = Predictor.load(loaded, device, scale=rule, backend=request.backend, **tiling)
     result = evaluate_model(
         loaded.model,
         chosen.images,
         device,
         thresholds=request.thresholds,
         count_threshold=loaded.count_rule,
-        scale=resolve_scale(request.scale, loaded.scale, request.locate),
+        scale=rule,
+        network=predictor.network,
         **tiling,
     )
     csv = Path(request.csv) if request.csv else default_csv(loaded, chosen.name, request.split)
@@ -219,8 +234,6 @@ def run_evaluation(request: EvaluationRequest) -> EvaluationReport:
     log.info("wrote per-image results to %s", csv)
     segmentation = None
     if request.masks:
-        rule = resolve_scale(request.scale, loaded.scale, request.locate)
-        predictor = Predictor(loaded.model, device, loaded.count_rule, scale=rule, **tiling)
         if not predictor.has_masks:
             raise XmaskError("--masks: this model has no mask head (train Stage 2 first)")
         segmentation = score_segmentation(predictor, chosen.images, request.masks)
@@ -233,6 +246,7 @@ def run_evaluation(request: EvaluationRequest) -> EvaluationReport:
     report = EvaluationReport(
         loaded.source,
         request.which,
+        predictor.backend,
         chosen.name,
         chosen.root,
         request.split,

@@ -48,10 +48,10 @@ Backends
     Tiling, the scale and count rules, decoding and segmentation are the same code for all.
 
 Timing
-    ``network_s`` and ``post_s`` are wall-clock seconds of the two phases of each call (the
-    device is synchronised at the phase boundary on CUDA); reading and decoding an image file
-    is in neither. A predictor with a mask head compiles the segmentation's loops in the
-    background from its construction on (:func:`xmask.geometry.kernels.warm_up`).
+    ``network_s`` and ``post_s``: wall-clock seconds of the two phases of each call (CUDA is
+    synchronised between them); decoding an image file is in neither. A predictor with a mask
+    head compiles the segmentation's loops in the background (:func:`~xmask.geometry.kernels.
+    warm_up`).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ from xmask.geometry.circles import check_points
 from xmask.geometry.labels import connected_masks
 from xmask.inference.count_rule import CountRule, as_count_rule
 from xmask.inference.decode import Heads
-from xmask.inference.loading import load_inference_model
+from xmask.inference.loading import InferenceModel, load_inference_model
 from xmask.inference.onnx_backend import (
     AUTO,
     BACKENDS,
@@ -236,7 +236,7 @@ class Predictor:
     @classmethod
     def load(
         cls,
-        model: str | Path | None = None,
+        model: str | Path | InferenceModel | None = None,
         device: str | torch.device = "auto",
         which: str = "teacher",
         threshold: str | float = "auto",
@@ -250,7 +250,8 @@ class Predictor:
 
         Args:
             model: a model folder or name (None: the shipped default model), or a run folder,
-                its ``checkpoints/`` or ``best/`` folder, or a ``.safetensors`` file in a run.
+                its ``checkpoints/`` or ``best/`` folder, or a ``.safetensors`` file in a run;
+                or what :func:`load_inference_model` loaded (then on ``device`` already).
             device: where the network runs.
             which: ``"teacher"`` or ``"student"`` (runs only).
             threshold: a logit, or ``"auto"``: the model folder's threshold, or the
@@ -269,9 +270,10 @@ class Predictor:
             CheckpointError: missing, corrupt, tampered or foreign files.
             XmaskError: a bad threshold or device.
         """
-
         resolved = device if isinstance(device, torch.device) else resolve_device(device)
-        loaded = load_inference_model(model, resolved, which, threshold)
+        loaded = model
+        if not isinstance(model, InferenceModel):
+            loaded = load_inference_model(model, resolved, which, threshold)
         if backend == AUTO:
             backend = auto_backend(resolved, None if loaded.card is None else loaded.card.int8)
         kwargs.setdefault("segment", loaded.segment)
@@ -293,11 +295,9 @@ class Predictor:
         return getattr(self.model, "mask_head", None) is not None
 
     def set_image(self, image: ImageInput) -> ImageFeatures:
-        """Run the network on one image and keep its outputs: :meth:`predict` and
-        :meth:`segment` then work on them without running the network again.
-
-        Args:
-            image: ``H×W×3 uint8`` RGB, a PIL image or an image file.
+        """Run the network on ``image`` (``H×W×3 uint8`` RGB, a PIL image or an image file) and
+        keep its outputs: :meth:`predict` and :meth:`segment` then work on them without running
+        the network again.
 
         Returns:
             The kept :class:`ImageFeatures` (also :attr:`features`).
