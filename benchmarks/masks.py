@@ -17,6 +17,8 @@ labels. Examples::
         --root DATA --refs-sha refs/sha --refs-shb refs/shb --work work/masks
     python benchmarks/masks.py synthetic --label before --model M --work work/masks
     python benchmarks/masks.py regions --label locate --locate 1.25 --root DATA --work work/masks
+    python benchmarks/masks.py run --label grid4 --mask-grid 4 --root DATA --refs-sha refs/sha \
+        --refs-shb refs/shb --work work/masks
     python benchmarks/masks.py report --work work/masks --before before --after after \\
         --describe "before=the model of 2026-11-27" "after=with the offset head"
 """
@@ -110,8 +112,9 @@ class Totals:
 def load_predictor(args: argparse.Namespace) -> Predictor:
     torch.set_num_threads(args.threads)
     predictor = Predictor.load(
-        args.model, "cpu", args.which, "auto", args.scale, locate=args.locate
-    )
+        args.model, "cpu", args.which, "auto", args.scale, locate=args.locate,
+        mask_grid=args.mask_grid,
+    )  # fmt: skip
     if args.connected == "off":
         predictor.segment_config = dataclasses.replace(predictor.segment_config, connected=False)
     return predictor
@@ -314,6 +317,7 @@ def main() -> None:
         one.add_argument("--scale", default="auto")
         one.add_argument("--locate", type=float, help="a locating pass (docs/locating.md)")
         one.add_argument("--connected", choices=("on", "off"), default="on")
+        one.add_argument("--mask-grid", type=int, default=1, help="xmask.segment.grid")
         one.add_argument("--work", required=True)
         one.add_argument("--threads", type=int, default=1)
         if command in ("run", "regions"):

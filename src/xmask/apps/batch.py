@@ -204,7 +204,7 @@ def settings_fingerprint(
     """SHA-256 of every setting that changes a prediction or its files: the weights (their
     SHA-256, or of the network's tensors for a predictor not loaded from files) and the network
     of a run, the ONNX graph (the onnx backend), count rule, scale rule, segmentation
-    constants, tiling, region, output options and zones."""
+    constants and grid, tiling, region, output options and zones."""
     rule = predictor.count_rule
     scale = asdict(predictor.scale)
     if scale["locate_enlarge"] is None:  # no locating pass: the fingerprints of before it existed
@@ -221,6 +221,8 @@ def settings_fingerprint(
     }
     if zones:  # only with zones: earlier fingerprints without them stay valid
         settings["zones"] = zones_setting(zones)
+    if predictor.mask_grid != 1:  # only then: full-resolution fingerprints stay as before
+        settings["mask_grid"] = predictor.mask_grid
     if predictor.onnx is not None:  # only then: the torch backend's fingerprints stay as before
         settings["onnx"] = predictor.onnx.sha256
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()

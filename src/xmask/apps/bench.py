@@ -98,6 +98,8 @@ class BenchConfig:
         repeat: timed calls per image and method; the median one is reported.
         backend: what runs xmask's network (``"auto"`` or one of
             :data:`xmask.inference.predictor.BACKENDS`).
+        mask_grid: xmask's masks on blocks of this many pixels a side
+            (:mod:`xmask.segment.grid`).
     """
 
     root: Path | None
@@ -111,6 +113,7 @@ class BenchConfig:
     progress: bool = True
     repeat: int = 3
     backend: str = "auto"
+    mask_grid: int = 1
 
 
 def parse_baselines(text: str) -> tuple[str, ...]:
@@ -190,10 +193,14 @@ def build_predictor(cfg: BenchConfig) -> tuple[Predictor, str]:
     Raises:
         UsageError: a model without a mask head.
     """
-    predictor = Predictor.load(cfg.checkpoint, cfg.device, cfg.which, backend=cfg.backend)
+    predictor = Predictor.load(
+        cfg.checkpoint, cfg.device, cfg.which, backend=cfg.backend, mask_grid=cfg.mask_grid
+    )
     if not predictor.has_masks:
         raise UsageError(f"{predictor.source}: the model has no mask head")
     backend = "" if predictor.backend == "torch" else f", {predictor.backend} backend"
+    if cfg.mask_grid != 1:
+        backend += f", masks on {cfg.mask_grid}×{cfg.mask_grid}-pixel blocks"
     if cfg.checkpoint is None:
         name = predictor.source.name if predictor.source else "default"
         return predictor, f"{name} (shipped{backend})"

@@ -50,6 +50,7 @@ class PredictRequest:
         device: ``"auto"``, ``"cpu"``, ``"cuda:N"``.
         backend: what runs the network: ``"auto"``, ``"torch"``, ``"onnx"`` or
             ``"onnx-int8"`` (:meth:`~xmask.inference.predictor.Predictor.load`).
+        mask_grid: masks on blocks of this many pixels a side (:mod:`xmask.segment.grid`).
         out: the output folder (None: ``predict-NAME``).
         roi: a region polygon or a file holding it, or None.
         zones: a zones file (:mod:`xmask.apps.zones`; its lines too), or None.
@@ -78,6 +79,7 @@ class PredictRequest:
     locate: float | None = None
     device: str = "auto"
     backend: str = "auto"
+    mask_grid: int = 1
     out: str | None = None
     roi: str | None = None
     zones: str | None = None
@@ -165,6 +167,7 @@ def run_predict(request: PredictRequest, info: DistInfo | None = None) -> BatchS
         request.scale,
         backend=request.backend,
         locate=request.locate,
+        mask_grid=request.mask_grid,
     )
     model = str(predictor.source)
     out = request.out_folder

@@ -24,6 +24,12 @@ BACKEND_HELP = (
     "export --int8; counts measured in the README); counts, points and masks are decoded the "
     "same way"
 )
+MASK_GRIDS = (1, 2, 4)
+"""``--mask-grid``: :data:`xmask.segment.grid.GRIDS`, spelled here for the same reason."""
+MASK_GRID_HELP = (
+    "segment on blocks of this many pixels a side: 1 (default, every pixel), 2 or 4 (about "
+    "4x or 16x less work after the network, coarser mask edges; README, Speed)"
+)
 THRESHOLD_HELP = (
     "count cells with a logit above this; auto (default): the model's own threshold (a model "
     "folder's, or the one `xmask calibrate` or the end of training stored for a run's weights), "

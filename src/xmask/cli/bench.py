@@ -12,6 +12,8 @@ from pathlib import Path
 from xmask.cli import EXIT_OK, EXIT_SKIPPED
 from xmask.cli._args import (
     BACKEND_CHOICES,
+    MASK_GRID_HELP,
+    MASK_GRIDS,
     ROOT_DEFAULT,
     add_device_option,
     add_model_options,
@@ -62,6 +64,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="what runs xmask's network (as for xmask predict; default auto)",
     )
+    parser.add_argument(
+        "--mask-grid", type=int, choices=MASK_GRIDS, default=1, metavar="G", help=MASK_GRID_HELP
+    )
     parser.add_argument("--json", action="store_true", help="print JSON on stdout")
     parser.set_defaults(run=run_bench_command)
 
@@ -82,6 +87,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         edges=parse_edges(args.bins),
         split=args.split,
         backend=args.backend,
+        mask_grid=args.mask_grid,
     )
     report = run_bench(cfg)
     print(json.dumps(report, indent=2) if args.json else format_report(report))

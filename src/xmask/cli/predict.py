@@ -13,6 +13,8 @@ from xmask.cli import EXIT_OK, EXIT_SKIPPED, plural
 from xmask.cli._args import (
     BACKEND_CHOICES,
     BACKEND_HELP,
+    MASK_GRID_HELP,
+    MASK_GRIDS,
     ROOT_HELP,
     add_device_option,
     add_image_limit_option,
@@ -183,6 +185,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_device_option(parser)
     parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help=BACKEND_HELP)
     parser.add_argument(
+        "--mask-grid", type=int, choices=MASK_GRIDS, default=1, metavar="G", help=MASK_GRID_HELP
+    )
+    parser.add_argument(
         "--pipeline",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -208,7 +213,7 @@ def run_predict(args: argparse.Namespace) -> int:
     request = PredictRequest(
         sources=tuple(args.source), dataset=args.dataset, root=args.root, split=args.split,
         model=args.model, which=args.which, threshold=args.threshold, scale=args.scale,
-        locate=args.locate, device=args.device, backend=args.backend,
+        locate=args.locate, device=args.device, backend=args.backend, mask_grid=args.mask_grid,
         out=args.out, roi=args.roi, zones=args.zones, lines=tuple(args.line),
         tracking=TrackerConfig(args.track_distance, args.track_lost), every=args.every,
         stream=StreamOptions(

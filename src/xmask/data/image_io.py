@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from xmask.data.files import atomic_write_bytes
-from xmask.errors import DataError
+from xmask.errors import DataError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -223,3 +223,29 @@ def png_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
+
+
+ImageInput = np.ndarray | Image.Image | str | Path
+"""What :class:`~xmask.inference.predictor.Predictor` accepts: ``H×W×3 uint8`` RGB, a PIL
+image, or an image file."""
+
+
+def as_rgb_array(image: ImageInput) -> np.ndarray:
+    """``H×W×3 uint8`` RGB of an array, a PIL image or an image file.
+
+    A file is decoded by :func:`load_image`, EXIF orientation applied;
+    a PIL image is converted as that function converts files (greyscale, 16-bit, palette, alpha).
+
+    Raises:
+        DataError: an unreadable file.
+        UsageError: an array that is not ``H×W×3 uint8``, or another type.
+    """
+    if isinstance(image, (str, Path)):
+        return load_image(image, apply_exif=True).array
+    if isinstance(image, Image.Image):
+        return to_rgb_array(image, Path(f"<PIL image {image.mode}>"))
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise UsageError(f"image array must be H×W×3 uint8, got {image.shape} {image.dtype}")
+        return image
+    raise UsageError(f"expected an image array, PIL image or path, got {type(image).__name__}")

@@ -63,11 +63,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import PIL.Image
 import torch
 from torch import nn
 
-from xmask.data.image_io import load_image, to_rgb_array
+from xmask.data.image_io import ImageInput, as_rgb_array
 from xmask.device import resolve_device
 from xmask.errors import UsageError
 from xmask.geometry import kernels
@@ -97,35 +96,11 @@ from xmask.inference.scale import (
 from xmask.inference.tiling import MAX_PIXELS, OVERLAP, TILE, Network, check_tiling
 from xmask.models.count_head import COUNT_STRIDE
 from xmask.models.fusion import inference_copy
+from xmask.segment.grid import GRIDS, segment_on_grid
 from xmask.segment.instances import INFERENCE, SegmentConfig
 from xmask.segment.windows import CORE, TableBuffer, segment_in_windows
 
 log = logging.getLogger(__name__)
-
-
-ImageInput = np.ndarray | PIL.Image.Image | str | Path
-"""What :class:`Predictor` accepts: ``H×W×3 uint8`` RGB, a PIL image, or an image file."""
-
-
-def as_rgb_array(image: ImageInput) -> np.ndarray:
-    """``H×W×3 uint8`` RGB of an array, a PIL image or an image file.
-
-    A file is decoded by :func:`xmask.data.image_io.load_image`, EXIF orientation applied;
-    a PIL image is converted as that function converts files (greyscale, 16-bit, palette, alpha).
-
-    Raises:
-        DataError: an unreadable file.
-        UsageError: an array that is not ``H×W×3 uint8``, or another type.
-    """
-    if isinstance(image, (str, Path)):
-        return load_image(image, apply_exif=True).array
-    if isinstance(image, PIL.Image.Image):
-        return to_rgb_array(image, Path(f"<PIL image {image.mode}>"))
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise UsageError(f"image array must be H×W×3 uint8, got {image.shape} {image.dtype}")
-        return image
-    raise UsageError(f"expected an image array, PIL image or path, got {type(image).__name__}")
 
 
 @dataclass
@@ -170,6 +145,9 @@ class Predictor:
         max_pixels: images with more pixels run in tiles (None: never).
         tile: tile side in pixels (a multiple of 16).
         overlap: least overlap of neighbouring tiles (a multiple of 16).
+        mask_grid: masks on blocks of this many pixels a side (1: every pixel; 2 or 4: about
+            ``mask_grid²`` times less work after the network, coarser edges, always
+            connected: :mod:`xmask.segment.grid`).
         core: side of the windows heads are segmented in (a multiple of 4;
             :mod:`xmask.segment.windows`).
         scale: how the network input is sized from the image
@@ -198,6 +176,7 @@ class Predictor:
         tile: int = TILE,
         overlap: int = OVERLAP,
         core: int = CORE,
+        mask_grid: int = 1,
         scale: ScaleRule = ONE_PASS,
         backend: str = "torch",
         onnx: str | Path | None = None,
@@ -226,6 +205,9 @@ class Predictor:
         self.segment_config = segment
         self.max_pixels, self.tile, self.overlap = max_pixels, tile, overlap
         self.core = core
+        if mask_grid not in GRIDS:
+            raise UsageError(f"mask grid must be one of {GRIDS}, got {mask_grid}")
+        self.mask_grid = mask_grid
         self.scale = scale
         self._buffer = TableBuffer()
         self.source: Path | None = None
@@ -417,17 +399,17 @@ class Predictor:
         if embedding is not None and masks:
             on_input = points if scaled.size == features.size else scaled.to_input(points)
             on_input = np.minimum(on_input, np.array([scaled.size[1], scaled.size[0]], np.float32))
+            config, grid = self.segment_config, self.mask_grid
             with torch.inference_mode():
-                instances = segment_in_windows(
-                    embedding[0],
-                    scaled.size,
-                    on_input,
-                    scores,
-                    self.segment_config,
-                    self.core,
-                    self._buffer,
-                )
-            labels, areas = instances.labels, instances.area
+                if grid == 1:
+                    instances = segment_in_windows(
+                        embedding[0], scaled.size, on_input, scores, config, self.core, self._buffer
+                    )
+                    labels, areas = instances.labels, instances.area
+                else:
+                    labels, areas = segment_on_grid(
+                        embedding[0], scaled.size, on_input, config, grid, self.core, self._buffer
+                    )
             if scaled.size != features.size:
                 labels, areas = labels_to_size(labels, features.size, points)
                 if self.segment_config.connected:

@@ -229,12 +229,13 @@ def smoothed_for_segmentation(
     cfg: SegmentConfig,
     out: np.ndarray | None = None,
     needed: np.ndarray | None = None,
+    stride: int = 4,
 ) -> Tensor:
-    """``Ẽ`` for Eq. 11: one image's stride-4 ``D×h×w`` embedding upsampled to ``size`` and
-    smoothed with ``cfg.kernel`` and ``cfg.sigma``, as the pixel-major ``H×W×D`` table that
-    :func:`segment_instances` takes (written into ``out`` when given, only at the ``needed``
-    pixels when given: :func:`~xmask.segment.smoothing.smoothed_table`)."""
-    return smoothed_table(embedding, size, cfg.kernel, cfg.sigma, out=out, needed=needed)
+    """``Ẽ`` for Eq. 11: one image's stride-``stride`` ``D×h×w`` embedding upsampled to
+    ``size`` and smoothed with ``cfg.kernel`` and ``cfg.sigma``, as the pixel-major ``H×W×D``
+    table that :func:`segment_instances` takes (written into ``out`` when given, only at the
+    ``needed`` pixels when given: :func:`~xmask.segment.smoothing.smoothed_table`)."""
+    return smoothed_table(embedding, size, cfg.kernel, cfg.sigma, stride, out, needed)
 
 
 def read_pixels(circles: HeadCircles, size: tuple[int, int]) -> np.ndarray:

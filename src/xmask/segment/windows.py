@@ -51,11 +51,11 @@ CORE = 2048
 """Default core side in pixels: images up to 2048×2048 are one window."""
 
 
-def halo_for(cfg: SegmentConfig) -> int:
+def halo_for(cfg: SegmentConfig, stride: int = STRIDE) -> int:
     """Context in pixels that makes a window's ``Ẽ`` exact: at least :data:`HALO`, a multiple
-    of the stride."""
-    need = cfg.kernel // 2 + 2 * STRIDE
-    return max(HALO, STRIDE * math.ceil(need / STRIDE))
+    of the stride (pixels per embedding cell)."""
+    need = cfg.kernel // 2 + 2 * stride
+    return max(HALO, stride * math.ceil(need / stride))
 
 
 def segment_in_windows(
@@ -66,6 +66,7 @@ def segment_in_windows(
     cfg: SegmentConfig = INFERENCE,
     core: int = CORE,
     buffer: TableBuffer | None = None,
+    stride: int = STRIDE,
 ) -> Instances:
     """Every head of one image segmented window by window (module docstring).
 
@@ -75,15 +76,17 @@ def segment_in_windows(
         points: ``N×2`` ``(x, y)`` pixels inside the image.
         scores: ``N`` head probabilities (kept in the result), or None (all 1).
         cfg: the constants of Eq. 11–12 and of the smoothing.
-        core: core side in pixels (a positive multiple of 4).
+        core: core side in pixels (a positive multiple of ``stride``).
         buffer: where the windows' ``Ẽ`` is written (the predictor keeps one from call to
             call); a fresh one when None.
+        stride: pixels per embedding cell along each side: 4 when the pixels are the image's,
+            4 / g on a grid of ``g×g``-pixel blocks (:mod:`xmask.segment.grid`).
 
     Returns:
         :class:`~xmask.segment.instances.Instances` of the whole image.
     """
-    if core <= 0 or core % STRIDE:
-        raise ValueError(f"core must be a positive multiple of {STRIDE}, got {core}")
+    if core <= 0 or core % stride:
+        raise ValueError(f"core must be a positive multiple of {stride}, got {core}")
     height, width = size
     pts = check_points(points, size)
     n = len(pts)
@@ -92,12 +95,14 @@ def segment_in_windows(
     )
     labels = np.zeros(size, dtype=np.int32)
     forced = np.zeros(n, dtype=bool)
-    halo = halo_for(cfg)
+    halo = halo_for(cfg, stride)
     buffer = TableBuffer() if buffer is None else buffer
     for y0 in range(0, height, core):
         for x0 in range(0, width, core):
             box = (y0, min(y0 + core, height), x0, min(x0 + core, width))
-            _label_core(embedding, size, pts, radii, box, halo, cfg, labels, forced, buffer)
+            _label_core(
+                embedding, size, pts, radii, box, (halo, stride), cfg, labels, forced, buffer
+            )
     if cfg.connected:
         labels, area = connected_masks(labels, pts)
     else:
@@ -112,7 +117,7 @@ def _label_core(
     pts: np.ndarray,
     radii: np.ndarray,
     box: tuple[int, int, int, int],
-    halo: int,
+    halo_stride: tuple[int, int],
     cfg: SegmentConfig,
     labels: np.ndarray,
     forced: np.ndarray,
@@ -121,6 +126,7 @@ def _label_core(
     """Write the labels of core ``box = (y0, y1, x0, x1)`` into ``labels`` (and the heads'
     ``forced`` flags)."""
     y0, y1, x0, x1 = box
+    halo, stride = halo_stride
     gap_x = np.maximum(np.maximum(x0 - pts[:, 0], pts[:, 0] - x1), 0.0)
     gap_y = np.maximum(np.maximum(y0 - pts[:, 1], pts[:, 1] - y1), 0.0)
     reaching = np.flatnonzero(gap_x * gap_x + gap_y * gap_y <= (radii + 1.0) ** 2)
@@ -129,16 +135,17 @@ def _label_core(
     reach = radii[reaching, None] + 1.0
     low = np.minimum((pts[reaching] - reach).min(axis=0), (x0, y0)) - halo
     high = np.maximum((pts[reaching] + reach).max(axis=0), (x1, y1)) + halo
-    wx0, wy0 = (STRIDE * np.floor(np.maximum(low, 0.0) / STRIDE)).astype(int)
-    wx1, wy1 = (int(v) for v in np.minimum(np.ceil(high / STRIDE) * STRIDE, (size[1], size[0])))
+    wx0, wy0 = (stride * np.floor(np.maximum(low, 0.0) / stride)).astype(int)
+    wx1, wy1 = (int(v) for v in np.minimum(np.ceil(high / stride) * stride, (size[1], size[0])))
     inside = (pts[:, 0] >= wx0) & (pts[:, 0] <= wx1) & (pts[:, 1] >= wy0) & (pts[:, 1] <= wy1)
     heads = np.flatnonzero(inside)
     window = (wy1 - wy0, wx1 - wx0)
-    cells = embedding[:, wy0 // STRIDE : -(-wy1 // STRIDE), wx0 // STRIDE : -(-wx1 // STRIDE)]
+    cells = embedding[:, wy0 // stride : -(-wy1 // stride), wx0 // stride : -(-wx1 // stride)]
     local = pts[heads] - np.array([wx0, wy0], dtype=np.float32)
     circles = circles_of(local, radii[heads], window)
     view = buffer.view((*window, int(cells.shape[0])), cells.dtype)
-    smoothed = smoothed_for_segmentation(cells, window, cfg, view, read_pixels(circles, window))
+    needed = read_pixels(circles, window)
+    smoothed = smoothed_for_segmentation(cells, window, cfg, view, needed, stride)
     energy = head_energy(smoothed, circles, cfg)
     result = resolve_labels(circles, (energy < cfg.tau_g).numpy(), cost=energy)
     part = result.labels[y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0]
