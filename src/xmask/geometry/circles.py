@@ -16,10 +16,8 @@ Head-sized prior (optional, ``size_prior``)
     along the image's perspective), so a lone head's region stays head-sized.
 
 Duplicates policy
-    Exact duplicate points are at distance 0 from each other. ``"floor"`` (Eq. 1 as written)
-    gives them radius 0, raised to ``R_MIN``; ``"distinct"`` (the default of
-    :func:`head_circles`) measures each point to the nearest point at a *different* position,
-    so every copy gets the full circle of its head.
+    Duplicates are 0 apart: ``"floor"`` (Eq. 1 as written) gives them ``R_MIN``; ``"distinct"``
+    (:func:`head_circles`) measures to the nearest *other position*: each copy gets the circle.
 
 Co-located heads
     ``k >= 2`` points in one pixel (exact duplicates, or two clicks closer than a pixel) share
@@ -54,8 +52,9 @@ from xmask.geometry.points import pixel_of
 R_MIN = 3.0
 """Smallest NNEC radius in pixels (the authors' code)."""
 
-
 DuplicatePolicy = Literal["floor", "distinct"]
+BANDS, QUANTILE = 8, 0.25
+""":func:`head_sizes`: horizontal bands of the perspective fit, and the spacing quantile."""
 
 
 def _nearest_other(points: np.ndarray) -> np.ndarray:
@@ -65,7 +64,7 @@ def _nearest_other(points: np.ndarray) -> np.ndarray:
 
 
 def head_sizes(
-    points: np.ndarray, size: tuple[int, int], bands: int = 8, quantile: float = 0.25
+    points: np.ndarray, size: tuple[int, int], bands: int = BANDS, quantile: float = QUANTILE
 ) -> np.ndarray:
     """How large each head is, from the crowd's own spacing and its perspective (pixels).
 
@@ -86,10 +85,22 @@ def head_sizes(
         ``N float32`` sizes, at least :data:`R_MIN`.
     """
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    return _fitted_sizes(pts, _distinct_spacing(pts), size, bands, quantile)
+
+
+def _distinct_spacing(pts: np.ndarray) -> np.ndarray | None:
+    """``N float64``: each point's distance to the nearest point at another position; None
+    with fewer than two distinct positions."""
     unique, inverse = np.unique(pts, axis=0, return_inverse=True)
-    if len(unique) < 2:
+    return _nearest_other(unique)[inverse.ravel()] if len(unique) > 1 else None
+
+
+def _fitted_sizes(
+    pts: np.ndarray, spacing: np.ndarray | None, size: tuple[int, int], bands: int, quantile: float
+) -> np.ndarray:
+    """:func:`head_sizes` from the points' distinct spacing (:func:`_distinct_spacing`)."""
+    if spacing is None:
         return np.full(len(pts), np.inf, dtype=np.float32)
-    spacing = _nearest_other(unique)[inverse.ravel()]
     band = np.minimum((pts[:, 1] / max(size[0], 1) * bands).astype(np.int64), bands - 1)
     rows, sizes, weights = [], [], []
     for b in range(bands):
@@ -138,16 +149,15 @@ def nnec_radii(
     n = len(pts)
     if n == 0:
         return np.zeros(0, dtype=np.float32)
-    if duplicates == "distinct":
-        unique, inverse = np.unique(pts, axis=0, return_inverse=True)
-        single = lone * min(size)
-        radii = _nearest_other(unique)[inverse.ravel()] if len(unique) > 1 else np.full(n, single)
-    elif duplicates == "floor":
-        radii = _nearest_other(pts) if n > 1 else np.full(1, lone * min(size))
-    else:
+    if duplicates not in ("floor", "distinct"):
         raise ValueError(f"duplicates must be 'floor' or 'distinct', got {duplicates!r}")
+    spacing = _distinct_spacing(pts) if duplicates == "distinct" or size_prior else None
+    if duplicates == "distinct":
+        radii = np.full(n, lone * min(size)) if spacing is None else spacing
+    else:
+        radii = _nearest_other(pts) if n > 1 else np.full(1, lone * min(size))
     if size_prior is not None:
-        radii = np.minimum(radii, size_prior * head_sizes(pts, size))
+        radii = np.minimum(radii, size_prior * _fitted_sizes(pts, spacing, size, BANDS, QUANTILE))
     return np.minimum(np.maximum(radii, r_min), r_max).astype(np.float32)
 
 
