@@ -170,3 +170,38 @@ def test_compiled_loops_refuse_out_of_range_input():
     label_map = np.array([[1, 0], [0, 3]], np.int32)
     with pytest.raises(ValueError, match="a head's number"):
         label_kernels.connected_masks(label_map, np.zeros((2, 2), np.int64))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_connected_masks_of_a_few_heads_equal_all_of_them(seed):
+    """Given the heads that may break the rule (here: heads given pixels deep inside their
+    neighbours, which stay whole), the compiled loop's work on them alone gives the masks of
+    the whole pass: the pixels they give up become holes of those neighbours, filled too."""
+    rng = np.random.default_rng(10 + seed)
+    h, w, n = 60, 80, 30
+    points = np.stack([rng.uniform(0, w, n), rng.uniform(0, h, n)], 1).astype(np.float32)
+    radii = rng.uniform(6, 14, n).astype(np.float32)
+    _, owner, _, _, flat, _ = raster.circle_table(points, radii, h, w)
+    cost = rng.random(len(flat)).astype(np.float32)
+    label_map, _ = raster.lowest_cost_labels(flat, owner, cost, cost < 1.0, h * w, n)
+    coherent, _ = labels.connected_masks(label_map.reshape(h, w), points)
+    broken = coherent.copy()
+    cells = pixel_of(points, (h, w))
+    takers = rng.choice(n, 4, replace=False)
+    for k in takers:  # head k takes pixels whose 3×3 is all one other head (not a point pixel)
+        centre = broken[1:-1, 1:-1]
+        inside = (centre > 0) & (centre != k + 1)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                inside &= broken[1 + dy : h - 1 + dy, 1 + dx : w - 1 + dx] == centre
+        rows, cols = cells[:, 1] - 1, cells[:, 0] - 1
+        keep = (rows >= 0) & (rows < h - 2) & (cols >= 0) & (cols < w - 2)
+        inside[rows[keep], cols[keep]] = False
+        ys, xs = np.nonzero(inside)
+        pick = rng.choice(len(ys), min(3, len(ys)), replace=False)
+        broken[ys[pick] + 1, xs[pick] + 1] = k + 1
+    whole = label_kernels.connected_masks(broken, cells)
+    few = label_kernels.connected_masks(broken, cells, takers)
+    assert not np.array_equal(whole[0], broken)  # there was something to mend
+    for a, b in zip(whole, few, strict=True):
+        np.testing.assert_array_equal(a, b)

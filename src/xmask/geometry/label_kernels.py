@@ -152,13 +152,17 @@ def _flood(
 
 
 @njit(cache=True)
-def _connected_loop(labels: np.ndarray, cells: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _connected_loop(
+    labels: np.ndarray, cells: np.ndarray, n: int, todo: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Compiled :func:`xmask.geometry.labels.connected_masks` (``cells``: ``N×2 int64``
-    ``(column, row)`` point pixels): each head keeps the piece at its point pixel, else its
-    largest (ties to the last in raster order); then background regions off the border that
-    touch one head only go to it. Head by head inside the box of its pixels, so the work
-    follows the masks' area, not the image's: a hole enclosed by one head lies inside that
-    head's box, and a background region inside a box that does not reach its edge is whole."""
+    ``(column, row)`` point pixels; ``todo``: ``N+1 bool``, the heads whose pieces are looked
+    at): each head keeps the piece at its point pixel, else its largest (ties to the last in
+    raster order); then background regions off the border that touch one head only go to it,
+    for the heads in ``todo`` and those next to a pixel given up. Head by head inside the box
+    of its pixels, so the work follows the masks' area, not the image's: a hole enclosed by
+    one head lies inside that head's box, and a background region inside a box that does not
+    reach its edge is whole."""
     h, w = labels.shape
     out = labels.copy()
     boxes = np.empty((n + 1, 4), np.int64)
@@ -173,10 +177,11 @@ def _connected_loop(labels: np.ndarray, cells: np.ndarray, n: int) -> tuple[np.n
                 boxes[v, 2], boxes[v, 3] = min(boxes[v, 2], x), max(boxes[v, 3], x + 1)
     seen = np.zeros((h, w), np.int64)
     pixels = np.empty(h * w, np.int64)
+    fill = todo.copy()
     stamp = 0
     for k in range(1, n + 1):  # the pieces of each head: keep one
         y0, y1, x0, x1 = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
-        if y0 >= y1:
+        if y0 >= y1 or not todo[k]:
             continue
         at_point = out[cells[k - 1, 1], cells[k - 1, 0]] == k
         kept, kept_size, first = -1, -1, stamp + 1
@@ -194,8 +199,14 @@ def _connected_loop(labels: np.ndarray, cells: np.ndarray, n: int) -> tuple[np.n
             for x in range(x0, x1):
                 if out[y, x] == k and seen[y, x] != kept:
                     out[y, x] = 0
+                    for v in (out[max(y - 1, 0), x], out[min(y + 1, h - 1), x]):
+                        fill[v] = True
+                    for v in (out[y, max(x - 1, 0)], out[y, min(x + 1, w - 1)]):
+                        fill[v] = True
     for k in range(1, n + 1):  # the holes inside each head's box
         y0, y1, x0, x1 = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
+        if not fill[k]:
+            continue
         first = stamp + 1
         for y in range(y0, y1):
             for x in range(x0, x1):
@@ -237,8 +248,15 @@ def circle_table(
     return _circle_table_loop(pts, np.ascontiguousarray(radii, np.float32), height, width)
 
 
-def connected_masks(labels: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def connected_masks(
+    labels: np.ndarray, cells: np.ndarray, heads: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The compiled :func:`xmask.geometry.labels.connected_masks`, given the heads' point
     pixels (``N×2 int64`` ``(column, row)``) instead of their points."""
     cells = np.ascontiguousarray(cells, np.int64).reshape(-1, 2)
-    return _connected_loop(np.ascontiguousarray(labels, np.int32), cells, len(cells))
+    todo = np.zeros(len(cells) + 1, np.bool_)
+    if heads is None:
+        todo[1:] = True
+    else:
+        todo[np.asarray(heads, np.int64) + 1] = True
+    return _connected_loop(np.ascontiguousarray(labels, np.int32), cells, len(cells), todo)

@@ -175,13 +175,19 @@ def split_colocated(circles: HeadCircles) -> ColocatedSplit:
     return ColocatedSplit(shared, allowed, seed)
 
 
-def connected_masks(labels: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def connected_masks(
+    labels: np.ndarray, points: np.ndarray, heads: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Every head's mask as one 4-connected region holding its point, holes filled (module
     docstring, "Connected masks").
 
     Args:
         labels: ``H×W`` int label map, 0 background, ``k`` = ``points[k − 1]``.
         points: ``N×2`` ``(x, y)`` pixels inside the image.
+        heads: the indices of the only heads that may break the rule, when the caller knows
+            them (every other head one region holding its point pixel, with no background
+            region enclosed by it alone): the compiled loop then works on these and on the
+            heads next to a pixel they give up; the result is the same as with None.
 
     Returns:
         ``(H×W int32 labels, N int64 areas)``; ``labels`` is not modified.
@@ -191,7 +197,7 @@ def connected_masks(labels: np.ndarray, points: np.ndarray) -> tuple[np.ndarray,
         return np.asarray(labels, dtype=np.int32).copy(), np.zeros(n, dtype=np.int64)
     cell = pixel_of(np.asarray(points, dtype=np.float32).reshape(-1, 2), np.shape(labels))
     if kernels.ready("connected_masks"):
-        return label_kernels.connected_masks(labels, cell)
+        return label_kernels.connected_masks(labels, cell, heads)
     out = np.asarray(labels, dtype=np.int32).copy()
     pieces = connected_regions(out, background=0, connectivity=1)
     keep = np.zeros(n + 1, dtype=np.int64)

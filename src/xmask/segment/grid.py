@@ -14,7 +14,7 @@ Coherence holds as at full resolution: on the grid the points are first made dis
 piece holding its grid pixel, holes filled; repeated, a region stays one piece and holds its
 head's image point. Where a head's point ends in another head's block (two heads in one
 block), the point pixel is given back to its head and :func:`~xmask.geometry.labels.
-connected_masks` runs on the image's labels.
+connected_masks` mends those heads and the ones whose pixels they took.
 """
 
 from __future__ import annotations
@@ -91,8 +91,11 @@ def segment_on_grid(
         return labels, np.zeros(0, dtype=np.int64)
     cell = pixel_of(pts, size)
     own = np.arange(1, len(pts) + 1, dtype=np.int32)
-    if np.array_equal(labels[cell[:, 1], cell[:, 0]], own):
+    before = labels[cell[:, 1], cell[:, 0]]
+    if np.array_equal(before, own):
         return labels, np.bincount(labels.ravel(), minlength=len(pts) + 1)[1:].astype(np.int64)
     order = np.arange(len(pts))[::-1]  # lowest index last: it keeps a shared pixel
     labels[cell[order, 1], cell[order, 0]] = own[order]
-    return connected_masks(labels, pts)
+    moved = before != own  # these and the heads whose pixel they took may break the rule
+    heads = np.union1d(np.flatnonzero(moved), before[moved & (before > 0)] - 1)
+    return connected_masks(labels, pts, heads)
