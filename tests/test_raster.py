@@ -138,18 +138,25 @@ def test_warm_up_switches_to_the_compiled_kernels():
     assert not kernels._pending
 
 
+def _random_labels(rng, size, n, radii, keep):
+    """``n`` random points and the label map of random costs over their circles (radii drawn
+    from ``radii``; a pixel kept with probability ``keep``): many small pieces."""
+    h, w = size
+    points = np.stack([rng.uniform(0, w, n), rng.uniform(0, h, n)], 1).astype(np.float32)
+    _, owner, _, _, flat, _ = raster.circle_table(
+        points, rng.uniform(*radii, n).astype(np.float32), h, w
+    )
+    cost = rng.random(len(flat)).astype(np.float32)
+    label_map, _ = raster.lowest_cost_labels(flat, owner, cost, cost < keep, h * w, n)
+    return points, label_map.reshape(h, w)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_connected_masks_kernel_equals_its_twin(seed, monkeypatch):
     """A label map of many small pieces (random costs over overlapping circles): ties between
     equal pieces, holes touching several heads, pieces at the border."""
-    rng = np.random.default_rng(seed)
-    h, w, n = 60, 80, 40
-    points = np.stack([rng.uniform(0, w, n), rng.uniform(0, h, n)], 1).astype(np.float32)
-    radii = rng.uniform(2, 9, n).astype(np.float32)
-    _, owner, _, _, flat, _ = raster.circle_table(points, radii, h, w)
-    cost = rng.random(len(flat)).astype(np.float32)
-    label_map, _ = raster.lowest_cost_labels(flat, owner, cost, cost < 0.7, h * w, n)
-    label_map = label_map.reshape(h, w)
+    h, w = 60, 80
+    points, label_map = _random_labels(np.random.default_rng(seed), (h, w), 40, (2, 9), 0.7)
     compiled = label_kernels.connected_masks(label_map, pixel_of(points, (h, w)))
     monkeypatch.setattr(kernels, "_pending", {"connected_masks"})
     twin = labels.connected_masks(label_map, points)
@@ -179,12 +186,8 @@ def test_connected_masks_of_a_few_heads_equal_all_of_them(seed):
     the whole pass: the pixels they give up become holes of those neighbours, filled too."""
     rng = np.random.default_rng(10 + seed)
     h, w, n = 60, 80, 30
-    points = np.stack([rng.uniform(0, w, n), rng.uniform(0, h, n)], 1).astype(np.float32)
-    radii = rng.uniform(6, 14, n).astype(np.float32)
-    _, owner, _, _, flat, _ = raster.circle_table(points, radii, h, w)
-    cost = rng.random(len(flat)).astype(np.float32)
-    label_map, _ = raster.lowest_cost_labels(flat, owner, cost, cost < 1.0, h * w, n)
-    coherent, _ = labels.connected_masks(label_map.reshape(h, w), points)
+    points, label_map = _random_labels(rng, (h, w), n, (6, 14), 1.0)
+    coherent, _ = labels.connected_masks(label_map, points)
     broken = coherent.copy()
     cells = pixel_of(points, (h, w))
     takers = rng.choice(n, 4, replace=False)
