@@ -1,7 +1,7 @@
 """Wall time of ``xmask predict`` as a user runs it, and its memory on a huge image.
 
     python benchmarks/predict_speed.py [--model NAME_OR_PATH] [--images DIR] [--work DIR]
-                                       [--backend torch|onnx|onnx-int8]
+                                       [--backend torch|onnx|onnx-int8] [--mask-grid 1|2|4]
 
 Three measurements, each a fresh ``xmask predict`` process (start-up included: Python, torch,
 the model; PyTorch's own thread count, the CLI's default):
@@ -79,8 +79,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI sets it
 from xmask.apps.sources import find_sources
 from xmask.apps.video import predict_video
 from xmask.inference.predictor import Predictor
-model, video, out, pipeline, backend = sys.argv[1:6]
-predictor = Predictor.load(None if model == "default" else model, device="cpu", backend=backend)
+model, video, out, pipeline, backend, grid = sys.argv[1:7]
+predictor = Predictor.load(
+    None if model == "default" else model, device="cpu", backend=backend, mask_grid=int(grid)
+)
 source = find_sources([video])[0]
 predict_video(predictor, source, out + "-warm", every=1000, progress=False)
 start = time.perf_counter()
@@ -100,10 +102,11 @@ def _child(args: list[str]) -> tuple[float, str]:
 
 
 def _predict(model: str, backend: str, source: Path, out: Path, *extra: str) -> tuple[float, float]:
-    """``xmask predict SOURCE --out OUT --backend BACKEND [EXTRA]`` in a child: (wall seconds,
-    its peak RSS in MiB)."""
+    """``xmask predict SOURCE --out OUT --backend BACKEND --mask-grid G [EXTRA]`` in a child
+    (``backend``: ``"BACKEND:G"``): (wall seconds, its peak RSS in MiB)."""
     command = [sys.executable, "-c", PREDICT, "predict", str(source), "--out", str(out), *extra]
-    command += ["--backend", backend]
+    name, _, grid = backend.partition(":")
+    command += ["--backend", name, "--mask-grid", grid]
     wall, stdout = _child(command + ([] if model == "default" else ["--model", model]))
     peak = next(line for line in stdout.splitlines() if line.startswith("PEAK_RSS_MB"))
     return wall, float(peak.split()[1])
@@ -185,7 +188,7 @@ def _compare(
                         str(video),
                         f"{out}-video",
                         pipelined,
-                        backend,
+                        *(backend.partition(":")[::2]),
                     ]
                 )
                 timed = json.loads(stdout.strip().splitlines()[-1])
@@ -208,24 +211,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds of --compare")
     parser.add_argument("--video-frames", type=int, default=12, help="frames of --compare's video")
     parser.add_argument("--backend", default="torch", choices=("torch", "onnx", "onnx-int8"))
+    parser.add_argument("--mask-grid", default="1", choices=("1", "2", "4"), help="--mask-grid")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="xmask-predict-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {"model": args.model, "backend": args.backend, "cpus": os.cpu_count()}
+    result["mask_grid"] = int(args.mask_grid)
+    spec = f"{args.backend}:{args.mask_grid}"  # what _predict and the video child run
     if args.compare:
         folder = _folder(_images(args.images, work, args.compare), work / "compare")
-        result["compare"] = _compare(
-            args.model, args.backend, folder, work, args.rounds, args.video_frames
-        )
+        result["compare"] = _compare(args.model, spec, folder, work, args.rounds, args.video_frames)
         print(json.dumps(result, indent=2))
         return
 
     images = _images(args.images, work, 50)
-    wall_one, rss_one = _predict(args.model, args.backend, images[0], work / "one")
+    wall_one, rss_one = _predict(args.model, spec, images[0], work / "one")
     result["one_image"] = {"image": str(images[0]), "wall_s": wall_one, "peak_rss_mb": rss_one}
 
     folder = _folder(images, work / "fifty")
-    wall_fifty, rss_fifty = _predict(args.model, args.backend, folder, work / "fifty-out")
+    wall_fifty, rss_fifty = _predict(args.model, spec, folder, work / "fifty-out")
     summary = json.loads((work / "fifty-out" / "summary.json").read_text())
     result["fifty_images"] = {
         "wall_s": wall_fifty,
@@ -244,7 +248,7 @@ def main() -> None:
     Image.fromarray(crowd.image).save(work / "huge.png")
     write_points_txt(work / "huge.txt", crowd.points)
     del crowd
-    wall_huge, rss_huge = _predict(args.model, args.backend, work / "huge.png", work / "huge-out")
+    wall_huge, rss_huge = _predict(args.model, spec, work / "huge.png", work / "huge-out")
     record = json.loads((work / "huge-out" / "predictions" / "huge.json").read_text())
     result["huge_predict"] = {
         "size": "6000x4000",
