@@ -25,7 +25,7 @@ from pycocotools import mask as mask_utils
 
 from conftest import REPO, interruptible
 from xmask.apps.serve import PredictQuery, PredictService, RequestError, ServeLimits
-from xmask.apps.serve_http import ServeRequest, ServeServer
+from xmask.apps.serve_http import ServeRequest, ServeServer, open_server
 from xmask.apps.zones import Zone, zone_counts
 from xmask.data.synthetic import make_crowd
 from xmask.geometry.points import pixel_of
@@ -193,6 +193,22 @@ def test_cli_defaults_agree_with_the_library() -> None:
     assert limits.timeout_s == cli.DEFAULT_TIMEOUT_S
     args = build_parser().parse_args(["serve"])
     assert (args.host, args.port) == ("127.0.0.1", 8000)
+
+
+def test_serve_takes_a_mask_grid(crowd: np.ndarray) -> None:
+    """``xmask serve --mask-grid 4`` serves masks made on 4×4 blocks, each one region."""
+    from xmask.cli import build_parser
+
+    assert build_parser().parse_args(["serve", "--mask-grid", "4"]).mask_grid == 4
+    server = open_server(ServeRequest(device="cpu", port=0, mask_grid=4))
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+        predictor = server.service.predictor
+        assert predictor.mask_grid == 4
+        result = predictor(crowd)
+        assert result.labels.shape == crowd.shape[:2] and (result.areas > 0).all()
+    finally:
+        server.server_close()
 
 
 @pytest.mark.timeout(120)

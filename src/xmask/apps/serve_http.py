@@ -75,6 +75,7 @@ class ServeRequest:
         device: ``"auto"``, ``"cpu"``, ``"cuda:N"``.
         backend: what runs the network (``"auto"``: the int8 graph on a CPU where the model
             has one; :meth:`~xmask.inference.predictor.Predictor.load`).
+        mask_grid: masks on blocks of this many pixels a side (:mod:`xmask.segment.grid`).
         host: the address to listen on (a loopback one unless the user says otherwise).
         port: the port (0: any free one).
         limits: what one request may ask.
@@ -86,6 +87,7 @@ class ServeRequest:
     scale: str = "auto"
     device: str = "auto"
     backend: str = "auto"
+    mask_grid: int = 1
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     limits: ServeLimits = field(default_factory=ServeLimits)
@@ -135,6 +137,7 @@ def open_server(request: ServeRequest) -> ServeServer:
         request.threshold,
         request.scale,
         backend=request.backend,
+        mask_grid=request.mask_grid,
     )
     return ServeServer(PredictService(predictor, request.limits), request.host, request.port)
 

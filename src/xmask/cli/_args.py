@@ -28,7 +28,8 @@ MASK_GRIDS = (1, 2, 4)
 """``--mask-grid``: :data:`xmask.segment.grid.GRIDS`, spelled here for the same reason."""
 MASK_GRID_HELP = (
     "segment on blocks of this many pixels a side: 1 (default, every pixel), 2 or 4 (about "
-    "4x or 16x less work after the network, coarser mask edges; README, Speed)"
+    "4x or 16x less work after the network, coarser mask edges; README, Masks on a coarser "
+    "grid)"
 )
 THRESHOLD_HELP = (
     "count cells with a logit above this; auto (default): the model's own threshold (a model "

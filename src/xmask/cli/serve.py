@@ -6,7 +6,14 @@ import argparse
 import sys
 
 from xmask.cli import EXIT_OK, image_limit
-from xmask.cli._args import BACKEND_CHOICES, BACKEND_HELP, add_device_option, add_model_options
+from xmask.cli._args import (
+    BACKEND_CHOICES,
+    BACKEND_HELP,
+    MASK_GRID_HELP,
+    MASK_GRIDS,
+    add_device_option,
+    add_model_options,
+)
 
 DEFAULT_UPLOAD_MB = 20
 DEFAULT_PIXELS = 25_000_000
@@ -32,6 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_options(parser)
     add_device_option(parser)
     parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help=BACKEND_HELP)
+    parser.add_argument(
+        "--mask-grid", type=int, choices=MASK_GRIDS, default=1, metavar="G", help=MASK_GRID_HELP
+    )
     parser.add_argument(
         "--host",
         default="127.0.0.1",
@@ -80,7 +90,8 @@ def run_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-upload-mb, --max-pixels and --timeout: {err}") from err
     request = ServeRequest(
         model=args.model, which=args.which, threshold=args.threshold, scale=args.scale,
-        device=args.device, backend=args.backend, host=args.host, port=args.port, limits=limits,
+        device=args.device, backend=args.backend, mask_grid=args.mask_grid, host=args.host,
+        port=args.port, limits=limits,
     )  # fmt: skip
     server = open_server(request)
     print(f"xmask serve: {server.url} (model {server.service.model}); Ctrl-C stops", flush=True)
