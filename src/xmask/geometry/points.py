@@ -187,10 +187,13 @@ def distinct_pixels(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     out = np.asarray(points, dtype=np.float32).reshape(-1, 2).copy()
     h, w = size
     cells = pixel_of(out, size)
-    moved = np.flatnonzero(duplicate_mask(cells))  # a pixel's later points
+    flat = cells[:, 1] * w + cells[:, 0]
+    later = np.ones(len(flat), dtype=bool)
+    later[np.unique(flat, return_index=True)[1]] = False
+    moved = np.flatnonzero(later)  # a pixel's later points
     if len(moved) == 0:
         return out
-    taken = set((cells[:, 1] * w + cells[:, 0]).tolist())
+    taken = set(flat.tolist())
     for k in moved.tolist():
         col, row = int(cells[k, 0]), int(cells[k, 1])
         for ring in range(1, FREE_PIXEL_RING + 1):
