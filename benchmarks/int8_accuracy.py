@@ -34,7 +34,7 @@ from xmask.data.readers import open_dataset
 from xmask.errors import DataError
 from xmask.inference.onnx_backend import parity
 from xmask.inference.predictor import BACKENDS, Predictor
-from xmask.metrics.localisation import localisation_counts
+from xmask.metrics.localisation import MatchCounts, localisation_counts
 
 SIGMAS = (4.0, 8.0)
 """Localisation thresholds in pixels."""
@@ -60,7 +60,7 @@ def main() -> None:
     errors: dict[str, list[int]] = {b: [] for b in backends}
     seconds: dict[str, list[float]] = {b: [] for b in backends}
     ious: dict[str, list[float]] = {b: [] for b in backends}
-    located = {b: np.zeros((len(SIGMAS), 3), dtype=np.int64) for b in backends}
+    located = {b: {s: MatchCounts() for s in SIGMAS} for b in backends}
     skipped = []
     start = time.perf_counter()
     for index in tqdm(range(len(dataset)), desc="images", unit="img"):
@@ -74,8 +74,8 @@ def main() -> None:
             features = predictor.set_image(sample.image)
             own = predictor.predict(masks=False)
             errors[backend].append(own.count - sample.count)
-            counts = localisation_counts(own.points, sample.points, SIGMAS).values()
-            located[backend] += [[c.tp, c.fp, c.fn] for c in counts]
+            for sigma, counts in localisation_counts(own.points, sample.points, SIGMAS).items():
+                located[backend][sigma] += counts
             seconds[backend].append(features.network_s)
             if index < args.masks and predictor.has_masks:
                 heads = own.points if heads is None else heads
@@ -107,9 +107,8 @@ def main() -> None:
             "network_s": round(statistics.median(seconds[backend]), 3) if len(err) else None,
             "mask_iou": round(float(np.mean(ious[backend])), 4) if ious[backend] else None,
         }
-        for sigma, (tp, fp, fn) in zip(SIGMAS, located[backend], strict=True):
-            f1 = 2 * tp / max(2 * tp + fp + fn, 1)
-            report["backends"][backend][f"f1_{sigma:g}px"] = round(float(f1), 4)
+        for sigma, counts in located[backend].items():
+            report["backends"][backend][f"f1_{sigma:g}px"] = round(counts.f1, 4)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 PREDICT = """
@@ -101,13 +102,23 @@ def _child(args: list[str]) -> tuple[float, str]:
     return wall, done.stdout
 
 
-def _predict(model: str, backend: str, source: Path, out: Path, *extra: str) -> tuple[float, float]:
-    """``xmask predict SOURCE --out OUT --backend BACKEND --mask-grid G [EXTRA]`` in a child
-    (``backend``: ``"BACKEND:G"``): (wall seconds, its peak RSS in MiB)."""
+@dataclass(frozen=True)
+class Setup:
+    """What every measured ``xmask predict`` runs: the model (``"default"``: the shipped one),
+    the backend and the mask grid."""
+
+    model: str
+    backend: str
+    grid: str
+
+
+def _predict(setup: Setup, source: Path, out: Path, *extra: str) -> tuple[float, float]:
+    """``xmask predict SOURCE --out OUT --backend B --mask-grid G [EXTRA]`` in a child: (wall
+    seconds, its peak RSS in MiB)."""
     command = [sys.executable, "-c", PREDICT, "predict", str(source), "--out", str(out), *extra]
-    name, _, grid = backend.partition(":")
-    command += ["--backend", name, "--mask-grid", grid]
-    wall, stdout = _child(command + ([] if model == "default" else ["--model", model]))
+    command += ["--backend", setup.backend, "--mask-grid", setup.grid]
+    model = [] if setup.model == "default" else ["--model", setup.model]
+    wall, stdout = _child(command + model)
     peak = next(line for line in stdout.splitlines() if line.startswith("PEAK_RSS_MB"))
     return wall, float(peak.split()[1])
 
@@ -160,7 +171,7 @@ def _video(images: list[Path], path: Path) -> Path:
 
 
 def _compare(
-    model: str, backend: str, folder: Path, work: Path, rounds: int, frames: int
+    setup: Setup, folder: Path, work: Path, rounds: int, frames: int
 ) -> dict[str, list[dict]]:
     """The ``--compare`` runs (module docstring), alternating."""
     video = _video(sorted(folder.iterdir())[:frames], work / "compare.mp4")
@@ -172,7 +183,7 @@ def _compare(
                 out = work / f"compare-{turn}{mode}-{threads}"
                 run = {"mode": mode.strip("-"), "torch_threads": int(threads)}
                 load = os.getloadavg()[0]
-                wall, _ = _predict(model, backend, folder, out, mode, "--force")
+                wall, _ = _predict(setup, folder, out, mode, "--force")
                 summary = json.loads((out / "summary.json").read_text())
                 per_image = round(summary["seconds"] / summary["predicted"], 3)
                 runs["images"].append(run | {"per_image_s": per_image, "wall_s": round(wall, 1)})
@@ -184,11 +195,12 @@ def _compare(
                         sys.executable,
                         "-c",
                         VIDEO,
-                        model,
+                        setup.model,
                         str(video),
                         f"{out}-video",
                         pipelined,
-                        *(backend.partition(":")[::2]),
+                        setup.backend,
+                        setup.grid,
                     ]
                 )
                 timed = json.loads(stdout.strip().splitlines()[-1])
@@ -217,19 +229,19 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {"model": args.model, "backend": args.backend, "cpus": os.cpu_count()}
     result["mask_grid"] = int(args.mask_grid)
-    spec = f"{args.backend}:{args.mask_grid}"  # what _predict and the video child run
+    setup = Setup(args.model, args.backend, args.mask_grid)
     if args.compare:
         folder = _folder(_images(args.images, work, args.compare), work / "compare")
-        result["compare"] = _compare(args.model, spec, folder, work, args.rounds, args.video_frames)
+        result["compare"] = _compare(setup, folder, work, args.rounds, args.video_frames)
         print(json.dumps(result, indent=2))
         return
 
     images = _images(args.images, work, 50)
-    wall_one, rss_one = _predict(args.model, spec, images[0], work / "one")
+    wall_one, rss_one = _predict(setup, images[0], work / "one")
     result["one_image"] = {"image": str(images[0]), "wall_s": wall_one, "peak_rss_mb": rss_one}
 
     folder = _folder(images, work / "fifty")
-    wall_fifty, rss_fifty = _predict(args.model, spec, folder, work / "fifty-out")
+    wall_fifty, rss_fifty = _predict(setup, folder, work / "fifty-out")
     summary = json.loads((work / "fifty-out" / "summary.json").read_text())
     result["fifty_images"] = {
         "wall_s": wall_fifty,
@@ -248,7 +260,7 @@ def main() -> None:
     Image.fromarray(crowd.image).save(work / "huge.png")
     write_points_txt(work / "huge.txt", crowd.points)
     del crowd
-    wall_huge, rss_huge = _predict(args.model, spec, work / "huge.png", work / "huge-out")
+    wall_huge, rss_huge = _predict(setup, work / "huge.png", work / "huge-out")
     record = json.loads((work / "huge-out" / "predictions" / "huge.json").read_text())
     result["huge_predict"] = {
         "size": "6000x4000",

@@ -7,7 +7,7 @@ steps run on an image ``g`` times smaller along each side, whose embedding cells
 lengths of :class:`~xmask.segment.instances.SegmentConfig` scaled by ``1 / g`` (σ, the kernel,
 ``r_min``; λ and ``τ_g`` act on normalised quantities and stay). The labels are then repeated
 ``g×g`` and cropped to the image: about ``g²`` times less work after the network, coarser
-mask edges (docs/masks.md measures both).
+mask edges (README, "Masks on a coarser grid", measures both).
 
 Coherence holds as at full resolution: on the grid the points are first made distinct
 (:func:`~xmask.geometry.points.distinct_pixels`) and each head's region is one 4-connected
