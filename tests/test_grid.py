@@ -5,6 +5,7 @@ one 4-connected region holding its point."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,9 +15,10 @@ from scipy import ndimage
 from conftest import tiny_model
 from xmask.cli._args import MASK_GRIDS
 from xmask.errors import UsageError
+from xmask.geometry.labels import connected_masks
 from xmask.geometry.points import distinct_pixels, pixel_of
 from xmask.inference.predictor import Predictor
-from xmask.segment.grid import GRIDS, grid_config, segment_on_grid
+from xmask.segment.grid import GRIDS, grid_config, repeat_and_mend, segment_on_grid
 from xmask.segment.instances import (
     INFERENCE,
     SegmentConfig,
@@ -70,7 +72,7 @@ def _is_one_region_holding(labels: np.ndarray, k: int, pixel: np.ndarray) -> boo
 @pytest.mark.parametrize("grid", [2, 4])
 @pytest.mark.parametrize(("size", "heads", "seed"), [((90, 130), 80, 0), ((61, 47), 40, 1)])
 def test_grid_masks_are_the_small_images_repeated_and_coherent(
-    grid: int, size: tuple[int, int], heads: int, seed: int
+    grid: int, size: tuple[int, int], heads: int, seed: int, kernel_path: str
 ) -> None:
     cells, pts = _scene(*size, heads, seed)
     labels, areas = segment_on_grid(cells, size, pts, INFERENCE, grid, core=32)
@@ -90,6 +92,12 @@ def test_grid_masks_are_the_small_images_repeated_and_coherent(
     for k in moved:  # their point pixels, taken from another head
         touched[cell[k, 1], cell[k, 0]] = True
     assert len(moved) > 0  # the scene has heads sharing a block: the give-back path runs
+    given_back = repeated.copy()  # mended on the whole image, every head looked at
+    order = np.arange(len(pts))[::-1]
+    given_back[cell[order, 1], cell[order, 0]] = order + 1
+    whole, whole_areas = connected_masks(given_back, pts)
+    np.testing.assert_array_equal(labels, whole)
+    np.testing.assert_array_equal(areas, whole_areas)
     np.testing.assert_array_equal(labels[~touched], repeated[~touched])
     first = np.unique(cell, axis=0, return_index=True)[1]
     for k in range(len(pts)):
@@ -139,3 +147,56 @@ def test_predict_takes_a_mask_grid(tmp_path) -> None:
     for grid, redone in (("4", 1), ("2", 1), ("2", 0), ("1", 1)):
         assert main([*base, "--mask-grid", grid]) == 0
         assert json.loads((out / "summary.json").read_text())["predicted"] == redone, grid
+
+
+def _mended_on_the_whole_image(small: np.ndarray, grid: int, size, pts: np.ndarray):
+    """The slow reference of :func:`repeat_and_mend`: repeat, give every point pixel back, then
+    look at every head of the whole image."""
+    labels = np.kron(small, np.ones((grid, grid), dtype=np.int32))[: size[0], : size[1]]
+    cell = pixel_of(pts, size)
+    order = np.arange(len(pts))[::-1]
+    labels[cell[order, 1], cell[order, 0]] = order + 1
+    return connected_masks(labels, pts)
+
+
+def test_mending_reaches_a_hole_beyond_the_broken_heads(kernel_path: str) -> None:
+    # A (1) has its point in C's (3) block, so its own block is dropped; the background next
+    # to it, enclosed by A and B (2) before, is then enclosed by B alone and becomes B's, out to
+    # columns no box of A or C reaches
+    small = np.array(
+        [
+            [2, 2, 2, 2, 2, 2, 2, 2],
+            [2, 1, 0, 0, 0, 0, 0, 2],
+            [2, 2, 2, 2, 2, 2, 2, 2],
+            [0, 0, 0, 0, 0, 0, 0, 0],
+            [3, 3, 0, 0, 0, 0, 0, 0],
+            [3, 3, 0, 0, 0, 0, 0, 0],
+        ],
+        dtype=np.int32,
+    )
+    grid, size = 2, (12, 15)
+    pts = np.array([[1.5, 9.5], [0.5, 0.5], [0.5, 10.5]], dtype=np.float32)
+    labels, areas = repeat_and_mend(small, grid, size, pts)
+    whole, whole_areas = _mended_on_the_whole_image(small, grid, size, pts)
+    np.testing.assert_array_equal(labels, whole)
+    np.testing.assert_array_equal(areas, whole_areas)
+    assert labels[3, 12] == 2 and labels[2, 2] == 2  # the hole and A's block went to B
+    assert labels[9, 1] == 1 and areas[0] == 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_mending_in_a_crop_equals_the_whole_image(seed: int, kernel_path: str) -> None:
+    # random grid maps (each head one region holding its grid pixel) and points that share blocks
+    rng = np.random.default_rng(seed)
+    grid = (2, 4)[seed % 2]
+    cells, pts = _scene(60, 84, 50, seed)
+    small_size = (math.ceil(60 / grid), math.ceil(84 / grid))
+    limit = np.array([small_size[1], small_size[0]], np.float32)
+    on_grid = distinct_pixels(np.minimum(pts / grid, limit), small_size)
+    cfg = replace(grid_config(INFERENCE, grid), tau_g=float(rng.uniform(0.5, 3.0)))
+    table = smoothed_for_segmentation(cells, small_size, cfg, stride=4 // grid)
+    small = segment_instances(table, on_grid, None, cfg).labels
+    labels, areas = repeat_and_mend(small, grid, (60, 84), pts)
+    whole, whole_areas = _mended_on_the_whole_image(small, grid, (60, 84), pts)
+    np.testing.assert_array_equal(labels, whole)
+    np.testing.assert_array_equal(areas, whole_areas)

@@ -186,8 +186,10 @@ def connected_masks(
         points: ``N×2`` ``(x, y)`` pixels inside the image.
         heads: the indices of the only heads that may break the rule, when the caller knows
             them (every other head one region holding its point pixel, with no background
-            region enclosed by it alone): the compiled loop then works on these and on the
-            heads next to a pixel they give up; the result is the same as with None.
+            region enclosed by it alone): only their pieces are dropped, and the compiled
+            loop fills holes only of these and of the heads next to a pixel they give up; the
+            result is the same as with None. ``labels`` may then be a crop of the image that
+            holds the boxes of all those heads (:mod:`xmask.segment.grid` mends in one).
 
     Returns:
         ``(H×W int32 labels, N int64 areas)``; ``labels`` is not modified.
@@ -209,7 +211,12 @@ def connected_masks(
     at_point = pieces[cell[:, 1], cell[:, 0]]
     holds = out[cell[:, 1], cell[:, 0]] == np.arange(1, n + 1)
     keep[np.flatnonzero(holds) + 1] = at_point[holds]
-    out[(out > 0) & (pieces != keep[out])] = 0
+    drop = (out > 0) & (pieces != keep[out])
+    if heads is not None:  # as the compiled loop: only these heads' pieces are looked at
+        todo = np.zeros(n + 1, dtype=bool)
+        todo[np.asarray(heads, dtype=np.int64) + 1] = True
+        drop &= todo[out]
+    out[drop] = 0
     _fill_holes(out)
     return out, np.bincount(out.ravel(), minlength=n + 1)[1:].astype(np.int64)
 

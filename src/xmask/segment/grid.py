@@ -14,7 +14,9 @@ Coherence holds as at full resolution: on the grid the points are first made dis
 piece holding its grid pixel, holes filled; repeated, a region stays one piece and holds its
 head's image point. Where a head's point ends in another head's block (two heads in one
 block), the point pixel is given back to its head and :func:`~xmask.geometry.labels.
-connected_masks` mends those heads and the ones whose pixels they took.
+connected_masks` mends those heads and the ones whose pixels they took, on the part of the
+image that holds every box the mending can change (not the whole image: on a 1,603-head
+image at ``g = 4`` that took a third of the time after the network).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import math
 from dataclasses import replace
 
 import numpy as np
+from scipy import ndimage
 from torch import Tensor
 
 from xmask.geometry.labels import connected_masks
@@ -85,17 +88,90 @@ def segment_on_grid(
         buffer,
         STRIDE // grid,
     )
-    labels = np.repeat(np.repeat(instances.labels, grid, axis=0), grid, axis=1)
-    labels = np.ascontiguousarray(labels[:height, :width])
+    return repeat_and_mend(instances.labels, grid, size, pts)
+
+
+def repeat_and_mend(
+    small: np.ndarray, grid: int, size: tuple[int, int], points: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The labels of the grid brought to the image: each repeated over its ``grid×grid`` block,
+    every head's point pixel given back to it, the heads this breaks mended.
+
+    Args:
+        small: ``h×w int32`` labels on the grid (``h = ⌈H / grid⌉``), each head one
+            4-connected region, no background region enclosed by one head alone.
+        size: ``(H, W)`` of the image.
+        points: ``N×2`` ``(x, y)`` image pixels of the heads.
+
+    Returns:
+        ``(H×W int32 labels, N int64 areas)``, as :func:`segment_on_grid`.
+    """
+    pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+    labels = _repeated(small, grid, size)
+    areas = _block_areas(small, grid, size, len(pts))
     if len(pts) == 0:
-        return labels, np.zeros(0, dtype=np.int64)
+        return labels, areas
     cell = pixel_of(pts, size)
     own = np.arange(1, len(pts) + 1, dtype=np.int32)
     before = labels[cell[:, 1], cell[:, 0]]
-    if np.array_equal(before, own):
-        return labels, np.bincount(labels.ravel(), minlength=len(pts) + 1)[1:].astype(np.int64)
+    moved = before != own  # these and the heads whose pixel they took may break the rule
+    if not moved.any():
+        return labels, areas
+    heads = np.union1d(np.flatnonzero(moved), before[moved & (before > 0)] - 1)
+    y0, y1, x0, x1 = _mend_box(labels, small, grid, cell, heads)
+    window = labels[y0:y1, x0:x1]
+    areas -= np.bincount(window.ravel(), minlength=len(pts) + 1)[1:]
     order = np.arange(len(pts))[::-1]  # lowest index last: it keeps a shared pixel
     labels[cell[order, 1], cell[order, 0]] = own[order]
-    moved = before != own  # these and the heads whose pixel they took may break the rule
-    heads = np.union1d(np.flatnonzero(moved), before[moved & (before > 0)] - 1)
-    return connected_masks(labels, pts, heads)
+    mended, _ = connected_masks(window, pts - np.array([x0, y0], dtype=np.float32), heads)
+    labels[y0:y1, x0:x1] = mended
+    areas += np.bincount(mended.ravel(), minlength=len(pts) + 1)[1:]
+    return labels, areas
+
+
+def _repeated(small: np.ndarray, grid: int, size: tuple[int, int]) -> np.ndarray:
+    """``H×W int32``: each label of the ``h×w`` map ``small`` repeated over its ``grid×grid``
+    block, cropped to ``size = (H, W)``."""
+    height, width = size
+    labels = np.repeat(np.repeat(small, grid, axis=0), grid, axis=1)
+    return np.ascontiguousarray(labels[:height, :width], dtype=np.int32)
+
+
+def _block_areas(small: np.ndarray, grid: int, size: tuple[int, int], n: int) -> np.ndarray:
+    """``N int64``: pixels of each head in :func:`_repeated` ``(small)``, from the small map
+    (the last row and column of blocks are cut by the image's border)."""
+    rows = np.minimum(grid, size[0] - grid * np.arange(small.shape[0]))
+    cols = np.minimum(grid, size[1] - grid * np.arange(small.shape[1]))
+    weights = (rows[:, None] * cols[None, :]).ravel().astype(np.float64)
+    counts = np.bincount(small.ravel(), weights=weights, minlength=n + 1)[1:]
+    return np.rint(counts).astype(np.int64)
+
+
+def _mend_box(
+    labels: np.ndarray, small: np.ndarray, grid: int, cell: np.ndarray, heads: np.ndarray
+) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)``: the part of the image outside which mending ``heads`` changes
+    nothing, so that :func:`~xmask.geometry.labels.connected_masks` runs on it alone.
+
+    Mending drops pieces of ``heads`` (inside their boxes, which hold their point pixels) and
+    fills holes of them and of the heads next to a dropped pixel (inside those heads' boxes).
+    The part holds all these boxes, a pixel beyond each of ``heads``' (so that every neighbour
+    of a dropped pixel is seen). Boxes come from the small map (``labels`` is ``small``
+    repeated, before the point pixels are given back)."""
+    height, width = labels.shape
+    objects = ndimage.find_objects(small, max_label=len(cell))
+    box = np.array([height, 0, width, 0])
+
+    def grow(k: int, margin: int) -> tuple[slice, slice]:
+        rows, cols = objects[k] or (slice(cell[k, 1], cell[k, 1]), slice(cell[k, 0], cell[k, 0]))
+        y0 = max(min(rows.start * grid, cell[k, 1]) - margin, 0)
+        y1 = min(max(rows.stop * grid, cell[k, 1] + 1) + margin, height)
+        x0 = max(min(cols.start * grid, cell[k, 0]) - margin, 0)
+        x1 = min(max(cols.stop * grid, cell[k, 0] + 1) + margin, width)
+        box[:] = min(box[0], y0), max(box[1], y1), min(box[2], x0), max(box[3], x1)
+        return slice(y0, y1), slice(x0, x1)
+
+    neighbours = [np.unique(labels[grow(k, 1)]) for k in heads]
+    for k in np.setdiff1d(np.concatenate(neighbours), [0]) - 1:
+        grow(k, 0)
+    return int(box[0]), int(box[1]), int(box[2]), int(box[3])
