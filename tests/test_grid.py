@@ -21,6 +21,7 @@ from xmask.inference.predictor import Predictor
 from xmask.segment.grid import GRIDS, grid_config, repeat_and_mend, segment_on_grid
 from xmask.segment.instances import (
     INFERENCE,
+    Instances,
     SegmentConfig,
     segment_instances,
     smoothed_for_segmentation,
@@ -159,6 +160,20 @@ def _mended_on_the_whole_image(small: np.ndarray, grid: int, size, pts: np.ndarr
     return connected_masks(labels, pts)
 
 
+def _on_grid(small: np.ndarray, on_grid: np.ndarray) -> Instances:
+    """``small`` as the segmentation of heads at ``on_grid``, each circle just holding its
+    region."""
+    rows, cols = np.indices(small.shape)
+    radii = [
+        np.hypot(cols[small == k] + 0.5 - x, rows[small == k] + 0.5 - y).max()
+        for k, (x, y) in enumerate(on_grid, start=1)
+    ]
+    n = len(on_grid)
+    ones = np.ones(n, np.float32)
+    area = np.bincount(small.ravel(), minlength=n + 1)[1:]
+    return Instances(small, on_grid, ones, np.float32(radii), area, np.zeros(n, bool))
+
+
 def test_mending_reaches_a_hole_beyond_the_broken_heads(kernel_path: str) -> None:
     # A (1) has its point in C's (3) block, so its own block is dropped; the background next
     # to it, enclosed by A and B (2) before, is then enclosed by B alone and becomes B's, out to
@@ -175,8 +190,9 @@ def test_mending_reaches_a_hole_beyond_the_broken_heads(kernel_path: str) -> Non
         dtype=np.int32,
     )
     grid, size = 2, (12, 15)
+    on_grid = np.array([[1.5, 1.5], [0.5, 0.5], [0.5, 4.5]], dtype=np.float32)
     pts = np.array([[1.5, 9.5], [0.5, 0.5], [0.5, 10.5]], dtype=np.float32)
-    labels, areas = repeat_and_mend(small, grid, size, pts)
+    labels, areas = repeat_and_mend(_on_grid(small, on_grid), grid, size, pts)
     whole, whole_areas = _mended_on_the_whole_image(small, grid, size, pts)
     np.testing.assert_array_equal(labels, whole)
     np.testing.assert_array_equal(areas, whole_areas)
@@ -195,8 +211,8 @@ def test_mending_in_a_crop_equals_the_whole_image(seed: int, kernel_path: str) -
     on_grid = distinct_pixels(np.minimum(pts / grid, limit), small_size)
     cfg = replace(grid_config(INFERENCE, grid), tau_g=float(rng.uniform(0.5, 3.0)))
     table = smoothed_for_segmentation(cells, small_size, cfg, stride=4 // grid)
-    small = segment_instances(table, on_grid, None, cfg).labels
+    small = segment_instances(table, on_grid, None, cfg)
     labels, areas = repeat_and_mend(small, grid, (60, 84), pts)
-    whole, whole_areas = _mended_on_the_whole_image(small, grid, (60, 84), pts)
+    whole, whole_areas = _mended_on_the_whole_image(small.labels, grid, (60, 84), pts)
     np.testing.assert_array_equal(labels, whole)
     np.testing.assert_array_equal(areas, whole_areas)

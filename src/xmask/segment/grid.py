@@ -25,12 +25,11 @@ import math
 from dataclasses import replace
 
 import numpy as np
-from scipy import ndimage
 from torch import Tensor
 
 from xmask.geometry.labels import connected_masks
 from xmask.geometry.points import distinct_pixels, pixel_of
-from xmask.segment.instances import SegmentConfig
+from xmask.segment.instances import Instances, SegmentConfig
 from xmask.segment.windows import CORE, STRIDE, TableBuffer, segment_in_windows
 
 GRIDS = (1, 2, 4)
@@ -88,18 +87,19 @@ def segment_on_grid(
         buffer,
         STRIDE // grid,
     )
-    return repeat_and_mend(instances.labels, grid, size, pts)
+    return repeat_and_mend(instances, grid, size, pts)
 
 
 def repeat_and_mend(
-    small: np.ndarray, grid: int, size: tuple[int, int], points: np.ndarray
+    small: Instances, grid: int, size: tuple[int, int], points: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The labels of the grid brought to the image: each repeated over its ``grid×grid`` block,
     every head's point pixel given back to it, the heads this breaks mended.
 
     Args:
-        small: ``h×w int32`` labels on the grid (``h = ⌈H / grid⌉``), each head one
-            4-connected region, no background region enclosed by one head alone.
+        small: the heads segmented on the grid (``h×w`` labels, ``h = ⌈H / grid⌉``; each head
+            one 4-connected region inside its circle, no background region enclosed by one
+            head alone).
         size: ``(H, W)`` of the image.
         points: ``N×2`` ``(x, y)`` image pixels of the heads.
 
@@ -107,8 +107,8 @@ def repeat_and_mend(
         ``(H×W int32 labels, N int64 areas)``, as :func:`segment_on_grid`.
     """
     pts = np.asarray(points, dtype=np.float32).reshape(-1, 2)
-    labels = _repeated(small, grid, size)
-    areas = _block_areas(small, grid, size, len(pts))
+    labels = _repeated(small.labels, grid, size)
+    areas = _block_areas(small.labels, grid, size, len(pts))
     if len(pts) == 0:
         return labels, areas
     cell = pixel_of(pts, size)
@@ -118,7 +118,7 @@ def repeat_and_mend(
     if not moved.any():
         return labels, areas
     heads = np.union1d(np.flatnonzero(moved), before[moved & (before > 0)] - 1)
-    y0, y1, x0, x1 = _mend_box(labels, small, grid, cell, heads)
+    y0, y1, x0, x1 = _mend_box(small, grid, size, cell, heads)
     window = labels[y0:y1, x0:x1]
     areas -= np.bincount(window.ravel(), minlength=len(pts) + 1)[1:]
     order = np.arange(len(pts))[::-1]  # lowest index last: it keeps a shared pixel
@@ -148,30 +148,34 @@ def _block_areas(small: np.ndarray, grid: int, size: tuple[int, int], n: int) ->
 
 
 def _mend_box(
-    labels: np.ndarray, small: np.ndarray, grid: int, cell: np.ndarray, heads: np.ndarray
+    small: Instances, grid: int, size: tuple[int, int], cell: np.ndarray, heads: np.ndarray
 ) -> tuple[int, int, int, int]:
-    """``(y0, y1, x0, x1)``: the part of the image outside which mending ``heads`` changes
+    """``(y0, y1, x0, x1)``: a part of the image outside which mending ``heads`` changes
     nothing, so that :func:`~xmask.geometry.labels.connected_masks` runs on it alone.
 
     Mending drops pieces of ``heads`` (inside their boxes, which hold their point pixels) and
     fills holes of them and of the heads next to a dropped pixel (inside those heads' boxes).
-    The part holds all these boxes, a pixel beyond each of ``heads``' (so that every neighbour
-    of a dropped pixel is seen). Boxes come from the small map (``labels`` is ``small``
-    repeated, before the point pixels are given back)."""
-    height, width = labels.shape
-    objects = ndimage.find_objects(small, max_label=len(cell))
-    box = np.array([height, 0, width, 0])
+    The part holds the boxes of ``heads`` and a pixel beyond, and the boxes of every head in
+    that, so every neighbour of a dropped pixel and its box. A head's box is bounded by its
+    circle on the grid (its region lies inside it) and its point pixel."""
+    own = _boxes(small, grid, cell, heads) + np.array([-1, -1, 1, 1])
+    y0, y1, x0, x1 = _union(own, size)
+    near = np.unique(small.labels[y0 // grid : -(-y1 // grid), x0 // grid : -(-x1 // grid)])
+    return _union(np.concatenate([own, _boxes(small, grid, cell, near[near > 0] - 1)]), size)
 
-    def grow(k: int, margin: int) -> tuple[slice, slice]:
-        rows, cols = objects[k] or (slice(cell[k, 1], cell[k, 1]), slice(cell[k, 0], cell[k, 0]))
-        y0 = max(min(rows.start * grid, cell[k, 1]) - margin, 0)
-        y1 = min(max(rows.stop * grid, cell[k, 1] + 1) + margin, height)
-        x0 = max(min(cols.start * grid, cell[k, 0]) - margin, 0)
-        x1 = min(max(cols.stop * grid, cell[k, 0] + 1) + margin, width)
-        box[:] = min(box[0], y0), max(box[1], y1), min(box[2], x0), max(box[3], x1)
-        return slice(y0, y1), slice(x0, x1)
 
-    neighbours = [np.unique(labels[grow(k, 1)]) for k in heads]
-    for k in np.setdiff1d(np.concatenate(neighbours), [0]) - 1:
-        grow(k, 0)
-    return int(box[0]), int(box[1]), int(box[2]), int(box[3])
+def _boxes(small: Instances, grid: int, cell: np.ndarray, heads: np.ndarray) -> np.ndarray:
+    """``M×4 int64`` ``(x0, y0, x1, y1)`` image pixels (half open) holding each of ``heads``'
+    circle on the grid and its point pixel ``cell``."""
+    centre = small.points[heads].astype(np.float64)
+    reach = small.radii[heads, None].astype(np.float64) + 1.0
+    low = np.minimum(np.floor(centre - reach) * grid, cell[heads])
+    high = np.maximum((np.ceil(centre + reach) + 1) * grid, cell[heads] + 1)
+    return np.concatenate([low, high], axis=1).astype(np.int64)
+
+
+def _union(boxes: np.ndarray, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)``: the box holding ``boxes`` (:func:`_boxes`), inside the image."""
+    x0, y0 = np.maximum(boxes[:, :2].min(axis=0), 0)
+    x1, y1 = np.minimum(boxes[:, 2:].max(axis=0), (size[1], size[0]))
+    return int(y0), int(y1), int(x0), int(x1)
