@@ -15,6 +15,9 @@ goes to ``--out`` (JSON) and the best rules are printed.
 
     python benchmarks/scale_rule.py --model RUN_OR_MODEL --dataset folder \\
         --root shanghaitech-folder --validation shanghaitech-val --out scale-rules.json
+
+``--sides``, ``--targets`` and ``--quantiles`` narrow the search (every pass at a size no rule
+chooses is saved): e.g. ``--sides 1024 --targets none,10,14 --quantiles 0.25``.
 """
 
 from __future__ import annotations
@@ -47,15 +50,22 @@ QUANTILES = (0.1, 0.25, 0.5)
 FACTORS = (1.0, 0.5, 2.0)
 
 
-def rules() -> list[ScaleRule]:
-    """Every candidate rule (one per target without enlarging, ``target_spacing`` None)."""
+def rules(
+    sides: tuple[int | None, ...] = CANONICAL,
+    targets: tuple[float | None, ...] = TARGETS,
+    quantiles: tuple[float, ...] = QUANTILES,
+) -> list[ScaleRule]:
+    """Every candidate rule (one per side without enlarging, ``target_spacing`` None)."""
     out = []
-    for side, target in itertools.product(CANONICAL, TARGETS):
-        quantiles = (0.25,) if target is None else QUANTILES
-        out += [
-            ScaleRule(canonical_side=side, target_spacing=target, quantile=q) for q in quantiles
-        ]
+    for side, target in itertools.product(sides, targets):
+        kept = (0.25,) if target is None else quantiles
+        out += [ScaleRule(canonical_side=side, target_spacing=target, quantile=q) for q in kept]
     return out
+
+
+def optional_numbers(text: str, kind: type) -> tuple:
+    """``"none,10,14"`` → ``(None, 10, 14)`` (numbers of ``kind``; ``none``: None)."""
+    return tuple(None if v.strip() == "none" else kind(v) for v in text.split(","))
 
 
 def resized(image: np.ndarray, factor: float) -> np.ndarray:
@@ -133,6 +143,13 @@ def main() -> None:
     parser.add_argument("--validation", required=True, help="held-out training images")
     parser.add_argument("--out", required=True)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--sides", default="none,1024", help="canonical sides to try (none: the image as it is)"
+    )
+    parser.add_argument(
+        "--targets", default="none,8,10,12,14,16,20", help="target spacings (none: no enlarging)"
+    )
+    parser.add_argument("--quantiles", default="0.1,0.25,0.5")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -141,7 +158,11 @@ def main() -> None:
     names = read_labeled_list(args.validation)
     dataset = open_dataset(args.dataset, args.root, "train", names=names)
     cands = torch.tensor(DEFAULT_CANDIDATES, dtype=torch.float64)
-    candidates = rules()
+    candidates = rules(
+        optional_numbers(args.sides, int),
+        optional_numbers(args.targets, float),
+        tuple(float(q) for q in args.quantiles.split(",")),
+    )
     per_rule = {i: {f: ([], [], []) for f in FACTORS} for i in range(len(candidates))}
     with torch.inference_mode():
         for index in tqdm(range(len(dataset)), desc="validation images", unit="img"):
