@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,15 @@ from xmask.inference.calibration import (
     weights_location,
     write_calibration,
 )
-from xmask.inference.checkpoint import FORMAT, CheckpointError
+from xmask.inference.checkpoint import (
+    FORMAT,
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from xmask.inference.count_rule import CountRule
+from xmask.inference.run_folder import run_networks
 from xmask.types import ModelOutput, Sample
 
 
@@ -178,6 +186,25 @@ def test_calibrate_command_reproduces_the_trainer(
     # 3 labeled images are too few for two regimes: the single threshold stays
     assert main(["calibrate", "--checkpoint", str(trained_run), "--two-regimes"]) == EXIT_OK
     assert json.loads(file.read_text()) == before
+
+
+def test_calibrate_both_takes_the_teacher_alone_where_there_is_no_student(
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    folder, step = weights_location(run)
+    checkpoint = load_checkpoint(folder)
+    teacher = {k: v for k, v in checkpoint.tensors.items() if k.startswith("teacher.")}
+    best = run / "best"
+    save_checkpoint(best, Checkpoint(teacher, checkpoint.state), keep=1)
+    assert run_networks(run) == ("teacher", "student") and run_networks(best) == ("teacher",)
+    assert main(["calibrate", "--checkpoint", str(best)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "student: none in" in out and "teacher: count threshold" in out
+    stored = json.loads((best / CALIBRATION_FILE).read_text())
+    assert set(stored) == {"teacher"} and stored["teacher"]["step"] == step
+    assert main(["calibrate", "--checkpoint", str(best), "--which", "student"]) == EXIT_ERROR
 
 
 def _two_density_counts() -> tuple[torch.Tensor, list[int], list[int], torch.Tensor]:

@@ -21,6 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "the logit threshold that minimises the count MAE there (-2 to 3 in steps of 0.05). "
         "`xmask evaluate` and `xmask model export` use it by default. "
         "Training does this at its end; use this command for older runs or other weights. "
+        "--which both (the default) calibrates the teacher, and the student where the weights "
+        "hold one (a best/ folder keeps the teacher only). "
         "Test images are never looked at.",
     )
     add_model_options(
@@ -56,6 +58,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from xmask.device import resolve_device
     from xmask.errors import XmaskError
     from xmask.inference.calibration import calibrate_weights, weights_location
+    from xmask.inference.run_folder import run_networks
     from xmask.inference.scale import ONE_PASS, resolve_scale
     from xmask.train.data import labeled_training_images, validation_images
     from xmask.train.run_folder import load_trained_model
@@ -64,7 +67,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if step is None:
         raise XmaskError(f"{args.model}: not a step-N.safetensors file; cannot tell its step")
     device = resolve_device(args.device)
-    which = ("teacher", "student") if args.which == "both" else (args.which,)
+    which = (args.which,)
+    if args.which == "both":
+        which = run_networks(args.model)
+        if "student" not in which:
+            print(f"student: none in {args.model} (a best/ folder keeps the teacher only)")
     samples = None
     for name in which:
         model, cfg = load_trained_model(args.model, device, which=name)

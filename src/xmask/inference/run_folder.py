@@ -161,6 +161,23 @@ def weights_folder(path: Path) -> Path:
     return path if (path / "latest.json").is_file() else find_run_folder(path).checkpoints
 
 
+def _run_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the weights a run path stands for (:func:`weights_folder`)."""
+    return load_tensors(path) if path.is_file() else load_checkpoint(weights_folder(path)).tensors
+
+
+def run_networks(path: str | Path) -> tuple[str, ...]:
+    """The networks (``"teacher"``, ``"student"``, in that order) whose weights a run folder,
+    its ``checkpoints/`` or ``best/`` folder, or a weights file holds (``best/`` keeps the
+    teacher only).
+
+    Raises:
+        CheckpointError: missing, incomplete or corrupt files.
+    """
+    keys = _run_tensors(Path(path).expanduser()).keys()
+    return tuple(n for n in ("teacher", "student") if any(k.startswith(n + ".") for k in keys))
+
+
 def load_run_model(
     path: str | Path, device: torch.device | str = "cpu", which: str = "teacher"
 ) -> tuple[torch.nn.Module, RunInfo]:
@@ -180,9 +197,7 @@ def load_run_model(
     if path.is_file() and path.suffix != ".safetensors":
         raise CheckpointError(path, "expected a run folder or a .safetensors checkpoint")
     info = read_run_info(find_run_folder(path))
-    tensors = (
-        load_tensors(path) if path.is_file() else load_checkpoint(weights_folder(path)).tensors
-    )
+    tensors = _run_tensors(path)
     prefix = which + "."
     state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     if not state:
