@@ -16,8 +16,8 @@ goes to ``--out`` (JSON) and the best rules are printed.
     python benchmarks/scale_rule.py --model RUN_OR_MODEL --dataset folder \\
         --root shanghaitech-folder --validation shanghaitech-val --out scale-rules.json
 
-``--sides``, ``--targets`` and ``--quantiles`` narrow the search (every pass at a size no rule
-chooses is saved): e.g. ``--sides 1024 --targets none,10,14 --quantiles 0.25``.
+``--sides``, ``--targets`` and ``--quantiles`` narrow the search (the network runs only at the
+sizes the remaining rules choose): e.g. ``--sides 1024 --targets none,10,14 --quantiles 0.25``.
 """
 
 from __future__ import annotations
